@@ -1,0 +1,3 @@
+from kvmlite.cli.main import entry
+
+entry()

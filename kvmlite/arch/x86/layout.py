@@ -1,0 +1,105 @@
+"""Every guest-physical address, I/O port and interrupt number kvmlite uses
+on x86, in one place.
+
+Memory map (see ARCHITECTURE.md for the picture)::
+
+    0x0000_0000  real-mode IVT / BDA                  RAM
+    0x0000_0500  GDT, then IDT                         RAM  (boot)
+    0x0000_7000  boot_params ("zero page")             RAM  (boot)
+    0x0000_9000  PML4, PDPT, 4 PDs (identity map 4 GiB) RAM  (boot)
+    0x0000_f000  hvm_start_info + memmap (PVH)          RAM  (boot)
+    0x0002_0000  kernel command line (64 KiB max)      RAM  (boot)
+    0x0009_fc00  MP floating pointer + table (EBDA)    reserved
+    0x000a_0000  VGA / option ROM hole                 reserved
+    0x000e_0000  ACPI tables (RSDP first)              reserved
+    0x0010_0000  kernel (bzImage protected-mode part / ELF segments)
+    ...          RAM up to min(mem, 3 GiB)
+    0xc000_0000  32-bit PCI hole: BARs from here
+    0xd000_0000  virtio-mmio devices, 4 KiB apart
+    0xe000_0000  PCI ECAM (reserved, not yet decoded)
+    0xfec0_0000  IOAPIC
+    0xfee0_0000  local APICs
+    0xfffb_c000  KVM's TSS (3 pages) and identity-map page
+    0x1_0000_0000 RAM above 4 GiB for guests larger than 3 GiB
+"""
+
+from __future__ import annotations
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+# --- low memory used while booting ---
+BDA_EBDA_SEGMENT = 0x40E           # BIOS data area word: EBDA segment
+GDT_ADDR = 0x500
+GDT_MAX_ENTRIES = 4
+IDT_ADDR = 0x520
+BOOT_STACK_TOP = 0x8FF0            # initial RSP for 64-bit entry (unused by Linux)
+ZERO_PAGE = 0x7000                 # struct boot_params
+PML4_ADDR = 0x9000
+PDPT_ADDR = 0xA000
+PD_ADDR = 0xB000                   # 4 page directories: 0xB000..0xEFFF
+IDENTITY_MAP_GIB = 4
+PVH_INFO_ADDR = 0xF000             # struct hvm_start_info
+PVH_MEMMAP_ADDR = 0xF100           # hvm_memmap_table_entry[]
+PVH_MEMMAP_MAX = 32
+CMDLINE_ADDR = 0x20000
+CMDLINE_MAX = 0x10000
+
+EBDA_START = 0x9FC00
+MPTABLE_ADDR = EBDA_START
+VGA_HOLE_START = 0xA0000
+ACPI_START = 0xE0000               # RSDP here; Linux also scans 0xE0000..0xFFFFF
+ACPI_END = 0x100000
+BIOS_END = 0x100000
+HIGH_MEMORY_START = 0x100000       # 1 MiB: kernel load address
+BZIMAGE_LOAD_ADDR = HIGH_MEMORY_START
+
+# --- the 32-bit hole ---
+MMIO_HOLE_START = 0xC000_0000      # RAM stops here, resumes at 4 GiB
+MMIO_HOLE_END = 0x1_0000_0000
+PCI_MMIO_START = MMIO_HOLE_START   # 32-bit BAR window
+PCI_MMIO_END = 0xD000_0000
+VIRTIO_MMIO_START = 0xD000_0000
+VIRTIO_MMIO_SIZE = 0x1000
+VIRTIO_MMIO_MAX = 32
+PCI_ECAM_START = 0xE000_0000
+PCI_ECAM_SIZE = 0x1000_0000
+IOAPIC_ADDR = 0xFEC0_0000
+LAPIC_ADDR = 0xFEE0_0000
+KVM_TSS_ADDR = 0xFFFB_D000         # 3 pages
+KVM_IDENTITY_MAP_ADDR = 0xFFFB_C000
+HIGH_RAM_START = 0x1_0000_0000
+PCI_MMIO64_SIZE = 64 * GiB         # 64-bit BAR window placed after RAM
+
+# --- I/O ports ---
+PORT_PIT = 0x40                    # in-kernel PIT
+PORT_I8042_DATA = 0x60
+PORT_I8042_STATUS = 0x64           # status (read) / command (write)
+PORT_RTC = 0x70                    # CMOS index 0x70, data 0x71
+PORT_POST = 0x80                   # POST / io-delay port, ignored
+PORT_COM = (0x3F8, 0x2F8, 0x3E8, 0x2E8)
+PORT_PCI_CONFIG_ADDR = 0xCF8
+PORT_PCI_CONFIG_DATA = 0xCFC
+PORT_ACPI_PM1A_EVT = 0x600         # PM1a_EVT_BLK (4 bytes: status, enable)
+PORT_ACPI_PM1A_CNT = 0x604         # PM1a_CNT_BLK (2 bytes)
+PORT_ACPI_PM_TMR = 0x608           # PM_TMR_BLK (4 bytes)
+PORT_ACPI_RESET = 0x60C            # FADT RESET_REG (1 byte, value 0x01)
+ACPI_RESET_VALUE = 0x01
+PORT_PCI_IO_START = 0x1000         # I/O BAR window
+PORT_PCI_IO_END = 0x10000
+
+# --- interrupts (GSIs; ISA IRQs 0-15 are identity-mapped to IOAPIC pins) ---
+IRQ_PIT = 0
+IRQ_KEYBOARD = 1
+IRQ_COM = (4, 3, 4, 3)             # COM1..COM4
+IRQ_RTC = 8
+IRQ_ACPI_SCI = 9
+IRQ_MOUSE = 12
+IOAPIC_PINS = 24
+IRQ_PCI_INTX = (10, 11, 14, 15)    # PCI INTA..INTD (level, active low)
+IRQ_VIRTIO_MMIO_FIRST = 16         # virtio-mmio devices: GSIs 16..23 then upward via routing
+GSI_MSI_FIRST = 24                 # GSIs above the IOAPIC pins, for MSI routes
+
+# --- CPU ---
+APIC_DEFAULT_BASE = LAPIC_ADDR | (1 << 11)  # enable bit; BSP bit added for CPU 0

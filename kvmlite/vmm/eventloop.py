@@ -1,0 +1,110 @@
+"""The I/O thread: an epoll loop that serves queue notifications
+(ioeventfds), backend readiness (tap, sockets, the console) and the control
+socket, off the vCPU threads.
+
+Callbacks run on the loop's thread, one at a time.  A callback that raises
+is logged and removed; the loop and the other callbacks go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], None]
+
+
+class EventLoop:
+    def __init__(self, name: str = "io") -> None:
+        self.name = name
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callback] = {}
+        self._pending: list[Callback] = []
+        self._pending_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- registration (any thread) ---
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        """Call ``callback()`` on the loop thread whenever ``fd`` is readable."""
+        self._callbacks[fd] = callback
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def call_soon(self, callback: Callback) -> None:
+        """Run ``callback()`` on the loop thread soon (thread-safe)."""
+        with self._pending_lock:
+            self._pending.append(callback)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
+
+    # --- running ---
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def run_forever(self) -> None:
+        while not self._stopping:
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            for fd, _mask in events:
+                if fd == self._wake_r:
+                    self._drain_wakeups()
+                    continue
+                callback = self._callbacks.get(fd)
+                if callback is not None:
+                    self._run_callback(fd, callback)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for callback in pending:
+            self._run_callback(None, callback)
+
+    def _run_callback(self, fd: int | None, callback: Callback) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("%s: callback %r failed%s", self.name, callback,
+                          "" if fd is None else f"; fd {fd} removed")
+            if fd is not None:
+                self.remove_reader(fd)

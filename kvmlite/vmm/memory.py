@@ -1,0 +1,169 @@
+"""Guest RAM: anonymous host mappings registered with KVM, and bounds-checked
+access to them.
+
+Every read or write the VMM makes on behalf of a device goes through
+:class:`GuestMemory`; an address or length outside RAM raises
+:class:`GuestMemoryError` instead of touching host memory.  ``view`` gives a
+zero-copy ``memoryview`` for ``preadv``/``pwritev`` and virtqueue parsing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass
+
+from kvmlite.arch.x86 import layout
+from kvmlite.errors import ConfigError
+
+MAP_HUGETLB = 0x40000
+MAP_NORESERVE = 0x4000
+MADV_HUGEPAGE = 14
+
+
+class GuestMemoryError(ValueError):
+    """An access to guest-physical memory outside RAM."""
+
+
+@dataclass
+class Region:
+    """One contiguous guest-physical range backed by part of a host mapping."""
+
+    guest_addr: int
+    size: int
+    view: memoryview       # writable bytes of this region
+    host_addr: int         # userspace address for KVM_SET_USER_MEMORY_REGION
+
+    @property
+    def end(self) -> int:
+        return self.guest_addr + self.size
+
+
+def x86_ram_ranges(size: int) -> list[tuple[int, int]]:
+    """Guest-physical (start, length) of RAM for a guest of ``size`` bytes:
+    below the 32-bit PCI hole, and the rest above 4 GiB."""
+    low = min(size, layout.MMIO_HOLE_START)
+    ranges = [(0, low)]
+    if size > low:
+        ranges.append((layout.HIGH_RAM_START, size - low))
+    return ranges
+
+
+class GuestMemory:
+    """The guest's RAM.
+
+    Thread safety: reads and writes are plain memory accesses; callers that
+    need atomicity against the guest (virtqueue indexes) use the aligned
+    ``read_u16``/``write_u16`` helpers, which compile to one load/store.
+    """
+
+    def __init__(self, size: int, *, hugepages: bool = False) -> None:
+        if size <= 0 or size % mmap.PAGESIZE:
+            raise ConfigError(f"memory size {size} is not a positive multiple of the page size")
+        self.size = size
+        self._mmap = self._map(size, hugepages)
+        self._whole = memoryview(self._mmap)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
+        self.regions: list[Region] = []
+        offset = 0
+        for start, length in x86_ram_ranges(size):
+            self.regions.append(Region(start, length, self._whole[offset:offset + length], base + offset))
+            offset += length
+        self._starts = [r.guest_addr for r in self.regions]
+
+    @staticmethod
+    def _map(size: int, hugepages: bool) -> mmap.mmap:
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        if hugepages:
+            try:
+                return mmap.mmap(-1, size, flags | MAP_HUGETLB, prot)
+            except OSError as exc:
+                raise ConfigError(f"cannot allocate {size >> 20} MiB of hugepages ({exc.strerror}); "
+                                  "reserve them in /proc/sys/vm/nr_hugepages") from None
+        try:
+            mm = mmap.mmap(-1, size, flags, prot)
+        except OSError as exc:
+            raise ConfigError(f"cannot allocate {size >> 20} MiB of guest memory: {exc.strerror}") from None
+        try:
+            mm.madvise(MADV_HUGEPAGE)  # transparent hugepages when the host allows
+        except OSError:
+            pass
+        return mm
+
+    def close(self) -> None:
+        for region in self.regions:
+            region.view.release()
+        self._whole.release()
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # a device still holds a view; the mapping goes with the process
+
+    # --- lookup ---
+
+    def _find(self, addr: int, length: int) -> tuple[Region, int]:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            region = self.regions[i]
+            offset = addr - region.guest_addr
+            if 0 <= length and offset + length <= region.size:
+                return region, offset
+        raise GuestMemoryError(f"guest address range {addr:#x}+{length:#x} is outside RAM")
+
+    def contains(self, addr: int, length: int = 1) -> bool:
+        try:
+            self._find(addr, length)
+            return True
+        except GuestMemoryError:
+            return False
+
+    def view(self, addr: int, length: int) -> memoryview:
+        """A zero-copy writable view of ``length`` bytes at ``addr``.
+
+        The range must lie inside one RAM region."""
+        region, offset = self._find(addr, length)
+        return region.view[offset:offset + length]
+
+    # --- copies ---
+
+    def read(self, addr: int, length: int) -> bytes:
+        return bytes(self.view(addr, length))
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self.view(addr, len(data))[:] = data
+
+    def fill(self, addr: int, length: int, byte: int = 0) -> None:
+        view = self.view(addr, length)
+        ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(view)), byte, length)
+
+    def read_u8(self, addr: int) -> int:
+        return self.view(addr, 1)[0]
+
+    def read_u16(self, addr: int) -> int:
+        return _U16.unpack_from(self.view(addr, 2))[0]
+
+    def read_u32(self, addr: int) -> int:
+        return _U32.unpack_from(self.view(addr, 4))[0]
+
+    def read_u64(self, addr: int) -> int:
+        return _U64.unpack_from(self.view(addr, 8))[0]
+
+    def write_u8(self, addr: int, value: int) -> None:
+        self.view(addr, 1)[0] = value
+
+    def write_u16(self, addr: int, value: int) -> None:
+        _U16.pack_into(self.view(addr, 2), 0, value)
+
+    def write_u32(self, addr: int, value: int) -> None:
+        _U32.pack_into(self.view(addr, 4), 0, value)
+
+    def write_u64(self, addr: int, value: int) -> None:
+        _U64.pack_into(self.view(addr, 8), 0, value)
+
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
