@@ -86,6 +86,7 @@ PORT_ACPI_PM1A_CNT = 0x604         # PM1a_CNT_BLK (2 bytes)
 PORT_ACPI_PM_TMR = 0x608           # PM_TMR_BLK (4 bytes)
 PORT_ACPI_RESET = 0x60C            # FADT RESET_REG (1 byte, value 0x01)
 ACPI_RESET_VALUE = 0x01
+PORT_GUEST_EXIT = 0x501             # kvmlite exit device: a byte written here ends the VM with that status
 PORT_PCI_IO_START = 0x1000         # I/O BAR window
 PORT_PCI_IO_END = 0x10000
 

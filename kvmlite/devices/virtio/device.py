@@ -1,0 +1,107 @@
+"""The contract between a virtio device and its transport (virtio 1.2 §2-§4).
+
+kvmtool splits a virtio device from its transport with an ops table; this
+is the same split.  A transport (PCI, MMIO) owns feature negotiation, the
+status byte, queue configuration registers and interrupts; a device owns its
+configuration space and what its queues mean.
+
+Threads and locks: the transport holds its own lock (the bus lock of the
+transport, see :meth:`kvmlite.devices.bus.Bus.lock_of`) whenever it calls a
+method of :class:`VirtioDevice`.  ``queue_notify`` runs on the I/O thread
+(it is reached through an ioeventfd) unless the transport has no ioeventfd,
+in which case it runs on the vCPU thread that wrote the notify register.
+A device may hand work to its own worker threads; it must then stop them in
+``reset``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kvmlite.devices.virtio.queue import Queue
+    from kvmlite.vmm.memory import GuestMemory
+
+# virtio 1.2 §5: device IDs
+VIRTIO_ID_NET = 1
+VIRTIO_ID_BLOCK = 2
+VIRTIO_ID_CONSOLE = 3
+VIRTIO_ID_RNG = 4
+VIRTIO_ID_BALLOON = 5
+VIRTIO_ID_9P = 9
+VIRTIO_ID_VSOCK = 19
+
+# virtio 1.2 §6: reserved feature bits
+VIRTIO_F_INDIRECT_DESC = 1 << 28
+VIRTIO_F_EVENT_IDX = 1 << 29
+VIRTIO_F_VERSION_1 = 1 << 32
+VIRTIO_F_ACCESS_PLATFORM = 1 << 33
+VIRTIO_F_RING_PACKED = 1 << 34
+VIRTIO_F_IN_ORDER = 1 << 35
+
+# virtio 1.2 §2.1: device status bits
+STATUS_ACKNOWLEDGE = 1
+STATUS_DRIVER = 2
+STATUS_DRIVER_OK = 4
+STATUS_FEATURES_OK = 8
+STATUS_DEVICE_NEEDS_RESET = 64
+STATUS_FAILED = 128
+
+
+class VirtioInterrupt(Protocol):
+    """How a device tells the driver something happened (§2.3, §4.1.4.5)."""
+
+    def signal_used_queue(self, queue_index: int) -> None:
+        """The device put buffers in queue ``queue_index``'s used ring."""
+
+    def signal_config_change(self) -> None:
+        """The configuration space (or DEVICE_NEEDS_RESET) changed."""
+
+
+class VirtioDevice(ABC):
+    """One virtio device, independent of the transport that carries it."""
+
+    #: virtio device ID (VIRTIO_ID_*)
+    device_type: int
+    #: maximum size of each virtqueue; the number of entries is the number of queues
+    queue_max_sizes: tuple[int, ...]
+
+    def __init__(self) -> None:
+        #: set by the transport: called with a one-line reason when the
+        #: device hits a driver error it cannot recover from; the transport
+        #: sets DEVICE_NEEDS_RESET and signals a configuration change.
+        self.on_needs_reset = lambda reason: None
+
+    @abstractmethod
+    def device_features(self) -> int:
+        """Feature bits offered, including VIRTIO_F_VERSION_1."""
+
+    @abstractmethod
+    def read_config(self, offset: int, data: memoryview) -> None:
+        """Fill ``data`` from the device configuration space at ``offset``;
+        bytes past the end of the space read as zero."""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """A driver write to the configuration space (ignored by default)."""
+
+    @abstractmethod
+    def activate(self, memory: "GuestMemory", queues: list["Queue"], driver_features: int,
+                 interrupt: VirtioInterrupt) -> None:
+        """The driver set DRIVER_OK: start serving ``queues``.
+
+        ``queues`` has one entry per ``queue_max_sizes`` entry; a queue the
+        driver did not enable has ``ready == False``."""
+
+    @abstractmethod
+    def queue_notify(self, queue_index: int) -> None:
+        """The driver made buffers available in queue ``queue_index``."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Device reset (status written 0): drop every queue and worker,
+        release guest memory references, and become ready for a new driver."""
+
+    def stats(self) -> dict[str, int]:
+        """Per-device I/O counters (requests, bytes, errors...)."""
+        return {}
