@@ -242,14 +242,14 @@ class _kvm_run_exit(ctypes.Union):
     ]
 
 
-# linux/kvm.h: struct kvm_run (the part before the 2 KiB sync-regs area)
+# linux/kvm.h: struct kvm_run (the sync-regs union "s" kept as raw bytes)
 class kvm_run(_Struct):
     _anonymous_ = ("u",)
     _fields_ = [
         ("request_interrupt_window", u8), ("immediate_exit", u8), ("padding1", u8 * 6),
         ("exit_reason", u32), ("ready_for_interrupt_injection", u8), ("if_flag", u8),
         ("flags", u16), ("cr8", u64), ("apic_base", u64), ("u", _kvm_run_exit),
-        ("kvm_valid_regs", u64), ("kvm_dirty_regs", u64),
+        ("kvm_valid_regs", u64), ("kvm_dirty_regs", u64), ("s", ctypes.c_char * 2048),
     ]
 
 
@@ -261,7 +261,7 @@ EXPECTED_SIZES: dict[type, int] = {
     kvm_userspace_memory_region: 32, kvm_irq_level: 8, kvm_irqchip: 520,
     kvm_pit_config: 64, kvm_irqfd: 32, kvm_ioeventfd: 64, kvm_clock_data: 48,
     kvm_irq_routing_entry: 48, kvm_irq_routing: 8, kvm_msi: 32, kvm_enable_cap: 104,
-    kvm_translation: 24, kvm_run: 304,
+    kvm_translation: 24, kvm_run: 2352,
 }
 
 

@@ -136,6 +136,8 @@ class GuestMemory:
         self.view(addr, len(data))[:] = data
 
     def fill(self, addr: int, length: int, byte: int = 0) -> None:
+        if length == 0:
+            return
         view = self.view(addr, length)
         ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(view)), byte, length)
 

@@ -4,7 +4,7 @@ on x86, in one place.
 Memory map (see ARCHITECTURE.md for the picture)::
 
     0x0000_0000  real-mode IVT / BDA                  RAM
-    0x0000_0500  GDT, then IDT                         RAM  (boot)
+    0x0000_0500  GDT (5 entries), IDT at 0x540                        RAM  (boot)
     0x0000_7000  boot_params ("zero page")             RAM  (boot)
     0x0000_9000  PML4, PDPT, 4 PDs (identity map 4 GiB) RAM  (boot)
     0x0000_f000  hvm_start_info + memmap (PVH)          RAM  (boot)
@@ -32,8 +32,8 @@ GiB = 1 << 30
 # --- low memory used while booting ---
 BDA_EBDA_SEGMENT = 0x40E           # BIOS data area word: EBDA segment
 GDT_ADDR = 0x500
-GDT_MAX_ENTRIES = 4
-IDT_ADDR = 0x520
+GDT_ENTRIES = 5                    # null, null, __BOOT_CS 0x10, __BOOT_DS 0x18, TSS 0x20
+IDT_ADDR = 0x540
 BOOT_STACK_TOP = 0x8FF0            # initial RSP for 64-bit entry (unused by Linux)
 ZERO_PAGE = 0x7000                 # struct boot_params
 PML4_ADDR = 0x9000
@@ -41,6 +41,7 @@ PDPT_ADDR = 0xA000
 PD_ADDR = 0xB000                   # 4 page directories: 0xB000..0xEFFF
 IDENTITY_MAP_GIB = 4
 PVH_INFO_ADDR = 0xF000             # struct hvm_start_info
+PVH_MODLIST_ADDR = 0xF040          # hvm_modlist_entry (the initrd)
 PVH_MEMMAP_ADDR = 0xF100           # hvm_memmap_table_entry[]
 PVH_MEMMAP_MAX = 32
 CMDLINE_ADDR = 0x20000
@@ -104,3 +105,10 @@ GSI_MSI_FIRST = 24                 # GSIs above the IOAPIC pins, for MSI routes
 
 # --- CPU ---
 APIC_DEFAULT_BASE = LAPIC_ADDR | (1 << 11)  # enable bit; BSP bit added for CPU 0
+
+# --- ACPI (owned by kvmlite/arch/x86/acpi; ACPI 6.3 §5.2, §6.4) ---
+ACPI_RSDP_ADDR = ACPI_START        # RSDP first: Linux scans 0xE0000..0xFFFFF on 16-byte steps
+ACPI_PCI_IO_LOW_END = PORT_PCI_CONFIG_ADDR - 1   # PCI0 I/O window 0x0000..0x0CF7
+ACPI_PCI_IO_HIGH_START = 0x0D00    # PCI0 I/O window 0x0D00..0xFFFF (skips 0xCF8..0xCFF)
+ACPI_PCI_IO_HIGH_END = 0xFFFF
+ACPI_PCI_BUS_LAST = 0xFF           # PCI0 decodes buses 0..255

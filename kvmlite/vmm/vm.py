@@ -1,0 +1,226 @@
+"""A running virtual machine, built from a :class:`~kvmlite.vmm.config.VmConfig`.
+
+Start-up, in order (kvmtool's init lists, flattened):
+
+1. open /dev/kvm, check the capabilities kvmlite needs;
+2. KVM_CREATE_VM; TSS and identity-map pages; in-kernel irqchip (PIC,
+   IOAPIC, LAPICs) and PIT;
+3. guest RAM, registered once per region;
+4. buses, the I/O thread and the devices (:mod:`kvmlite.vmm.devices`);
+5. ACPI tables and the MP table; the kernel, initrd and command line;
+6. vCPUs: CPUID, MSRs, LAPIC LINT pins; the boot vCPU gets the entry
+   registers, the others wait for INIT/SIPI in the in-kernel LAPIC;
+7. the I/O thread and one thread per vCPU start.
+
+Threads: the caller's thread (``wait``, control requests), one thread per
+vCPU (:mod:`kvmlite.vmm.vcpu`), the I/O thread (:mod:`kvmlite.vmm.eventloop`),
+and any device workers.  ``_end`` may be called from any of them; the first
+call decides the VM's exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from kvmlite.arch.x86 import layout, regs as x86regs
+from kvmlite.arch.x86.boot import BootLayout, setup_boot
+from kvmlite.arch.x86.cpuid import vcpu_cpuid
+from kvmlite.devices.bus import Bus
+from kvmlite.errors import ConfigError, KvmliteError
+from kvmlite.kvm import Kvm, KvmError, VmFd, uapi
+from kvmlite.kvm.structs import kvm_lapic_state
+from kvmlite.loader.kernel import read_file, read_kernel
+from kvmlite.vmm import diagnose
+from kvmlite.vmm.config import VmConfig
+from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.vmm.exitcodes import DEFAULT_CODES, EndReason
+from kvmlite.vmm.memory import GuestMemory
+from kvmlite.vmm.vcpu import Request, Vcpu, VcpuState
+
+log = logging.getLogger(__name__)
+
+REQUIRED_CAPS = {
+    uapi.KVM_CAP_USER_MEMORY: "KVM_CAP_USER_MEMORY", uapi.KVM_CAP_IRQCHIP: "KVM_CAP_IRQCHIP",
+    uapi.KVM_CAP_PIT2: "KVM_CAP_PIT2", uapi.KVM_CAP_IOEVENTFD: "KVM_CAP_IOEVENTFD",
+    uapi.KVM_CAP_IRQFD: "KVM_CAP_IRQFD", uapi.KVM_CAP_IRQ_ROUTING: "KVM_CAP_IRQ_ROUTING",
+    uapi.KVM_CAP_IMMEDIATE_EXIT: "KVM_CAP_IMMEDIATE_EXIT", uapi.KVM_CAP_EXT_CPUID: "KVM_CAP_EXT_CPUID",
+}
+MAX_INITRD_SIZE = 2 << 30
+
+
+@dataclass(frozen=True)
+class VmResult:
+    """How the VM ended."""
+
+    reason: EndReason
+    exit_code: int
+    message: str
+
+
+class Vm:
+    """One VM.  Build with ``Vm(config)``, then ``start()`` and ``wait()``."""
+
+    def __init__(self, config: VmConfig, *, console_output=None, kvm_path: str = "/dev/kvm") -> None:
+        self.config = config
+        self.name = config.name
+        self.started_at: float | None = None
+        self._console_output = console_output
+        self._end_lock = threading.Lock()
+        self._ended = threading.Event()
+        self._result: VmResult | None = None
+        self.kvm = Kvm(kvm_path)
+        self._check_kvm()
+        self.vm_fd: VmFd = self.kvm.create_vm()
+        self._setup_irqchip()
+        self.memory = GuestMemory(config.mem_bytes, hugepages=config.hugepages)
+        for slot, region in enumerate(self.memory.regions):
+            self.vm_fd.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
+        self.io_bus = Bus("pio")
+        self.mmio_bus = Bus("mmio")
+        self.event_loop = EventLoop("io")
+        from kvmlite.vmm.devices import DeviceManager
+
+        self.devices = DeviceManager(self)
+        self.devices.create()
+        rsdp = self.devices.write_firmware_tables(self.memory)
+        self.boot: BootLayout = self._load_kernel(rsdp)
+        self.vcpus = [self._create_vcpu(i) for i in range(config.cpus)]
+
+    # --- construction ---
+
+    def _check_kvm(self) -> None:
+        for cap, name in REQUIRED_CAPS.items():
+            if not self.kvm.check_extension(cap):
+                raise KvmliteError(f"/dev/kvm lacks {name}, which kvmlite needs")
+        limit = self.kvm.max_vcpus()
+        if self.config.cpus > limit:
+            raise ConfigError(f"-c {self.config.cpus}: this KVM allows at most {limit} vCPUs")
+
+    def _setup_irqchip(self) -> None:
+        fd = self.vm_fd
+        fd.set_tss_addr(layout.KVM_TSS_ADDR)
+        fd.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
+        fd.create_irqchip()
+        fd.create_pit2(uapi.KVM_PIT_SPEAKER_DUMMY)
+
+    def cmdline(self) -> str:
+        """The kernel command line: defaults, device fragments, then -p."""
+        parts: list[str] = []
+        if self.config.default_cmdline:
+            parts += ["console=hvc0" if self.config.console == "virtio" else "console=ttyS0",
+                      "reboot=k", "panic=-1", "i8042.noaux", "tsc=reliable"]
+            parts += self.devices.cmdline_fragments()
+        if self.config.params:
+            parts.append(self.config.params)
+        return " ".join(parts)
+
+    def _load_kernel(self, rsdp: int | None) -> BootLayout:
+        kernel = read_kernel(self.config.kernel)
+        initrd = None
+        if self.config.initrd:
+            initrd = read_file(self.config.initrd, "initrd", MAX_INITRD_SIZE)
+        return setup_boot(self.memory, kernel, self.cmdline(), initrd, rsdp)
+
+    def _create_vcpu(self, index: int) -> Vcpu:
+        fd = self.vm_fd.create_vcpu(index)
+        fd.set_cpuid2(vcpu_cpuid(self._supported_cpuid(), index, self.config.cpus))
+        self._set_boot_msrs(fd)
+        lapic = fd.get_lapic()
+        regs = x86regs.lapic_lint_setup(bytearray(bytes(lapic)))
+        fd.set_lapic(kvm_lapic_state.from_buffer_copy(bytes(regs)))
+        if index == 0:
+            entry = self.boot.entry
+            fd.set_sregs(x86regs.boot_sregs(fd.get_sregs(), entry))
+            fd.set_regs(x86regs.boot_regs(entry))
+            fd.set_fpu(x86regs.boot_fpu())
+        return Vcpu(fd, self.io_bus, self.mmio_bus, self._end,
+                    explain_internal_error=lambda v, e: diagnose.explain_internal_error(v, self.memory, e))
+
+    def _supported_cpuid(self):
+        if not hasattr(self, "_cpuid_cache"):
+            self._cpuid_cache = self.kvm.supported_cpuid()
+        return self._cpuid_cache
+
+    def _set_boot_msrs(self, fd) -> None:
+        for index, value in x86regs.boot_msrs():
+            try:
+                fd.set_msrs([(index, value)])
+            except KvmError:
+                log.debug("MSR %#x not accepted by this KVM; left at its reset value", index)
+
+    # --- running ---
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.devices.start()
+        self.event_loop.start()
+        for vcpu in self.vcpus:
+            vcpu.start()
+
+    def wait(self, timeout: float | None = None) -> VmResult | None:
+        """Block until the VM ends (or ``timeout``); return how it ended."""
+        if not self._ended.wait(timeout):
+            return None
+        self._shutdown_threads()
+        return self._result
+
+    def run(self) -> VmResult:
+        self.start()
+        result = self.wait()
+        assert result is not None
+        return result
+
+    def _end(self, reason: EndReason, code: int | None, message: str) -> None:
+        """Record how the VM ended (first call wins) and stop every vCPU."""
+        with self._end_lock:
+            if self._result is None:
+                exit_code = code if code is not None else DEFAULT_CODES.get(reason, 1)
+                self._result = VmResult(reason, exit_code, message)
+                log.info("VM ending: %s (exit code %d)", message, exit_code)
+        for vcpu in self.vcpus if hasattr(self, "vcpus") else ():
+            vcpu.request(Request.STOP)
+        self._ended.set()
+
+    def end(self, reason: EndReason, code: int | None, message: str) -> None:
+        """Devices and controllers end the VM through this (any thread)."""
+        self._end(reason, code, message)
+
+    def _shutdown_threads(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.request(Request.STOP)
+        for vcpu in self.vcpus:
+            vcpu.join(timeout=5)
+        self.devices.stop()
+        self.event_loop.stop()
+
+    # --- control ---
+
+    def pause(self, timeout: float = 5.0) -> None:
+        """Take every vCPU out of KVM_RUN and park it."""
+        for vcpu in self.vcpus:
+            vcpu.request(Request.PAUSE)
+        for vcpu in self.vcpus:
+            if not vcpu.wait_state({VcpuState.PAUSED, VcpuState.FINISHED}, timeout):
+                raise KvmliteError(f"vCPU {vcpu.id} did not pause within {timeout} s")
+
+    def resume(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.request(None)
+
+    def stop(self) -> None:
+        """Hard stop: end the VM now."""
+        self._end(EndReason.STOPPED, None, "stopped")
+
+    def close(self) -> None:
+        if not self._ended.is_set():
+            self.stop()
+            self._shutdown_threads()
+        for vcpu in self.vcpus:
+            vcpu.fd.close()
+        self.devices.close()
+        self.vm_fd.close()
+        self.memory.close()
+        self.kvm.close()
