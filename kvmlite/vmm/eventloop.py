@@ -35,8 +35,8 @@ class EventLoop:
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         """Call ``callback()`` on the loop thread whenever ``fd`` is readable."""
+        self._epoll.register(fd, select.EPOLLIN)  # raises first for fds epoll refuses
         self._callbacks[fd] = callback
-        self._epoll.register(fd, select.EPOLLIN)
 
     def remove_reader(self, fd: int) -> None:
         if self._callbacks.pop(fd, None) is not None:
