@@ -1,14 +1,32 @@
 """Which devices a VM has, where they sit, and how they are wired.
 
 The device models know nothing of KVM; this module gives each its bus
-range, interrupt line and backend, in the spirit of Firecracker's device
-manager but kept small: one method per device family.
+range, interrupt line and backend (Firecracker's device manager, kept
+small: one method per device family).  Every address, port and IRQ comes
+from :mod:`kvmlite.arch.x86.layout`.
+
+Legacy devices, in port order::
+
+    0x060, 0x064   i8042 keyboard controller (IRQ 1), reset line -> VM reset
+    0x070-0x071    CMOS RTC
+    0x080          POST port (ignored)
+    0x2E8..0x3F8   COM4..COM1 16550 UARTs (IRQ 3/4); COM1 is the console
+    0x501          kvmlite exit port: the guest's exit status
+    0x600-0x60C    ACPI PM1a event/control, PM timer, reset register (SCI 9)
+    0xCF8, 0xCFC   PCI configuration mechanism #1
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
+
+from kvmlite.arch.x86 import layout
+from kvmlite.arch.x86.acpi import AcpiConfig, build_acpi_tables
+from kvmlite.arch.x86.mptable import MpTableConfig, build_mptable
+from kvmlite.errors import ConfigError
+from kvmlite.vmm.exitcodes import EndReason
+from kvmlite.vmm.interrupts import KvmIrqLine
 
 if TYPE_CHECKING:
     from kvmlite.vmm.memory import GuestMemory
@@ -16,21 +34,94 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Sink = Callable[[bytes], None]
+
 
 class DeviceManager:
-    def __init__(self, vm: "Vm") -> None:
+    """Creates, registers and tears down a VM's devices."""
+
+    def __init__(self, vm: "Vm", console_output: Sink | None = None) -> None:
         self.vm = vm
+        self.console_output = console_output
         self._cmdline: list[str] = []
+        self.serial: list = []
+        self.i8042 = None
+        self.acpi_pm = None
+        self.console_input: Callable[[bytes], None] = lambda data: None
+        self.console_break: Callable[[], None] | None = None
+
+    # --- creation -----------------------------------------------------------
 
     def create(self) -> None:
         """Create and register every device (before any vCPU runs)."""
+        self._create_legacy()
+
+    def _irq(self, gsi: int) -> KvmIrqLine:
+        return KvmIrqLine(self.vm.vm_fd, gsi)
+
+    def _register(self, base: int, length: int, device: object, name: str) -> None:
+        self.vm.io_bus.register(base, length, device, name)  # type: ignore[arg-type]
+
+    def _create_legacy(self) -> None:
+        from kvmlite.devices.legacy.acpi_pm import AcpiPm
+        from kvmlite.devices.legacy.debug_exit import GuestExit
+        from kvmlite.devices.legacy.i8042 import I8042
+        from kvmlite.devices.legacy.ignored import IgnoredPort
+        from kvmlite.devices.legacy.port92 import SystemControlPortA
+        from kvmlite.devices.legacy.rtc import Rtc
+        from kvmlite.devices.legacy.serial import Serial
+
+        for index, (port, irq) in enumerate(zip(layout.PORT_COM, layout.IRQ_COM)):
+            uart = Serial(self._irq(irq), self.console_output if index == 0 else None)
+            self.serial.append(uart)
+            self._register(port, 8, uart, f"com{index + 1}")
+        self.console_input = self.serial[0].enqueue_input
+        self.console_break = self.serial[0].send_break
+        self.i8042 = I8042(self._irq(layout.IRQ_KEYBOARD), reset=self._guest_reset,
+                           aux_irq=self._irq(layout.IRQ_MOUSE))
+        self._register(layout.PORT_I8042_DATA, 1, self.i8042.data, "i8042")
+        self._register(layout.PORT_I8042_STATUS, 1, self.i8042.command, "i8042-command")
+        self._register(layout.PORT_RTC, 2, Rtc(), "rtc")
+        pm = self.acpi_pm = AcpiPm(self._irq(layout.IRQ_ACPI_SCI), poweroff=self._guest_poweroff,
+                                   reset=self._guest_reset)
+        self._register(layout.PORT_ACPI_PM1A_EVT, 4, pm.event, "acpi-pm1a-evt")
+        self._register(layout.PORT_ACPI_PM1A_CNT, 2, pm.control, "acpi-pm1a-cnt")
+        self._register(layout.PORT_ACPI_PM_TMR, 4, pm.timer, "acpi-pm-tmr")
+        self._register(layout.PORT_ACPI_RESET, 1, pm.reset, "acpi-reset")
+        self._register(layout.PORT_GUEST_EXIT, 1, GuestExit(self._guest_exit), "exit-port")
+        self._register(layout.PORT_POST, 1, IgnoredPort("post"), "post")
+        self._register(layout.PORT_IO_DELAY_ALT, 1, IgnoredPort("io-delay"), "io-delay")
+        self._register(layout.PORT_SYSTEM_CONTROL_A, 1, SystemControlPortA(self._guest_reset), "port92")
+
+    def _guest_exit(self, code: int) -> None:
+        self.vm.end(EndReason.GUEST_EXIT, code, f"guest exit status {code}")
+
+    def _guest_reset(self) -> None:
+        self.vm.end(EndReason.RESET, None, "guest requested a reset")
+
+    def _guest_poweroff(self) -> None:
+        self.vm.end(EndReason.POWEROFF, None, "guest powered off")
+
+    # --- firmware tables ------------------------------------------------------
 
     def write_firmware_tables(self, memory: "GuestMemory") -> int | None:
-        """Write ACPI and MP tables; return the RSDP address."""
-        return None
+        """Write the ACPI tables and the MP table; return the RSDP address."""
+        cpus = self.vm.config.cpus
+        image = build_acpi_tables(AcpiConfig(num_cpus=cpus, serial_ports=(1, 2, 3, 4)))
+        for addr, blob in image.blobs:
+            memory.write(addr, blob)
+        try:
+            addr, blob = build_mptable(MpTableConfig(num_cpus=cpus))
+            memory.write(addr, blob)
+            memory.write_u16(layout.BDA_EBDA_SEGMENT, layout.EBDA_START >> 4)
+        except ConfigError as exc:
+            log.info("no MP table (%s); the guest must use ACPI", exc)
+        return image.rsdp_addr
 
     def cmdline_fragments(self) -> list[str]:
         return list(self._cmdline)
+
+    # --- lifetime ---------------------------------------------------------------
 
     def start(self) -> None:
         pass
@@ -40,3 +131,7 @@ class DeviceManager:
 
     def close(self) -> None:
         pass
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        out = {f"com{i + 1}": s.stats() for i, s in enumerate(self.serial)}
+        return out

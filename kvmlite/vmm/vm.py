@@ -83,7 +83,7 @@ class Vm:
         self.event_loop = EventLoop("io")
         from kvmlite.vmm.devices import DeviceManager
 
-        self.devices = DeviceManager(self)
+        self.devices = DeviceManager(self, console_output)
         self.devices.create()
         rsdp = self.devices.write_firmware_tables(self.memory)
         self.boot: BootLayout = self._load_kernel(rsdp)

@@ -30,18 +30,28 @@ from pathlib import Path
 
 SRC = Path(__file__).parent / "src"
 OUT = Path(__file__).parent / "build"
-LIB = ["lib/serial.c"]
+LIB = ["lib/serial.c", "lib/cmdline.c"]
 
 CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-nostdlib",
           "-mgeneral-regs-only", "-mno-red-zone", "-fno-asynchronous-unwind-tables",
           "-fno-builtin", "-O2", "-Wall", "-Werror", "-g0"]
 
 # name -> (sources relative to src/, linker script)
+# Interrupt-driven 64-bit guests: bootinfo's startup_64 (calls main64(boot_params)),
+# the IDT stubs and the APIC/PIT/PIC helpers.
+_LONG = ["bootinfo/entry64.S", "lib/idt64.S", "lib/idt64.c", "lib/apic.c"]
+
 BZIMAGE_GUESTS: dict[str, tuple[list[str], str]] = {
     "bootinfo": (["bootinfo/entry64.S", "bootinfo/main64.c", "bootinfo/report.c"], "bootinfo/linker64.ld"),
+    "serial-echo": ([*_LONG, "serial_echo/main.c"], "bootinfo/linker64.ld"),
+    "timers": ([*_LONG, "timers/main.c"], "bootinfo/linker64.ld"),
+    "smp": ([*_LONG, "smp/trampoline.S", "smp/tables.c", "smp/main.c"], "bootinfo/linker64.ld"),
+    "lifecycle": ([*_LONG, "lifecycle/main.c"], "bootinfo/linker64.ld"),
 }
 ELF32_GUESTS: dict[str, tuple[list[str], str]] = {
     "bootinfo-pvh": (["bootinfo/entry_pvh.S", "bootinfo/main32.c", "bootinfo/report.c"], "bootinfo/linker32.ld"),
+    "pingpong": (["bootinfo/entry_pvh.S", "pingpong/main.c"], "bootinfo/linker32.ld"),
+    "first": (["first/entry.S"], "bootinfo/linker32.ld"),
 }
 
 
@@ -134,6 +144,7 @@ def bzimage(name: str) -> Path:
         _run(["objcopy", "-O", "binary", "--only-section=.head", "--only-section=.text",
               "--only-section=.rodata", "--only-section=.data", str(elf), str(payload)])
         data = payload.read_bytes()
+        data += bytes(-len(data) % 16)   # syssize counts 16-byte paragraphs, as build.c pads
         init_size = _symbol(elf, "_end") - LOAD_ADDR
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(setup_sectors(len(data), init_size) + data)

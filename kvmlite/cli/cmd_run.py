@@ -1,0 +1,106 @@
+"""``kvmlite run``: start a VM and attach the terminal to its console.
+
+Option names follow kvmtool's ``lkvm run``.  With no kernel the default
+guest prepared by ``kvmlite setup`` boots; ``kvmlite run -- CMD ARGS``
+runs CMD in it and exits with CMD's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+
+from kvmlite import log
+from kvmlite.errors import ConfigError, UsageError
+from kvmlite.vmm.config import CONSOLES, TRANSPORTS, DiskConfig, VmConfig, parse_mem_mib
+
+EPILOG = """exit status: 0 guest powered off, 1 kvmlite failed, 2 bad usage, 3 guest reset,
+4 guest crashed, N the guest's own status (kvmlite run -- CMD, or a write to port 0x501).
+Console escape: Ctrl-A x quits, Ctrl-A h for help."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    g = parser.add_argument_group("basic options")
+    g.add_argument("--name", help="a name for the guest (default: generated)")
+    g.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
+    g.add_argument("-m", "--mem", default="256", metavar="SIZE",
+                   help="guest memory in MiB, or with a K/M/G suffix (default 256)")
+    g.add_argument("-d", "--disk", action="append", default=[], metavar="PATH[,ro]",
+                   help="a raw disk image; repeat for more disks; ',ro' makes it read-only")
+    g.add_argument("--rng", action="store_true", help="add a virtio-rng device (host getrandom)")
+    g.add_argument("--console", choices=CONSOLES, default="serial",
+                   help="guest console: serial (ttyS0, default) or virtio (hvc0)")
+    g.add_argument("--virtio-transport", choices=TRANSPORTS, default="pci",
+                   help="virtio transport: pci (default) or mmio")
+    g.add_argument("--hugepages", action="store_true", help="back guest memory with hugetlbfs pages")
+    k = parser.add_argument_group("kernel options")
+    k.add_argument("-k", "--kernel", help="kernel image: bzImage or ELF vmlinux with a PVH note "
+                                          "(default: the guest prepared by 'kvmlite setup')")
+    k.add_argument("-i", "--initrd", help="initial ramdisk")
+    k.add_argument("-p", "--params", default="", help="kernel command-line parameters, appended to the defaults")
+    k.add_argument("--no-default-params", action="store_true",
+                   help="use -p as the whole command line (no console=, no device options)")
+    d = parser.add_argument_group("debug options")
+    d.add_argument("--loglevel", choices=log.LEVELS, default="warning", help="kvmlite's own messages")
+    parser.add_argument("image", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="-- CMD [ARGS...]: run CMD in the default guest and exit with its status")
+
+
+def _split_command(args: argparse.Namespace) -> list[str]:
+    command = list(args.command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    elif command:
+        raise UsageError(f"unexpected argument {command[0]!r} (put a guest command after '--')")
+    return command
+
+
+def config_from_args(args: argparse.Namespace) -> VmConfig:
+    """Turn parsed options into a frozen VmConfig (no side effects)."""
+    kernel, initrd = args.kernel or args.image, args.initrd
+    command = _split_command(args)
+    params = args.params
+    if kernel is None:
+        from kvmlite.guest.setup import default_guest
+
+        guest = default_guest()
+        if guest is None:
+            raise ConfigError("no kernel given and no default guest prepared: run 'kvmlite setup' first, "
+                              "or pass -k KERNEL")
+        kernel, initrd = str(guest.kernel), initrd or str(guest.initrd)
+    if command:
+        from kvmlite.guest.cmdline import encode_command
+
+        params = f"{params} {encode_command(shlex.join(command))}".strip()
+    return VmConfig(
+        kernel=kernel, initrd=initrd, params=params, mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
+        name=args.name, console=args.console, disks=tuple(DiskConfig.parse(d) for d in args.disk),
+        rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,
+        default_cmdline=not args.no_default_params)
+
+
+def run(args: argparse.Namespace) -> int:
+    log.setup(args.loglevel)
+    config = config_from_args(args)
+    from kvmlite.vmm.session import ConsoleSession
+    from kvmlite.vmm.vm import Vm
+
+    vm = Vm(config, console_output=ConsoleSession.output_sink())
+    try:
+        with ConsoleSession(vm, sys.stdin) as session:
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, lambda *_: vm.stop())
+            vm.start()
+            result = session.wait()
+    finally:
+        vm.close()
+    if result.exit_code not in (0,) and result.reason.value in ("crash", "error"):
+        print(f"kvmlite: error: {result.message}", file=sys.stderr)
+    elif result.reason.value == "reset":
+        print(f"kvmlite: {result.message}", file=sys.stderr)
+    return result.exit_code
