@@ -1,0 +1,321 @@
+"""virtio-blk (virtio 1.2 §5.2) over a raw image.
+
+One request queue.  ``queue_notify`` only kicks a per-device worker
+thread, which pops requests, does the disk I/O between the image and guest
+memory views, and completes them in order; so a slow disk never stalls a
+vCPU or the shared I/O thread, and a flush completes only after every write
+completed before it is on disk (a single worker serves requests in ring
+order, and ``fdatasync`` returns before the flush's used entry is written).
+
+Threads and locks:
+
+* ``activate``/``queue_notify``/``reset`` come from the transport, under
+  its lock.
+* The worker holds the activation's ``lock`` while it touches guest memory
+  or the queue, one short batch at a time, and never while it calls the
+  interrupt or ``on_needs_reset``.  ``reset`` marks the activation stopped
+  and takes that lock: once it returns, the worker touches guest memory no
+  more; the thread itself exits on its own (it may be waiting on the
+  transport's lock to deliver a last, now spurious, interrupt).
+
+Errors: a malformed request (bad sector, length, type, flags) completes
+with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; a malformed ring or a chain
+with no status byte stops the device and asks the transport for
+DEVICE_NEEDS_RESET.  Each is logged as one rate-limited line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kvmlite.devices.virtio import iov
+from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+                                           VIRTIO_ID_BLOCK, VirtioDevice, VirtioInterrupt)
+from kvmlite.devices.virtio.disk import SECTOR_SIZE, RawDisk
+from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
+from kvmlite.devices.virtio.ratelimit import RateLimitedLog
+from kvmlite.devices.virtio.serve import serve_queue
+from kvmlite.devices.virtio.worker import Worker
+from kvmlite.vmm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+# §5.2.3 feature bits
+VIRTIO_BLK_F_SIZE_MAX = 1 << 1
+VIRTIO_BLK_F_SEG_MAX = 1 << 2
+VIRTIO_BLK_F_RO = 1 << 5
+VIRTIO_BLK_F_BLK_SIZE = 1 << 6
+VIRTIO_BLK_F_FLUSH = 1 << 9
+VIRTIO_BLK_F_DISCARD = 1 << 13
+VIRTIO_BLK_F_WRITE_ZEROES = 1 << 14
+
+# §5.2.6 request types and status values
+VIRTIO_BLK_T_IN = 0
+VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_FLUSH = 4
+VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_T_DISCARD = 11
+VIRTIO_BLK_T_WRITE_ZEROES = 13
+VIRTIO_BLK_S_OK = 0
+VIRTIO_BLK_S_IOERR = 1
+VIRTIO_BLK_S_UNSUPP = 2
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+
+REQUEST_HEADER = struct.Struct("<IIQ")        # §5.2.6: le32 type, le32 reserved, le64 sector
+SEGMENT = struct.Struct("<QII")               # virtio_blk_discard_write_zeroes
+MAX_DISCARD_SECTORS = 1 << 23                 # 4 GiB per segment
+MAX_DISCARD_SEG = 32
+DISCARD_ALIGNMENT = 8                         # sectors: 4 KiB, the usual filesystem block
+BATCH = 32                                    # requests per hold of the activation lock
+
+
+class ChainFramingError(QueueError):
+    """A request with no device-writable status byte: nothing can report it."""
+
+
+class _RequestFailed(Exception):
+    """Complete the current request with ``status``; the message is logged."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Activation:
+    """What one DRIVER_OK..reset period of the device uses."""
+
+    memory: GuestMemory | None
+    queue: Queue | None
+    interrupt: VirtioInterrupt | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: bool = False
+    worker: Worker | None = None
+
+
+class VirtioBlock(VirtioDevice):
+    device_type = VIRTIO_ID_BLOCK
+
+    def __init__(self, disk: RawDisk, queue_size: int = 256) -> None:
+        super().__init__()
+        self.disk = disk
+        self.queue_max_sizes = (queue_size,)
+        self._config = self._build_config(queue_size)
+        self._active: _Activation | None = None
+        self._errors = RateLimitedLog(log)
+        self._stats = dict.fromkeys(("read_requests", "write_requests", "flush_requests", "discard_requests",
+                                     "write_zeroes_requests", "get_id_requests", "read_bytes", "write_bytes",
+                                     "errors", "queue_errors"), 0)
+        self._handlers: dict[int, Callable[[int, iov.IoVec, iov.IoVec], int]] = {
+            VIRTIO_BLK_T_IN: self._read, VIRTIO_BLK_T_OUT: self._write, VIRTIO_BLK_T_FLUSH: self._flush,
+            VIRTIO_BLK_T_GET_ID: self._get_id, VIRTIO_BLK_T_DISCARD: self._discard,
+            VIRTIO_BLK_T_WRITE_ZEROES: self._write_zeroes}
+
+    # --- VirtioDevice ---
+
+    def device_features(self) -> int:
+        features = (VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX
+                    | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH)
+        if self.disk.read_only:
+            return features | VIRTIO_BLK_F_RO
+        return features | VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
+
+    def _build_config(self, queue_size: int) -> bytes:
+        """struct virtio_blk_config (§5.2.4), up to write_zeroes_may_unmap."""
+        return struct.pack("<QII4xI8xBxHIIIIIB3x",
+                           self.disk.capacity, 0, queue_size - 2, SECTOR_SIZE,
+                           0, 1,                                       # writeback, num_queues
+                           MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, DISCARD_ALIGNMENT,
+                           MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, 1)    # write zeroes; may unmap
+
+    def read_config(self, offset: int, data: memoryview) -> None:
+        chunk = self._config[offset:offset + len(data)] if offset >= 0 else b""
+        data[:len(chunk)] = chunk
+        data[len(chunk):] = bytes(len(data) - len(chunk))
+
+    def activate(self, memory: GuestMemory, queues: list[Queue], driver_features: int,
+                 interrupt: VirtioInterrupt) -> None:
+        self.reset()
+        queue = queues[0]
+        active = _Activation(memory, queue, interrupt)
+        self._active = active
+        if not queue.ready:
+            return
+        try:
+            queue.configure(memory, driver_features)
+        except QueueError as exc:
+            self._stop_for_reset(active, exc)
+            return
+        active.worker = Worker(f"virtio-blk:{os.path.basename(self.disk.path)}", lambda: self._service(active))
+        active.worker.start()
+        active.worker.kick()
+
+    def queue_notify(self, queue_index: int) -> None:
+        active = self._active
+        if queue_index == 0 and active is not None and active.worker is not None:
+            active.worker.kick()
+
+    def reset(self) -> None:
+        active, self._active = self._active, None
+        if active is None:
+            return
+        if active.worker is not None:
+            active.worker.stop()
+        with active.lock:   # waits for the request in flight, if any
+            active.stopped = True
+            active.memory = active.queue = active.interrupt = None
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    # --- lifetime beyond the ABC ---
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has served every request it was kicked for."""
+        active = self._active
+        return active is None or active.worker is None or active.worker.wait_idle(timeout)
+
+    def close(self) -> None:
+        """VM shutdown: stop the worker, then close (and unlock) the image.
+        Call without the transport lock held."""
+        active = self._active
+        self.reset()
+        if active is not None and active.worker is not None:
+            active.worker.join(timeout=10)
+        self.disk.close()
+
+    # --- the worker ---
+
+    def _service(self, active: _Activation) -> None:
+        """Worker thread: serve the queue in batches until it is empty."""
+        while True:
+            with active.lock:
+                if active.stopped or active.memory is None or active.queue is None:
+                    return
+                served = serve_queue(active.queue, active.memory, self._handle, limit=BATCH)
+                interrupt = active.interrupt
+            if served.notify and interrupt is not None:
+                interrupt.signal_used_queue(0)
+            if served.error is not None:
+                self._stop_for_reset(active, served.error)
+                return
+            if served.idle:
+                return
+
+    def _stop_for_reset(self, active: _Activation, error: QueueError) -> None:
+        """The driver broke the ring: stop serving and ask for a reset (no lock held)."""
+        with active.lock:
+            active.stopped = True
+        if active.worker is not None:
+            active.worker.stop()
+        self._stats["queue_errors"] += 1
+        self._errors.warning(f"virtio-blk {self.disk.path}: {error}; device needs reset")
+        self.on_needs_reset(str(error))
+
+    # --- requests (worker thread, activation lock held) ---
+
+    def _handle(self, chain: DescriptorChain) -> int:
+        """Execute one request; returns the bytes written to the guest."""
+        data_out, status = iov.split_tail(chain.writable, 1)
+        if not status:
+            raise ChainFramingError(f"request {chain.head} has no device-writable status byte")
+        header, data_in = iov.split_at(chain.readable, REQUEST_HEADER.size)
+        try:
+            if iov.total_len(header) < REQUEST_HEADER.size:
+                raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"request {chain.head} has a short header")
+            rtype, _reserved, sector = REQUEST_HEADER.unpack(iov.gather(header))
+            handler = self._handlers.get(rtype)
+            if handler is None:
+                raise _RequestFailed(VIRTIO_BLK_S_UNSUPP, f"unsupported request type {rtype}")
+            written = handler(sector, data_in, data_out)
+            code = VIRTIO_BLK_S_OK
+        except _RequestFailed as failure:
+            code, written = failure.status, 0
+            self._stats["errors"] += 1
+            self._errors.warning(f"virtio-blk {self.disk.path}: {failure}")
+        status[0][0] = code
+        return written + 1
+
+    def _io_range(self, sector: int, nbytes: int) -> int:
+        """Byte offset of a transfer, after checking it against the capacity."""
+        if nbytes % SECTOR_SIZE:
+            raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"transfer of {nbytes} bytes is not whole sectors")
+        if sector + nbytes // SECTOR_SIZE > self.disk.capacity:
+            raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"sectors {sector}+{nbytes // SECTOR_SIZE} are beyond "
+                                                     f"the capacity {self.disk.capacity}")
+        return sector * SECTOR_SIZE
+
+    def _read(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+        self._stats["read_requests"] += 1
+        nbytes = iov.total_len(data_out)
+        offset = self._io_range(sector, nbytes)
+        self._disk_op("read", self.disk.read, data_out, offset)
+        self._stats["read_bytes"] += nbytes
+        return nbytes
+
+    def _write(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+        self._stats["write_requests"] += 1
+        self._refuse_if_read_only("write")
+        nbytes = iov.total_len(data_in)
+        offset = self._io_range(sector, nbytes)
+        self._disk_op("write", self.disk.write, data_in, offset)
+        self._stats["write_bytes"] += nbytes
+        return 0
+
+    def _flush(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+        self._stats["flush_requests"] += 1
+        if not self.disk.read_only:
+            self._disk_op("flush", self.disk.flush)
+        return 0
+
+    def _get_id(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+        self._stats["get_id_requests"] += 1
+        return iov.scatter(data_out, self.disk.serial)
+
+    def _discard(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+        self._stats["discard_requests"] += 1
+        self._refuse_if_read_only("discard")
+        for offset, length, _unmap in self._segments(data_in, allow_unmap=False):
+            self._disk_op("discard", self.disk.discard, offset, length)
+        return 0
+
+    def _write_zeroes(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+        self._stats["write_zeroes_requests"] += 1
+        self._refuse_if_read_only("write zeroes")
+        for offset, length, unmap in self._segments(data_in, allow_unmap=True):
+            self._disk_op("write zeroes", self.disk.write_zeroes, offset, length, unmap)
+        return 0
+
+    def _segments(self, data_in: iov.IoVec, allow_unmap: bool) -> list[tuple[int, int, bool]]:
+        """Parse and check every discard/write-zeroes segment before acting on any."""
+        nbytes = iov.total_len(data_in)
+        if nbytes == 0 or nbytes % SEGMENT.size or nbytes // SEGMENT.size > MAX_DISCARD_SEG:
+            raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"{nbytes} bytes of segments: not 1..{MAX_DISCARD_SEG} "
+                                                     f"segments of {SEGMENT.size}")
+        raw = iov.gather(data_in)
+        segments = []
+        for sector, count, flags in SEGMENT.iter_unpack(raw):
+            # §5.2.6.2: unknown flags, or unmap on a discard, are UNSUPP.
+            if flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP or (flags and not allow_unmap):
+                raise _RequestFailed(VIRTIO_BLK_S_UNSUPP, f"segment flags {flags:#x} not supported")
+            if count > MAX_DISCARD_SECTORS:
+                raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"segment of {count} sectors exceeds {MAX_DISCARD_SECTORS}")
+            offset = self._io_range(sector, count * SECTOR_SIZE)
+            segments.append((offset, count * SECTOR_SIZE, bool(flags)))
+        return segments
+
+    def _refuse_if_read_only(self, what: str) -> None:
+        # §5.2.6.2: IOERR for a write to a read-only device, and write nothing.
+        if self.disk.read_only:
+            raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"{what} refused: the disk is read-only")
+
+    def _disk_op(self, what: str, op: Callable[..., None], *args: object) -> None:
+        try:
+            op(*args)
+        except OSError as exc:
+            raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"{what} failed: {exc.strerror or exc}") from None

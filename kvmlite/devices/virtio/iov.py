@@ -1,0 +1,64 @@
+"""Scatter-gather helpers over lists of ``memoryview`` buffers.
+
+A request's header or status byte may sit in its own descriptor or share one
+with data (§2.7.4: "the driver MUST NOT make assumptions about message
+framing"), so devices cut buffer lists at byte offsets instead of at
+descriptor boundaries.  Slicing a ``memoryview`` copies nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+IoVec = list[memoryview]
+
+
+def total_len(views: Sequence[memoryview]) -> int:
+    return sum(len(v) for v in views)
+
+
+def split_at(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
+    """The first ``n`` bytes of ``views`` and the rest (fewer when short)."""
+    head: IoVec = []
+    tail: IoVec = []
+    for view in views:
+        if n >= len(view):
+            head.append(view)
+            n -= len(view)
+        elif n > 0:
+            head.append(view[:n])
+            tail.append(view[n:])
+            n = 0
+        else:
+            tail.append(view)
+    return head, tail
+
+
+def split_tail(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
+    """All but the last ``n`` bytes of ``views``, and those last bytes."""
+    return split_at(views, max(total_len(views) - n, 0))
+
+
+def gather(views: Sequence[memoryview], limit: int | None = None) -> bytes:
+    """Copy out up to ``limit`` bytes (all when None)."""
+    if limit is not None:
+        views, _ = split_at(views, limit)
+    return b"".join(views)
+
+
+def scatter(views: Sequence[memoryview], data: bytes | bytearray | memoryview) -> int:
+    """Copy ``data`` into ``views`` in order; returns the bytes copied."""
+    src = memoryview(data)
+    done = 0
+    for view in views:
+        if done == len(src):
+            break
+        n = min(len(view), len(src) - done)
+        view[:n] = src[done:done + n]
+        done += n
+    return done
+
+
+def advance(views: Sequence[memoryview], n: int) -> IoVec:
+    """``views`` without their first ``n`` bytes, and without empty buffers."""
+    return [v for v in split_at(views, n)[1] if len(v)]

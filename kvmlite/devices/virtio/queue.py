@@ -1,0 +1,375 @@
+"""Split virtqueues, device side (virtio 1.2 §2.7).
+
+A :class:`Queue` holds only what the device needs to remember between
+calls (the ring addresses the transport set, and its own ``next_avail`` /
+``next_used`` positions); every operation takes the guest memory as an
+argument, as rust-vmm's virtio-queue does, so a fake driver over a plain
+:class:`~kvmlite.vmm.memory.GuestMemory` drives the tests.
+
+Everything in the rings is written by the guest and is hostile: each value
+is copied out of guest memory once, checked, and only then used.  A
+malformed ring or chain raises one of the :class:`QueueError` subclasses
+below (one-line messages); nothing here reads or writes outside guest RAM,
+because every access goes through ``GuestMemory.view``, which bounds-checks.
+
+Memory ordering (§2.7.7, §2.7.13).  The guest's vCPUs run on other physical
+CPUs at the same time as this code.  kvmlite runs on x86, whose memory
+model is TSO: loads are not reordered with other loads, stores are not
+reordered with other stores, but a later load may be satisfied before an
+earlier store is visible to other CPUs (the store buffer).  CPython adds no
+reordering of its own between two statements: each is many C function
+calls the C compiler cannot move memory accesses across.  So:
+
+* publish used elements before the used idx: two stores, ordered by TSO
+  (Linux's ``virtio_wmb`` is a compiler barrier on x86 for the same reason);
+* read the avail idx before the ring entries and descriptors it covers: two
+  loads, ordered by TSO (``virtio_rmb``);
+* store-then-load pairs need a real fence: after publishing the used idx and
+  before reading ``used_event``/the avail flags to decide whether to
+  interrupt, and after publishing ``avail_event`` and before re-reading the
+  avail idx.  :func:`full_barrier` provides it.
+
+Ring indexes are 16-bit fields at 2-aligned addresses (the alignment is
+checked in :meth:`Queue.configure`); ``GuestMemory.read_u16``/``write_u16``
+access them with one 2-byte load or store, so the guest never sees a torn
+index.
+
+Threads: a queue belongs to one device, which serialises its calls (one
+I/O thread, or one worker thread, or under the device's lock).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass, field
+
+from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
+from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
+
+# §2.7.5: struct virtq_desc flags
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+# §2.7.6: struct virtq_avail flags
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+# §2.7.8: struct virtq_used flags
+VIRTQ_USED_F_NO_NOTIFY = 1
+
+DESC_SIZE = 16                # §2.7.5: le64 addr, le32 len, le16 flags, le16 next
+USED_ELEM_SIZE = 8            # §2.7.8: le32 id, le32 len
+# §2.7 "Queue Alignment": descriptor table 16, available ring 2, used ring 4.
+DESC_TABLE_ALIGN = 16
+AVAIL_RING_ALIGN = 2
+USED_RING_ALIGN = 4
+MAX_QUEUE_SIZE = 32768        # §2.7: split queue size is a power of 2, at most 32768
+NO_VECTOR = 0xFFFF            # §4.1.4.3: VIRTIO_MSI_NO_VECTOR
+U32_MAX = 0xFFFF_FFFF
+
+_DESC = struct.Struct("<QIHH")
+_USED_ELEM = struct.Struct("<II")
+
+
+# --- errors -----------------------------------------------------------------
+
+class QueueError(Exception):
+    """The driver broke the virtqueue contract; the message is one line."""
+
+
+class RingAddressError(QueueError):
+    """A ring is misaligned, outside guest RAM, or the queue size is invalid (§2.7)."""
+
+
+class AvailIndexError(QueueError):
+    """The avail idx moved ahead by more than the queue size (§2.7.6)."""
+
+
+class DescriptorIndexError(QueueError):
+    """A head or ``next`` index past the end of its descriptor table (§2.7.5)."""
+
+
+class ChainLoopError(QueueError):
+    """A chain longer than its table allows: it loops (§2.7.5.2)."""
+
+
+class IndirectTableError(QueueError):
+    """A malformed indirect descriptor (§2.7.5.3.1): bad length, NEXT set,
+    not negotiated, or more entries than the queue size."""
+
+
+class NestedIndirectError(IndirectTableError):
+    """An indirect descriptor inside an indirect table (§2.7.5.3.1)."""
+
+
+class DescriptorOrderError(QueueError):
+    """A device-readable descriptor after a device-writable one (§2.7.4.2)."""
+
+
+class DescriptorAddressError(QueueError):
+    """A buffer or indirect table not wholly inside one RAM region."""
+
+
+class ChainLengthError(QueueError):
+    """The readable or writable bytes of a chain do not fit in 32 bits (§2.7.8)."""
+
+
+# --- the fence --------------------------------------------------------------
+
+_fence_lock = threading.Lock()
+
+
+def full_barrier() -> None:
+    """A full memory fence (``mfence`` semantics) for the store-then-load
+    orderings described in the module docstring.
+
+    Python has no fence primitive.  On x86 every locked instruction is a full
+    barrier, and acquiring plus releasing an uncontended ``threading.Lock``
+    executes at least one (CPython's lock is a POSIX semaphore or a pthread
+    mutex; both are a ``lock cmpxchg``/``lock xadd`` on the fast path).
+    """
+    with _fence_lock:
+        pass
+
+
+# --- a popped chain ---------------------------------------------------------
+
+@dataclass
+class DescriptorChain:
+    """One request: the head index and its buffers (§2.7.4, §2.7.5).
+
+    ``readable``/``writable`` are zero-copy ``memoryview`` slices of guest
+    RAM, device-readable ones first, ready for ``os.pwritev``/``os.preadv``.
+    Call :meth:`release` when done so no view into guest memory outlives the
+    request (device reset, memory teardown).
+    """
+
+    head: int
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+    readable_len: int = 0
+    writable_len: int = 0
+
+    def release(self) -> None:
+        for view in self.readable + self.writable:
+            view.release()
+        self.readable.clear()
+        self.writable.clear()
+
+
+@dataclass
+class _Walk:
+    """Where a chain walk is: which table, how big, and how far we went."""
+
+    table: int
+    entries: int
+    index: int
+    visits: int = 0
+    indirect: bool = False
+
+
+# --- the queue --------------------------------------------------------------
+
+class Queue:
+    """One split virtqueue as the device sees it (§2.7).
+
+    The transport owns the configuration fields (``size``, ``ready``, the
+    three ring addresses, ``msix_vector``) and validates ``size`` against
+    ``max_size``; the device calls :meth:`configure` at activation, then
+    :meth:`pop`, :meth:`add_used`, :meth:`enable_notification` and
+    :meth:`needs_notification`.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"queue max size {max_size} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to power-on values (§4.1.4.3: queue_size reads as the maximum)."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.msix_vector = NO_VECTOR
+        self.next_avail = 0
+        self.next_used = 0
+        self.event_idx = False
+        self.indirect = False
+        self._signalled_used: int | None = None
+
+    # --- activation ---
+
+    def configure(self, memory: GuestMemory, driver_features: int) -> None:
+        """Check the layout the driver chose and take the negotiated ring
+        features; raises :class:`RingAddressError`."""
+        size = self.size
+        if not 0 < size <= self.max_size or size & (size - 1):
+            raise RingAddressError(f"queue size {size} is not a power of 2 in 1..{self.max_size}")
+        _check_ring(memory, "descriptor table", self.desc_table, DESC_SIZE * size, DESC_TABLE_ALIGN)
+        _check_ring(memory, "available ring", self.avail_ring, 6 + 2 * size, AVAIL_RING_ALIGN)
+        _check_ring(memory, "used ring", self.used_ring, 6 + USED_ELEM_SIZE * size, USED_RING_ALIGN)
+        self.event_idx = bool(driver_features & VIRTIO_F_EVENT_IDX)
+        self.indirect = bool(driver_features & VIRTIO_F_INDIRECT_DESC)
+        self._signalled_used = None
+
+    # --- the available ring (§2.7.6) ---
+
+    def _avail_idx(self, memory: GuestMemory) -> int:
+        return memory.read_u16(self.avail_ring + 2)
+
+    def pending(self, memory: GuestMemory) -> int:
+        """How many chains the driver has made available and we have not popped."""
+        try:
+            avail_idx = self._avail_idx(memory)
+        except GuestMemoryError as exc:
+            raise RingAddressError(str(exc)) from None
+        pending = (avail_idx - self.next_avail) & 0xFFFF
+        if pending > self.size:
+            raise AvailIndexError(f"avail idx {avail_idx} is {pending} ahead of {self.next_avail}, "
+                                  f"more than the queue size {self.size}")
+        return pending
+
+    def pop(self, memory: GuestMemory) -> DescriptorChain | None:
+        """The next available chain, or None when the driver has posted none.
+
+        The avail entry is consumed even when its chain turns out malformed
+        (the device is expected to stop and ask for a reset then)."""
+        # The avail idx is read before the ring entry and the descriptors it
+        # publishes: load-load order, which x86 keeps (module docstring).
+        if self.pending(memory) == 0:
+            return None
+        slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
+        head = memory.read_u16(slot)
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        if head >= self.size:
+            raise DescriptorIndexError(f"head descriptor {head} is outside a queue of {self.size}")
+        return self._walk_chain(memory, head)
+
+    def _walk_chain(self, memory: GuestMemory, head: int) -> DescriptorChain:
+        chain = DescriptorChain(head)
+        walk = _Walk(self.desc_table, self.size, head)
+        try:
+            while True:
+                addr, length, flags, nxt = _read_descriptor(memory, walk)
+                if flags & VIRTQ_DESC_F_INDIRECT:
+                    walk = self._enter_indirect(memory, walk, addr, length, flags)
+                    continue
+                walk.visits += 1
+                if walk.visits > walk.entries:
+                    raise ChainLoopError(f"chain from head {head} visits more than {walk.entries} "
+                                         f"descriptors{' in its indirect table' if walk.indirect else ''}")
+                _add_buffer(memory, chain, addr, length, flags)
+                if not flags & VIRTQ_DESC_F_NEXT:
+                    return chain
+                if nxt >= walk.entries:
+                    raise DescriptorIndexError(f"next descriptor {nxt} is outside a table of {walk.entries}")
+                walk.index = nxt
+        except BaseException:
+            chain.release()
+            raise
+
+    def _enter_indirect(self, memory: GuestMemory, walk: _Walk, addr: int, length: int, flags: int) -> _Walk:
+        """Switch the walk to the indirect table a descriptor points at (§2.7.5.3)."""
+        if walk.indirect:
+            raise NestedIndirectError("indirect descriptor inside an indirect table")
+        if not self.indirect:
+            raise IndirectTableError("indirect descriptor but VIRTIO_F_INDIRECT_DESC was not negotiated")
+        if flags & VIRTQ_DESC_F_NEXT:
+            raise IndirectTableError("indirect descriptor with VIRTQ_DESC_F_NEXT set")
+        if length == 0 or length % DESC_SIZE:
+            raise IndirectTableError(f"indirect table length {length} is not a non-zero multiple of {DESC_SIZE}")
+        entries = length // DESC_SIZE
+        if entries > self.size:
+            raise IndirectTableError(f"indirect table of {entries} entries is longer than the queue size {self.size}")
+        if not memory.contains(addr, length):
+            raise DescriptorAddressError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
+        # The device MUST ignore VIRTQ_DESC_F_WRITE on this descriptor (§2.7.5.3.2).
+        return _Walk(addr, entries, 0, indirect=True)
+
+    # --- the used ring (§2.7.8) ---
+
+    def add_used(self, memory: GuestMemory, head: int, length: int) -> None:
+        """Return chain ``head`` to the driver with ``length`` bytes written."""
+        if not 0 <= head < self.size or not 0 <= length <= U32_MAX:
+            raise ValueError(f"bad used element {head}/{length}")
+        slot = self.used_ring + 4 + USED_ELEM_SIZE * (self.next_used % self.size)
+        try:
+            _USED_ELEM.pack_into(memory.view(slot, USED_ELEM_SIZE), 0, head, length)
+            self.next_used = (self.next_used + 1) & 0xFFFF
+            # Store after the element's stores: TSO keeps them in order.
+            memory.write_u16(self.used_ring + 2, self.next_used)
+        except GuestMemoryError as exc:
+            raise RingAddressError(str(exc)) from None
+
+    # --- notification suppression (§2.7.7, §2.7.10) ---
+
+    def enable_notification(self, memory: GuestMemory) -> bool:
+        """Ask the driver to notify us about buffers after the ones we have
+        popped; True when more are already available (then keep popping:
+        the driver may have checked before our request became visible)."""
+        try:
+            if self.event_idx:
+                # avail_event lives after the used ring entries (§2.7.8).
+                memory.write_u16(self.used_ring + 4 + USED_ELEM_SIZE * self.size, self.next_avail)
+            # We never set VIRTQ_USED_F_NO_NOTIFY, so there is nothing to clear.
+            full_barrier()  # store (avail_event) then load (avail idx)
+        except GuestMemoryError as exc:
+            raise RingAddressError(str(exc)) from None
+        return self.pending(memory) > 0
+
+    def needs_notification(self, memory: GuestMemory) -> bool:
+        """Whether the driver wants an interrupt for the used entries added
+        since the last time this returned True (§2.7.7.2, §2.7.10)."""
+        full_barrier()  # store (used idx) then load (used_event / flags)
+        new = self.next_used
+        try:
+            if not self.event_idx:
+                return not memory.read_u16(self.avail_ring) & VIRTQ_AVAIL_F_NO_INTERRUPT
+            old, self._signalled_used = self._signalled_used, new
+            if old is None:
+                return True
+            used_event = memory.read_u16(self.avail_ring + 4 + 2 * self.size)
+        except GuestMemoryError as exc:
+            raise RingAddressError(str(exc)) from None
+        return vring_need_event(used_event, new, old)
+
+
+def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
+    """§2.7.10: notify when ``event_idx`` lies in [old_idx, new_idx)."""
+    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+def _read_descriptor(memory: GuestMemory, walk: _Walk) -> tuple[int, int, int, int]:
+    """Copy one descriptor out of guest memory (it is never read twice)."""
+    try:
+        return _DESC.unpack(memory.view(walk.table + DESC_SIZE * walk.index, DESC_SIZE))
+    except GuestMemoryError as exc:  # tables are checked first; this is a backstop
+        raise DescriptorAddressError(str(exc)) from None
+
+
+def _check_ring(memory: GuestMemory, what: str, addr: int, length: int, align: int) -> None:
+    if addr % align:
+        raise RingAddressError(f"{what} at {addr:#x} is not {align}-byte aligned")
+    if not memory.contains(addr, length):
+        raise RingAddressError(f"{what} {addr:#x}+{length:#x} is outside guest RAM")
+
+
+def _add_buffer(memory: GuestMemory, chain: DescriptorChain, addr: int, length: int, flags: int) -> None:
+    """Append one descriptor's buffer to ``chain`` (§2.7.4.2 ordering)."""
+    writable = bool(flags & VIRTQ_DESC_F_WRITE)
+    if not writable and chain.writable:
+        raise DescriptorOrderError(f"readable descriptor after a writable one in chain {chain.head}")
+    try:
+        view = memory.view(addr, length)
+    except GuestMemoryError:
+        raise DescriptorAddressError(f"buffer {addr:#x}+{length:#x} is not inside one guest RAM region") from None
+    if writable:
+        chain.writable.append(view)
+        chain.writable_len += length
+    else:
+        chain.readable.append(view)
+        chain.readable_len += length
+    if chain.readable_len > U32_MAX or chain.writable_len > U32_MAX:
+        raise ChainLengthError(f"chain {chain.head} has more than 4 GiB of buffers")

@@ -1,0 +1,145 @@
+"""Devices driven by random hostile rings: no exception escapes a device,
+its worker never crashes, and nothing outside guest RAM is touched
+(RecordingMemory asserts every view; GuestMemory refuses the rest)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from kvmlite.devices.virtio.block import VirtioBlock
+from kvmlite.devices.virtio.console import VirtioConsole
+from kvmlite.devices.virtio.disk import RawDisk
+from kvmlite.devices.virtio.queue import Queue
+from kvmlite.devices.virtio.rng import VirtioRng
+from tests.unit.devices.virtio.fakedriver import NeedsResetRecorder, RecordingInterrupt, RecordingMemory
+from tests.unit.devices.virtio.fakedriver import FakeDriver
+from tests.unit.devices.virtio.hostile import (RAM, BlkRequest, HostileRing, blk_requests, descriptors,
+                                               hostile_rings, install, post_blk)
+
+MEMORY = RecordingMemory(RAM)
+
+
+class ErrorRecords(logging.Handler):
+    """Collects ERROR records: a worker logs a crashed handler at ERROR."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def errors() -> Iterator[ErrorRecords]:
+    handler = ErrorRecords()
+    logger = logging.getLogger("kvmlite")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def raw_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RawDisk]:
+    path: Path = tmp_path_factory.mktemp("fuzz") / "disk.img"
+    path.write_bytes(bytes(200 * 512))
+    disk = RawDisk.open(str(path))
+    yield disk
+    disk.close()
+
+
+def hostile_queue(ring: HostileRing) -> Queue:
+    queue = Queue(16)
+    install(ring, MEMORY, queue)
+    return queue
+
+
+@settings(max_examples=200, deadline=None)
+@given(ring=hostile_rings())
+def test_blk_random_hostile_ring_never_crashes(ring: HostileRing, raw_disk: RawDisk, errors: ErrorRecords) -> None:
+    errors.records.clear()
+    device = VirtioBlock(raw_disk, queue_size=16)
+    device.on_needs_reset = NeedsResetRecorder()
+    queue = hostile_queue(ring)
+
+    device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
+    device.queue_notify(0)
+
+    assert device.wait_idle(timeout=10)
+    stats = device.stats()
+    served = sum(v for k, v in stats.items() if k.endswith("_requests"))
+    event(f"requests served: {min(served, 2)}+, errors: {bool(stats['errors'])}, reset: {bool(stats['queue_errors'])}")
+    worker = device._active.worker if device._active else None
+    device.reset()
+    assert worker is None or worker.join(timeout=10)
+    assert errors.records == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests=st.lists(blk_requests(), min_size=1, max_size=4),     # 4 x 4 descriptors fit the ring
+       corruption=st.none() | st.tuples(st.integers(0, 15), descriptors(16)))
+def test_blk_hostile_requests_complete_with_a_status_or_reset(requests: list[BlkRequest],
+                                                              corruption: tuple[int, tuple[int, int, int, int]] | None,
+                                                              raw_disk: RawDisk, errors: ErrorRecords) -> None:
+    errors.records.clear()
+    device = VirtioBlock(raw_disk, queue_size=16)
+    resets = NeedsResetRecorder()
+    device.on_needs_reset = resets
+    queue = Queue(16)
+    driver = FakeDriver(MEMORY, queue)
+    for request in requests:
+        post_blk(driver, request)
+    if corruption is not None:
+        driver.write_desc(driver.desc_table, corruption[0], *corruption[1])
+
+    device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
+    device.queue_notify(0)
+    assert device.wait_idle(timeout=10)
+    device.reset()
+
+    used = driver.used()
+    event(f"completed {len(used)} of {len(requests)}, reset: {bool(resets.reasons)}")
+    assert errors.records == []
+    assert len(used) == len(requests) or resets.reasons
+    assert all(head < 16 for head, _ in used)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ring=hostile_rings())
+def test_console_random_hostile_rings_never_crash(ring: HostileRing, errors: ErrorRecords) -> None:
+    errors.records.clear()
+    output: list[bytes] = []
+    device = VirtioConsole(output.append, queue_size=16)
+    device.on_needs_reset = NeedsResetRecorder()
+    rx = hostile_queue(ring)
+    tx = Queue(16)
+    for field in ("size", "desc_table", "avail_ring", "used_ring", "ready"):
+        setattr(tx, field, getattr(rx, field))   # both queues on the same hostile rings
+
+    device.activate(MEMORY, [rx, tx], device.device_features(), RecordingInterrupt())
+    device.enqueue_input(b"input for a hostile guest")
+    device.queue_notify(1)
+    device.queue_notify(0)
+
+    device.reset()
+    assert errors.records == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(ring=hostile_rings())
+def test_rng_random_hostile_ring_never_crashes(ring: HostileRing, errors: ErrorRecords) -> None:
+    errors.records.clear()
+    device = VirtioRng(queue_size=16)
+    device.on_needs_reset = NeedsResetRecorder()
+
+    device.activate(MEMORY, [hostile_queue(ring)], device.device_features(), RecordingInterrupt())
+    device.queue_notify(0)
+
+    assert device.stats()["bytes"] <= 64 * 1024 * ring.size
+    assert errors.records == []

@@ -1,0 +1,459 @@
+"""virtio-blk end to end (virtio 1.2 §5.2): a fake driver, the real device
+and its worker thread, a real image file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kvmlite.devices.virtio import block, disk
+from kvmlite.devices.virtio.block import (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+                                          VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+                                          VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+                                          VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+                                          VIRTIO_BLK_T_WRITE_ZEROES, VirtioBlock)
+from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1
+from kvmlite.devices.virtio.disk import RawDisk
+from kvmlite.devices.virtio.queue import Queue
+from kvmlite.vmm.memory import GuestMemory
+from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt
+
+SECTORS = 128                      # 64 KiB image
+QUEUE = 16
+
+
+def header(rtype: int, sector: int = 0) -> bytes:
+    return struct.pack("<IIQ", rtype, 0, sector)
+
+
+def segment(sector: int, count: int, flags: int = 0) -> bytes:
+    return struct.pack("<QII", sector, count, flags)
+
+
+def pattern(size: int) -> bytes:
+    return bytes((i * 7 + 3) % 256 for i in range(size))
+
+
+class BlockHarness:
+    """A driver, a device and an image, wired as the transport would."""
+
+    def __init__(self, memory: GuestMemory, path: Path, read_only: bool = False) -> None:
+        self.path = path
+        self.memory = memory
+        self.device = VirtioBlock(RawDisk.open(str(path), read_only), queue_size=QUEUE)
+        self.interrupt = RecordingInterrupt()
+        self.resets = NeedsResetRecorder()
+        self.device.on_needs_reset = self.resets
+        self.activate()
+
+    def activate(self, features: int | None = None) -> None:
+        self.queue = Queue(QUEUE)
+        self.driver = FakeDriver(self.memory, self.queue)
+        if features is None:
+            features = self.device.device_features()
+        self.device.activate(self.memory, [self.queue], features, self.interrupt)
+
+    def run(self) -> list[tuple[int, int]]:
+        self.device.queue_notify(0)
+        assert self.device.wait_idle(timeout=10)
+        return self.driver.used()
+
+    def request(self, rtype: int, sector: int = 0, out: bytes = b"", in_len: int = 0,
+                indirect: bool = False) -> tuple[int, int, bytes]:
+        """One request: (status, used length, data read)."""
+        readable = [header(rtype, sector)] + ([out] if out else [])
+        posted = self.driver.add(readable, ([in_len] if in_len else []) + [1], indirect=indirect)
+        used = self.run()
+        assert [h for h, _ in used] == [posted.head]
+        status = self.driver.read(posted.writable[-1])[0]
+        data = self.driver.read(posted.writable[0]) if in_len else b""
+        return status, used[0][1], data
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.img"
+    path.write_bytes(pattern(SECTORS * 512))
+    return path
+
+
+@pytest.fixture
+def blk(memory: GuestMemory, image: Path) -> Iterator[BlockHarness]:
+    harness = BlockHarness(memory, image)
+    yield harness
+    harness.device.close()
+
+
+@pytest.fixture
+def blk_ro(memory: GuestMemory, image: Path) -> Iterator[BlockHarness]:
+    harness = BlockHarness(memory, image, read_only=True)
+    yield harness
+    harness.device.close()
+
+
+# --- features and configuration space (§5.2.3, §5.2.4) ---
+
+def test_blk_writable_features_offer_flush_discard_write_zeroes(blk: BlockHarness) -> None:
+    features = blk.device.device_features()
+
+    assert features & VIRTIO_F_VERSION_1 and features & VIRTIO_BLK_F_FLUSH
+    assert features & VIRTIO_BLK_F_DISCARD and features & VIRTIO_BLK_F_WRITE_ZEROES
+    assert not features & VIRTIO_BLK_F_RO
+
+
+def test_blk_read_only_features_offer_ro_and_no_discard(blk_ro: BlockHarness) -> None:
+    features = blk_ro.device.device_features()
+
+    assert features & VIRTIO_BLK_F_RO
+    assert not features & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES)
+
+
+def test_blk_config_reports_capacity_and_limits(blk: BlockHarness) -> None:
+    config = memoryview(bytearray(60))
+
+    blk.device.read_config(0, config)
+
+    capacity, _size_max, seg_max = struct.unpack_from("<QII", config)
+    blk_size, = struct.unpack_from("<I", config, 20)
+    num_queues, max_discard, max_discard_seg = struct.unpack_from("<HII", config, 34)
+    may_unmap = config[56]
+    assert (capacity, seg_max, blk_size, num_queues) == (SECTORS, QUEUE - 2, 512, 1)
+    assert max_discard > 0 and max_discard_seg > 0 and may_unmap == 1
+
+
+def test_blk_config_read_past_end_returns_zeroes(blk: BlockHarness) -> None:
+    data = memoryview(bytearray(b"\xff" * 8))
+
+    blk.device.read_config(0x100, data)
+
+    assert bytes(data) == bytes(8)
+
+
+# --- reads and writes (§5.2.6) ---
+
+def test_blk_read_returns_image_bytes(blk: BlockHarness) -> None:
+    status, used_len, data = blk.request(VIRTIO_BLK_T_IN, sector=3, in_len=1024)
+
+    assert status == VIRTIO_BLK_S_OK
+    assert data == pattern(SECTORS * 512)[3 * 512:5 * 512]
+    assert used_len == 1024 + 1
+
+
+def test_blk_read_indirect_chain_returns_image_bytes(blk: BlockHarness) -> None:
+    status, _, data = blk.request(VIRTIO_BLK_T_IN, sector=0, in_len=512, indirect=True)
+
+    assert (status, data) == (VIRTIO_BLK_S_OK, pattern(512))
+
+
+def test_blk_read_header_and_data_split_across_descriptors(blk: BlockHarness) -> None:
+    # No framing assumptions (§2.7.4): header in two pieces, data in three.
+    raw = header(VIRTIO_BLK_T_IN, 1)
+    posted = blk.driver.add([raw[:5], raw[5:]], [100, 412, 1])
+
+    used = blk.run()
+
+    data = b"".join(blk.driver.read(w) for w in posted.writable[:2])
+    assert used == [(posted.head, 513)]
+    assert blk.driver.read(posted.writable[2]) == bytes([VIRTIO_BLK_S_OK])
+    assert data == pattern(1024)[512:1024]
+
+
+def test_blk_write_stores_bytes_in_image(blk: BlockHarness, image: Path) -> None:
+    payload = b"\xa5" * 1024
+
+    status, used_len, _ = blk.request(VIRTIO_BLK_T_OUT, sector=10, out=payload)
+
+    assert (status, used_len) == (VIRTIO_BLK_S_OK, 1)
+    content = image.read_bytes()
+    assert content[10 * 512:12 * 512] == payload
+    assert content[:10 * 512] == pattern(SECTORS * 512)[:10 * 512]
+
+
+def test_blk_flush_calls_fdatasync_before_completing(blk: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    real = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        calls.append((fd, blk.driver.used_idx()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    blk.request(VIRTIO_BLK_T_OUT, sector=0, out=b"\x11" * 512)
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_FLUSH)
+
+    # one fdatasync on the image, while only the write (1 used entry) was complete
+    assert calls == [(blk.device.disk.fd, 1)]
+    assert status == VIRTIO_BLK_S_OK
+
+
+def test_blk_flush_failure_reports_ioerr(blk: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_FLUSH)
+
+    assert status == VIRTIO_BLK_S_IOERR
+
+
+def test_blk_read_only_write_fails_and_leaves_image_unchanged(blk_ro: BlockHarness, image: Path) -> None:
+    before = image.read_bytes()
+
+    status, _, _ = blk_ro.request(VIRTIO_BLK_T_OUT, sector=0, out=b"\xff" * 512)
+
+    assert status == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before
+
+
+def test_blk_read_only_discard_fails_and_leaves_image_unchanged(blk_ro: BlockHarness, image: Path) -> None:
+    before = image.read_bytes()
+
+    status, _, _ = blk_ro.request(VIRTIO_BLK_T_DISCARD, out=segment(0, 8))
+
+    assert status == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before
+
+
+def test_blk_read_only_read_and_flush_succeed(blk_ro: BlockHarness) -> None:
+    read_status, _, data = blk_ro.request(VIRTIO_BLK_T_IN, sector=0, in_len=512)
+    flush_status, _, _ = blk_ro.request(VIRTIO_BLK_T_FLUSH)
+
+    assert (read_status, flush_status, data) == (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK, pattern(512))
+
+
+@pytest.mark.parametrize("sector", [SECTORS - 1, SECTORS, (1 << 64) - 1])
+def test_blk_read_beyond_capacity_reports_ioerr(blk: BlockHarness, sector: int) -> None:
+    status, used_len, _ = blk.request(VIRTIO_BLK_T_IN, sector=sector, in_len=1024)
+
+    assert (status, used_len) == (VIRTIO_BLK_S_IOERR, 1)
+
+
+def test_blk_write_beyond_capacity_reports_ioerr_and_leaves_image(blk: BlockHarness, image: Path) -> None:
+    before = image.read_bytes()
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_OUT, sector=SECTORS - 1, out=b"\x01" * 1024)
+
+    assert status == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before
+
+
+def test_blk_transfer_not_whole_sectors_reports_ioerr(blk: BlockHarness) -> None:
+    status, _, _ = blk.request(VIRTIO_BLK_T_IN, sector=0, in_len=100)
+
+    assert status == VIRTIO_BLK_S_IOERR
+
+
+def test_blk_get_id_returns_image_serial(blk: BlockHarness) -> None:
+    status, used_len, data = blk.request(VIRTIO_BLK_T_GET_ID, in_len=20)
+
+    assert status == VIRTIO_BLK_S_OK
+    assert data == blk.device.disk.serial and len(data) == 20
+    assert used_len == 21
+
+
+def test_blk_unknown_request_type_reports_unsupp(blk: BlockHarness) -> None:
+    status, _, _ = blk.request(99, in_len=512)
+
+    assert status == VIRTIO_BLK_S_UNSUPP
+
+
+def test_blk_short_header_reports_ioerr(blk: BlockHarness) -> None:
+    posted = blk.driver.add([b"\0" * 8], [1])
+
+    blk.run()
+
+    assert blk.driver.read(posted.writable[0]) == bytes([VIRTIO_BLK_S_IOERR])
+
+
+# --- discard and write zeroes (§5.2.6) ---
+
+def test_blk_discard_punches_hole_and_keeps_size(blk: BlockHarness, image: Path) -> None:
+    status, _, _ = blk.request(VIRTIO_BLK_T_DISCARD, out=segment(8, 16))
+
+    content = image.read_bytes()
+    assert status == VIRTIO_BLK_S_OK
+    assert len(content) == SECTORS * 512
+    assert content[8 * 512:24 * 512] == bytes(16 * 512)   # ext4/tmpfs punch holes
+    assert content[24 * 512:] == pattern(SECTORS * 512)[24 * 512:]
+
+
+def test_blk_discard_with_unmap_flag_reports_unsupp(blk: BlockHarness, image: Path) -> None:
+    before = image.read_bytes()
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_DISCARD, out=segment(0, 8, flags=1))
+
+    assert status == VIRTIO_BLK_S_UNSUPP
+    assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("unmap", [0, 1])
+def test_blk_write_zeroes_zeroes_every_segment(blk: BlockHarness, image: Path, unmap: int) -> None:
+    status, _, _ = blk.request(VIRTIO_BLK_T_WRITE_ZEROES, out=segment(1, 2, unmap) + segment(100, 3, unmap))
+
+    content = image.read_bytes()
+    original = pattern(SECTORS * 512)
+    assert status == VIRTIO_BLK_S_OK
+    assert content[512:3 * 512] == bytes(1024) and content[100 * 512:103 * 512] == bytes(1536)
+    assert content[:512] == original[:512] and content[3 * 512:100 * 512] == original[3 * 512:100 * 512]
+
+
+def test_blk_write_zeroes_without_fallocate_support_writes_zeroes(blk: BlockHarness, image: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(fd: int, mode: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(disk, "fallocate", unsupported)
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_WRITE_ZEROES, out=segment(4, 4, 1))
+
+    assert status == VIRTIO_BLK_S_OK
+    assert image.read_bytes()[4 * 512:8 * 512] == bytes(2048)
+
+
+@pytest.mark.parametrize("out", [
+    segment(0, 8, flags=2),                                # unknown flag
+])
+def test_blk_write_zeroes_unknown_flag_reports_unsupp(blk: BlockHarness, out: bytes) -> None:
+    status, _, _ = blk.request(VIRTIO_BLK_T_WRITE_ZEROES, out=out)
+
+    assert status == VIRTIO_BLK_S_UNSUPP
+
+
+@pytest.mark.parametrize("out", [
+    b"",                                                   # no segment
+    segment(0, 8)[:10],                                    # partial segment
+    segment(0, 8) * (block.MAX_DISCARD_SEG + 1),           # too many segments
+    segment(SECTORS - 4, 8),                               # beyond capacity
+    segment(0, 8) + segment(SECTORS, 1),                   # second one beyond capacity
+])
+def test_blk_bad_discard_segments_report_ioerr_and_leave_image(blk: BlockHarness, image: Path, out: bytes) -> None:
+    before = image.read_bytes()
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_DISCARD, out=out)
+
+    assert status == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before
+
+
+# --- the ring and the device lifecycle ---
+
+def test_blk_completion_signals_used_queue(blk: BlockHarness) -> None:
+    blk.request(VIRTIO_BLK_T_IN, in_len=512)
+
+    assert blk.interrupt.used == [0]
+
+
+def test_blk_many_requests_all_complete_in_order(blk: BlockHarness) -> None:
+    heads = [blk.driver.add([header(VIRTIO_BLK_T_IN, i)], [512, 1], indirect=True).head for i in range(QUEUE)]
+
+    used = blk.run()
+
+    assert [h for h, _ in used] == heads
+
+
+def test_blk_chain_without_status_byte_requests_reset(blk: BlockHarness) -> None:
+    blk.driver.add([header(VIRTIO_BLK_T_FLUSH)])
+
+    blk.device.queue_notify(0)
+
+    assert blk.resets.event.wait(10)
+    assert "status byte" in blk.resets.reasons[0]
+    assert blk.device.stats()["queue_errors"] == 1
+
+
+def test_blk_malformed_ring_requests_reset_and_stops_serving(blk: BlockHarness) -> None:
+    blk.driver.set_avail_idx(QUEUE + 5)
+    blk.device.queue_notify(0)
+    assert blk.resets.event.wait(10)
+    blk.driver.set_avail_idx(0)
+    blk.driver.add([header(VIRTIO_BLK_T_IN)], [512, 1])
+
+    blk.device.queue_notify(0)
+
+    assert blk.device.wait_idle(10)
+    assert blk.driver.used() == []
+
+
+def test_blk_bad_ring_address_at_activation_requests_reset(memory: GuestMemory, image: Path) -> None:
+    harness = BlockHarness(memory, image)
+    harness.queue.used_ring += 2      # misaligned
+
+    harness.device.activate(memory, [harness.queue], 0, harness.interrupt)
+
+    assert harness.resets.reasons and "aligned" in harness.resets.reasons[0]
+    harness.device.close()
+
+
+def test_blk_reset_stops_worker_thread(blk: BlockHarness) -> None:
+    active = blk.device._active
+    assert active is not None and active.worker is not None
+    thread = active.worker.thread
+
+    blk.device.reset()
+
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_blk_reactivate_after_reset_serves_requests(blk: BlockHarness) -> None:
+    blk.request(VIRTIO_BLK_T_IN, in_len=512)
+    blk.device.reset()
+
+    blk.activate(VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX | VIRTIO_F_INDIRECT_DESC)
+    status, _, data = blk.request(VIRTIO_BLK_T_IN, sector=1, in_len=512)
+
+    assert (status, data) == (VIRTIO_BLK_S_OK, pattern(1024)[512:])
+
+
+def test_blk_stats_count_requests_bytes_and_errors(blk: BlockHarness) -> None:
+    blk.request(VIRTIO_BLK_T_IN, in_len=1024)
+    blk.request(VIRTIO_BLK_T_OUT, out=b"\0" * 512)
+    blk.request(VIRTIO_BLK_T_FLUSH)
+    blk.request(VIRTIO_BLK_T_IN, sector=SECTORS, in_len=512)
+
+    stats = blk.device.stats()
+
+    assert (stats["read_requests"], stats["write_requests"], stats["flush_requests"]) == (2, 1, 1)
+    assert (stats["read_bytes"], stats["write_bytes"], stats["errors"]) == (1024, 512, 1)
+
+
+def test_blk_close_releases_image_lock(blk: BlockHarness, image: Path) -> None:
+    blk.device.close()
+
+    again = RawDisk.open(str(image))
+
+    assert again.capacity == SECTORS
+    again.close()
+
+
+def test_blk_discard_without_hole_punching_still_succeeds(blk: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # §5.2.6.2: discard is advisory ("MAY deallocate").
+    def unsupported(fd: int, mode: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(disk, "fallocate", unsupported)
+
+    status, _, _ = blk.request(VIRTIO_BLK_T_DISCARD, out=segment(0, 8))
+
+    assert status == VIRTIO_BLK_S_OK
+
+
+def test_blk_reset_leaves_no_view_into_guest_memory(image: Path) -> None:
+    memory = GuestMemory(1 << 20)
+    harness = BlockHarness(memory, image)
+    harness.request(VIRTIO_BLK_T_IN, in_len=4096)
+    harness.request(VIRTIO_BLK_T_OUT, out=b"\x01" * 4096)
+
+    harness.device.reset()
+    memory.close()
+
+    # GuestMemory.close only unmaps RAM when no memoryview still exports it
+    assert memory._mmap.closed
+    harness.device.close()
