@@ -46,22 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="use -p as the whole command line (no console=, no device options)")
     d = parser.add_argument_group("debug options")
     d.add_argument("--loglevel", choices=log.LEVELS, default="warning", help="kvmlite's own messages")
-    parser.add_argument("image", nargs="?", help=argparse.SUPPRESS)
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="-- CMD [ARGS...]: run CMD in the default guest and exit with its status")
+    parser.add_argument("image", nargs="?", help="kernel image (same as -k)")
+    parser.usage = "kvmlite run [options] [IMAGE] [-- CMD [ARGS...]]"
 
 
 def _split_command(args: argparse.Namespace) -> list[str]:
-    command = list(args.command or [])
-    if command and command[0] == "--":
-        command = command[1:]
-    elif command:
-        raise UsageError(f"unexpected argument {command[0]!r} (put a guest command after '--')")
+    """``-- CMD ARGS``: run CMD in the default guest's init, exit with its status."""
+    command = list(getattr(args, "passthrough", None) or [])
+    if getattr(args, "passthrough", None) is not None and not command:
+        raise UsageError("nothing after '--': give the command to run in the guest")
     return command
 
 
 def config_from_args(args: argparse.Namespace) -> VmConfig:
     """Turn parsed options into a frozen VmConfig (no side effects)."""
+    if args.kernel and args.image:
+        raise UsageError(f"two kernels given: -k {args.kernel} and {args.image}")
     kernel, initrd = args.kernel or args.image, args.initrd
     command = _split_command(args)
     params = args.params
@@ -76,7 +76,9 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
     if command:
         from kvmlite.guest.cmdline import encode_command
 
-        params = f"{params} {encode_command(shlex.join(command))}".strip()
+        # One argument is a shell command line (as with ssh); several are an argv.
+        line = command[0] if len(command) == 1 else shlex.join(command)
+        params = f"{params} {encode_command(line)}".strip()
     return VmConfig(
         kernel=kernel, initrd=initrd, params=params, mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
         name=args.name, console=args.console, disks=tuple(DiskConfig.parse(d) for d in args.disk),

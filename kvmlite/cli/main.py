@@ -73,6 +73,14 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _split_passthrough(args: list[str]) -> tuple[list[str], list[str] | None]:
+    """Everything after the first ``--`` is for the guest, not for us."""
+    if "--" not in args:
+        return args, None
+    i = args.index("--")
+    return args[:i], args[i + 1:]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -86,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         parser = build_parser(cmd)
-        ns = parser.parse_args(args[1:])
+        rest, passthrough = _split_passthrough(args[1:])
+        ns = parser.parse_args(rest)
+        ns.passthrough = passthrough
         run: Callable[[argparse.Namespace], int] = ns._run
         return int(run(ns) or 0)
     except KvmliteError as exc:

@@ -42,6 +42,7 @@ CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-no
 _LONG = ["bootinfo/entry64.S", "lib/idt64.S", "lib/idt64.c", "lib/apic.c"]
 
 BZIMAGE_GUESTS: dict[str, tuple[list[str], str]] = {
+    "counter": (["counter/entry.S", "counter/main.c"], "bootinfo/linker64.ld"),
     "bootinfo": (["bootinfo/entry64.S", "bootinfo/main64.c", "bootinfo/report.c"], "bootinfo/linker64.ld"),
     "serial-echo": ([*_LONG, "serial_echo/main.c"], "bootinfo/linker64.ld"),
     "timers": ([*_LONG, "timers/main.c"], "bootinfo/linker64.ld"),
