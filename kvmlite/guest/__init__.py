@@ -1,0 +1,12 @@
+"""The default guest: what ``kvmlite setup`` prepares and ``kvmlite run`` boots.
+
+* :mod:`.setup` — ``default_guest()``, ``prepare_guest()``, the manifest;
+* :mod:`.kernel`, :mod:`.debian` — the kernel: the host's, or a Debian package;
+* :mod:`.kmod`, :mod:`.elf` — module dependencies and load order;
+* :mod:`.initramfs`, :mod:`.cpio`, :mod:`.busybox`, :mod:`.initscript`,
+  :mod:`.exithelper` — the initramfs and its ``/init``;
+* :mod:`.cmdline` — the kernel command-line options the init reads;
+* :mod:`.rootfs` — ext4 root disk images.
+
+See docs/guest.md.
+"""

@@ -1,0 +1,99 @@
+"""Smoke tests of the nested test host, all from ONE boot (~15 s wall).
+
+They prove the harness (KVM in the test host, this checkout and Python
+visible, a writable work directory) and, independently of kvmlite's own
+VMM, the default guest's initramfs: QEMU with KVM boots Debian's cloud
+kernel with it, and the init's exit-status byte reaches QEMU's
+isa-debug-exit (status (7 << 1) | 1 = 15 for ``exit 7``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmlite.guest.initscript import READY_MARKER
+
+from .testhost import REPO, RunResult, Section, TestHost, guest_qemu_command, parse_console
+
+BOOT_TIMEOUT = 900   # TCG on two cores; a normal run takes well under a minute
+
+
+@pytest.fixture(scope="module")
+def smoke(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    workdir = tmp_path_factory.mktemp("testhost-smoke")
+    python = shlex.quote(sys.executable)
+    qemu = guest_qemu_command(testhost.files.guest, "echo hello from the guest; exit 7")
+    script = f"""
+inner() {{ start=$(date +%s%N); "$@"; rc=$?; echo "inner-ms=$(( ($(date +%s%N) - start) / 1000000 ))"; return $rc; }}
+section kvm-node sh -c 'test -c /dev/kvm && cat /sys/module/kvm_amd/parameters/nested'
+section kvmlite-kvm env PYTHONPATH={shlex.quote(str(REPO))} {python} -c 'from kvmlite.kvm import Kvm; print(Kvm().api_version())'
+section root-readonly sh -c 'touch {shlex.quote(str(REPO))}/.testhost-probe'
+section tmp-writable sh -c 'echo ok > /tmp/probe && cat /tmp/probe'
+section workdir sh -c 'echo written-in-testhost > "$TESTHOST_WORK/from-testhost.txt"'
+section qemu-guest inner {qemu}
+"""
+    result = testhost.run(script, BOOT_TIMEOUT, workdir)
+    assert not result.timed_out, f"test host timed out after {BOOT_TIMEOUT} s; {result.where()}"
+    print(f"test host: ready after {result.boot_seconds} s, whole run {result.seconds:.1f} s; {result.where()}")
+    return result
+
+
+def test_parse_console_sections_status_and_noise() -> None:
+    # Arrange: CRLF line ends and a kernel message outside the sections
+    text = ("@@TESTHOST READY uptime=1.0 kvm=yes\r\n@@BEGIN a\r\nline 1\r\nline 2\r\n@@END a rc=3\r\n"
+            "[    5.0] some kernel message\r\n@@BEGIN b\r\n@@END b rc=0\r\n@@TESTHOST DONE rc=0\r\n")
+    # Act
+    rc, sections = parse_console(text)
+    # Assert
+    assert rc == 0
+    assert sections == {"a": Section(3, "line 1\nline 2"), "b": Section(0, "")}
+
+
+def test_parse_console_no_done_marker_gives_none() -> None:
+    rc, sections = parse_console("@@BEGIN a\nhalf")
+    assert rc is None and sections == {}
+
+
+@pytest.mark.nested
+def test_testhost_boots_and_runs_script(smoke: RunResult) -> None:
+    assert smoke.script_rc is not None, f"no @@TESTHOST DONE marker; {smoke.where()}"
+    assert smoke.boot_seconds is not None, smoke.where()
+    assert smoke.log_path.is_file()
+
+
+@pytest.mark.nested
+def test_testhost_dev_kvm_present_nested_svm(smoke: RunResult) -> None:
+    rc, output = smoke.section("kvm-node")
+    assert rc == 0, f"/dev/kvm missing in the test host: {output}; {smoke.where()}"
+    assert output.strip() == "1", smoke.where()
+
+
+@pytest.mark.nested
+def test_testhost_kvmlite_kvm_layer_api_version_12(smoke: RunResult) -> None:
+    rc, output = smoke.section("kvmlite-kvm")
+    assert (rc, output.strip()) == (0, "12"), f"{output}; {smoke.where()}"
+
+
+@pytest.mark.nested
+def test_testhost_root_readonly_tmp_writable(smoke: RunResult) -> None:
+    assert smoke.section("root-readonly").rc != 0, smoke.where()
+    assert smoke.section("tmp-writable") == Section(0, "ok"), smoke.where()
+
+
+@pytest.mark.nested
+def test_testhost_workdir_written_visible_here(smoke: RunResult) -> None:
+    assert smoke.section("workdir").rc == 0, smoke.where()
+    written = smoke.log_path.parent / "from-testhost.txt"
+    assert written.read_text() == "written-in-testhost\n", smoke.where()
+
+
+@pytest.mark.nested
+def test_testhost_qemu_kvm_boots_default_guest_initramfs(smoke: RunResult) -> None:
+    rc, output = smoke.section("qemu-guest")
+    assert READY_MARKER in output, f"guest init never became ready; {smoke.where()}"
+    assert "hello from the guest" in output, smoke.where()
+    assert rc == (7 << 1) | 1, f"QEMU exit status {rc}, expected 15 (exit 7 through port 0x501); {smoke.where()}"

@@ -1,0 +1,362 @@
+"""The nested test host: Linux under QEMU's emulator with a real /dev/kvm.
+
+This machine's /dev/kvm (PVM) cannot run a stock Linux guest, so tests that
+need one boot a *test host* under QEMU TCG with ``-cpu max``, whose
+emulated AMD SVM with nested paging lets ``kvm_amd`` load (see
+/work/shared/HOST.md and docs/testing.md).  The test host:
+
+* runs Debian's generic kernel (it has kvm-amd.ko and 9p) with an
+  initramfs built here from busybox and that kernel's modules;
+* mounts this machine's root read-only over virtio-9p (``hostroot``,
+  ``multidevs=remap`` is required) at /mnt, plus /proc, /sys, /dev, a
+  tmpfs /tmp, and a writable per-run work directory (9p ``work``) at the
+  same absolute path it has here;
+* chroots into /mnt and runs the given script with /bin/sh, so the script
+  sees this checkout, this Python and the cache at their usual paths.
+
+Exit codes do not cross the test host's power-off, so everything comes
+back on the console: ``section NAME cmd...`` in a script prints
+``@@BEGIN NAME``, the output, ``@@END NAME rc=N``; the init prints
+``@@TESTHOST READY`` before and ``@@TESTHOST DONE rc=N`` after the script.
+
+By hand::
+
+    python -m tests.nested.testhost --shell         # a shell in the test host
+    python -m tests.nested.testhost --guest         # watch the default guest boot under QEMU/KVM inside it
+    python -m tests.nested.testhost -c 'ls -l /dev/kvm'
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, TextIO
+
+from kvmlite.errors import KvmliteError
+from kvmlite.guest import busybox, initramfs, kernel, setup
+from kvmlite.guest.kmod import ModuleTree
+from kvmlite.guest.progress import QUIET, Progress
+from kvmlite.paths import cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+QEMU = "qemu-system-x86_64"
+# kvm_amd pulls in irqbypass, kvm, ccp; 9p pulls in 9pnet, netfs, fscache;
+# virtio_pci and 9pnet_virtio the virtio transport (HOST.md's list).
+HOST_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p")
+HOST_CMDLINE = "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tsc=reliable"
+READY = "@@TESTHOST READY"
+DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)
+SECTION = re.compile(r"^@@BEGIN (\S+)\n(.*?)^@@END \1 rc=(\d+)$", re.M | re.S)
+SCRIPT_DIR = ".testhost"
+
+HOST_INIT = r"""#!/bin/sh
+# kvmlite nested test host init (tests/nested/testhost.py)
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r m; do insmod "/lib/modules/$m" || echo "@@TESTHOST insmod $m failed"; done < /etc/kvmlite/modules
+WORK= SHELLMODE=
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        testhost.work=*) WORK="${w#testhost.work=}" ;;
+        testhost.shell) SHELLMODE=1 ;;
+    esac
+done
+fail() { echo "@@TESTHOST FAILED $*"; poweroff -f; sleep 60; }
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /mnt || fail "mount hostroot"
+mount -t proc proc /mnt/proc
+mount -t sysfs sysfs /mnt/sys
+mount -t devtmpfs devtmpfs /mnt/dev
+mkdir -p /mnt/dev/pts /mnt/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /mnt/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /mnt/dev/shm
+for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs "/mnt/$d" || fail "tmpfs /$d"; done
+mkdir -p "/mnt$WORK"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap work "/mnt$WORK" || fail "mount work $WORK"
+echo "@@TESTHOST READY uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$([ -c /dev/kvm ] && echo yes || echo no)"
+ENV="HOME=/tmp TERM=${TERM:-linux} PYTHONDONTWRITEBYTECODE=1 TESTHOST_WORK=$WORK PATH=$PATH"
+if [ -n "$SHELLMODE" ]; then
+    setsid cttyhack env -i $ENV chroot /mnt /bin/sh -c "cd \"$WORK\"; exec /bin/bash -l 2>/dev/null || exec /bin/sh -l"
+    rc=$?
+else
+    env -i $ENV chroot /mnt /bin/sh "$WORK/.testhost/script.sh" < /dev/null
+    rc=$?
+fi
+echo "@@TESTHOST DONE rc=$rc"
+sync
+umount "/mnt$WORK"
+poweroff -f
+sleep 60
+"""
+
+SCRIPT_PREAMBLE = r"""# preamble written by tests/nested/testhost.py
+section() {
+    _name=$1
+    shift
+    echo "@@BEGIN $_name"
+    "$@" 2>&1 </dev/null
+    _rc=$?
+    echo "@@END $_name rc=$_rc"
+}
+cd "$TESTHOST_WORK" || exit 1
+"""
+
+
+class TestHostUnavailable(Exception):
+    """The test host cannot be prepared here; the message says what is missing."""
+
+    __test__ = False
+
+
+class Section(NamedTuple):
+    rc: int
+    output: str
+
+
+@dataclass
+class RunResult:
+    """What one boot of the test host printed, parsed."""
+
+    console: str
+    log_path: Path
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    boot_seconds: float | None = None       # until @@TESTHOST READY (wall time)
+    script_rc: int | None = None
+    sections: dict[str, Section] = field(default_factory=dict)
+
+    def section(self, name: str) -> Section:
+        """The section, or an AssertionError naming the console log."""
+        if name not in self.sections:
+            raise AssertionError(f"section {name!r} missing from the test host output; console log: {self.log_path}")
+        return self.sections[name]
+
+    def where(self) -> str:
+        return f"console log: {self.log_path}"
+
+
+def parse_console(text: str) -> tuple[int | None, dict[str, Section]]:
+    """The script's status and its sections from a console transcript."""
+    text = text.replace("\r", "")
+    done = DONE.search(text)
+    sections = {m.group(1): Section(int(m.group(3)), m.group(2).rstrip("\n")) for m in SECTION.finditer(text)}
+    return (int(done.group(1)) if done else None), sections
+
+
+@dataclass(frozen=True)
+class TestHostFiles:
+    __test__ = False
+
+    kernel: Path
+    initrd: Path
+    guest: setup.DefaultGuest     # the Debian cloud kernel + the default guest initramfs
+
+
+def testhost_dir() -> Path:
+    return cache_dir() / "testhost"
+
+
+def packages_dir() -> Path:
+    """Shared with ``kvmlite setup``: one download of each package."""
+    return cache_dir() / "packages"
+
+
+def _need(tool: str, why: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise TestHostUnavailable(f"{tool} is not installed: {why}")
+    return path
+
+
+def build_host_initramfs(generic: kernel.KernelFiles, bb: Path) -> bytes:
+    if generic.modules is None:
+        raise TestHostUnavailable(f"{generic.package} has no modules")
+    resolution = ModuleTree(generic.modules).resolve(HOST_MODULES)
+    if resolution.missing:
+        raise TestHostUnavailable(f"{generic.package} lacks modules: {', '.join(resolution.missing)}")
+    return initramfs.build(initramfs.Contents(bb, HOST_INIT, resolution.modules))
+
+
+def prepare_files(progress: Progress = QUIET) -> TestHostFiles:
+    """Fetch the packages and build both initramfs archives (cached)."""
+    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
+        _need(tool, "the test host is built from Debian packages")
+    try:
+        generic = kernel.debian_kernel(kernel.GENERIC_KERNEL_PACKAGE, packages_dir(), progress)
+        bb = busybox.find_busybox(packages_dir(), progress)
+        initrd = testhost_dir() / "host-initramfs.cpio"
+        _write_if_changed(initrd, build_host_initramfs(generic, bb))
+        options = setup.SetupOptions(kernel_source="debian", packages=packages_dir())
+        guest = setup.prepare_guest(testhost_dir() / "guest", options, progress).guest
+    except KvmliteError as exc:
+        raise TestHostUnavailable(f"cannot prepare the test host: {exc}") from None
+    return TestHostFiles(generic.vmlinuz, initrd, guest)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _check_workdir(workdir: Path) -> Path:
+    workdir = workdir.resolve()
+    if re.search(r"[\s,]", str(workdir)):
+        raise ValueError(f"work directory {workdir} must not contain spaces or commas (kernel and QEMU options)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+class TestHost:
+    """Boots the test host; one :meth:`run` is one boot."""
+
+    __test__ = False
+
+    def __init__(self, files: TestHostFiles, qemu: str) -> None:
+        self.files = files
+        self.qemu = qemu
+
+    @classmethod
+    def prepare(cls, progress: Progress = QUIET) -> "TestHost":
+        qemu = _need(QEMU, "apt-get install qemu-system-x86 (the test host runs under QEMU TCG)")
+        return cls(prepare_files(progress), qemu)
+
+    def argv(self, workdir: Path, interactive: bool = False) -> list[str]:
+        append = f"{HOST_CMDLINE} testhost.work={workdir}" + (" testhost.shell" if interactive else "")
+        io = ["-nographic"] if interactive else ["-display", "none", "-serial", "stdio", "-monitor", "none"]
+        return [self.qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048", "-smp", "2",
+                *io, "-no-reboot", "-nic", "none",
+                "-kernel", str(self.files.kernel), "-initrd", str(self.files.initrd), "-append", append,
+                "-fsdev", "local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap",
+                "-device", "virtio-9p-pci,fsdev=hr,mount_tag=hostroot",
+                "-fsdev", f"local,id=wk,path={workdir},security_model=none,multidevs=remap",
+                "-device", "virtio-9p-pci,fsdev=wk,mount_tag=work"]
+
+    def run(self, script: str, timeout: float, workdir: Path, echo: TextIO | None = None) -> RunResult:
+        """Boot, run ``script`` (sh) in the chroot, power off; the console is
+        saved to ``workdir/testhost-console.log`` (and copied to ``echo`` live)."""
+        workdir = _check_workdir(workdir)
+        (workdir / SCRIPT_DIR).mkdir(exist_ok=True)
+        (workdir / SCRIPT_DIR / "script.sh").write_text(SCRIPT_PREAMBLE + script + "\n")
+        log_path = workdir / "testhost-console.log"
+        proc = subprocess.Popen(self.argv(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        return _collect(proc, log_path, timeout, echo)
+
+    def shell(self, workdir: Path) -> int:
+        """An interactive shell in the test host on this terminal (Ctrl-A X quits QEMU)."""
+        return subprocess.call(self.argv(_check_workdir(workdir), interactive=True))
+
+
+class _Reader:
+    """Copies QEMU's output to the log (and ``echo``), noting when READY shows."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, echo: TextIO | None) -> None:
+        self.chunks: list[bytes] = []
+        self.ready_at: float | None = None
+        self._tail = b""
+        self._thread = threading.Thread(target=self._pump, args=(proc, log, echo), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc: subprocess.Popen[bytes], log: Path, echo: TextIO | None) -> None:
+        assert proc.stdout is not None
+        with log.open("wb") as out:
+            for chunk in iter(lambda: proc.stdout.read1(65536), b""):   # type: ignore[attr-defined,union-attr]
+                out.write(chunk)
+                out.flush()
+                self.chunks.append(chunk)
+                self._note_ready(chunk)
+                if echo is not None:
+                    echo.write(chunk.decode(errors="replace"))
+                    echo.flush()
+
+    def _note_ready(self, chunk: bytes) -> None:
+        if self.ready_at is None:
+            self._tail = (self._tail + chunk)[-4096:]
+            if READY.encode() in self._tail:
+                self.ready_at = time.monotonic()
+
+    def join(self) -> str:
+        self._thread.join(10)
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+def _collect(proc: subprocess.Popen[bytes], log_path: Path, timeout: float, echo: TextIO | None) -> RunResult:
+    start = time.monotonic()
+    reader = _Reader(proc, log_path, echo)
+    timed_out = False
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    console = reader.join()
+    script_rc, sections = parse_console(console)
+    boot = reader.ready_at - start if reader.ready_at is not None else None
+    return RunResult(console.replace("\r", ""), log_path, proc.returncode, timed_out,
+                     time.monotonic() - start, boot, script_rc, sections)
+
+
+def guest_qemu_command(guest: setup.DefaultGuest, command: str, memory_mb: int = 256,
+                       timeout: int = 300) -> str:
+    """A shell command line, for a test-host script, that boots ``guest`` under
+    QEMU with KVM and runs ``command`` in it; QEMU's exit status is
+    ``(status << 1) | 1`` through isa-debug-exit at kvmlite's exit port
+    (124 from ``timeout`` when the guest hangs)."""
+    cmd = base64.b64encode(command.encode()).decode()
+    append = f"console=ttyS0 quiet panic=-1 kvmlite.cmd={cmd}"
+    argv = ["timeout", str(timeout), QEMU, "-enable-kvm", "-M", "microvm", "-cpu", "host", "-m", str(memory_mb), "-smp", "1",
+            "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot",
+            "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", append,
+            "-device", "isa-debug-exit,iobase=0x501,iosize=1"]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.nested.testhost", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--shell", action="store_true", help="interactive shell in the test host (Ctrl-A X quits)")
+    mode.add_argument("--guest", metavar="CMD", nargs="?", const="uname -a; cat /proc/cmdline",
+                      help="boot the default guest under QEMU/KVM in the test host, running CMD")
+    mode.add_argument("-c", dest="command", metavar="CMD", help="run CMD (sh) in the test host")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before the test host is killed")
+    parser.add_argument("--workdir", type=Path, help="shared work directory (default: a new temporary one)")
+    args = parser.parse_args(argv)
+    try:
+        host = TestHost.prepare(Progress(enabled=True))
+    except TestHostUnavailable as exc:
+        print(f"testhost: {exc}", file=sys.stderr)
+        return 1
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kvmlite-testhost-"))
+    if args.shell:
+        return host.shell(workdir)
+    if args.guest is not None:
+        qemu = guest_qemu_command(host.files.guest, args.guest)
+        script = f"echo {shlex.quote('# ' + qemu)}\nsection guest {qemu}"
+    else:
+        script = args.command or "uname -a; ls -l /dev/kvm"
+    result = host.run(script, args.timeout, workdir, echo=sys.stdout)
+    print(f"\ntesthost: boot {result.boot_seconds or 0:.1f} s, total {result.seconds:.1f} s, "
+          f"script rc={result.script_rc}, {result.where()}", file=sys.stderr)
+    return 0 if result.script_rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,75 @@
+"""The default guest's initramfs, checked with the real cpio tool."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmlite.guest import initramfs, initscript
+from kvmlite.guest.kernel import KernelFiles
+
+from .conftest import require_tool
+
+
+@pytest.fixture(scope="module")
+def guest(cloud_kernel: KernelFiles, static_busybox: Path) -> initramfs.GuestInitramfs:
+    return initramfs.build_guest(cloud_kernel, static_busybox)
+
+
+@pytest.fixture(scope="module")
+def unpacked(guest: initramfs.GuestInitramfs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cpio = require_tool("cpio")
+    root = tmp_path_factory.mktemp("initramfs")
+    subprocess.run([cpio, "-idm", "--quiet", "--no-absolute-filenames"], input=guest.data, cwd=root,
+                   check=True, capture_output=True)
+    return root
+
+
+def test_build_guest_init_is_executable_script(unpacked: Path) -> None:
+    init = unpacked / "init"
+    assert stat.S_IMODE(init.stat().st_mode) == 0o755
+    assert init.read_text() == initscript.render()
+    assert init.read_text().startswith("#!/bin/sh\n")
+
+
+def test_build_guest_busybox_and_applet_links(unpacked: Path) -> None:
+    assert (unpacked / "bin/busybox").stat().st_mode & 0o111
+    for applet in ("bin/sh", "sbin/insmod", "bin/mount", "bin/base64", "bin/dd", "sbin/poweroff",
+                   "usr/bin/setsid", "bin/cttyhack", "sbin/switch_root", "usr/sbin/chroot"):
+        assert os.readlink(unpacked / applet) == "/bin/busybox", applet
+
+
+def test_build_guest_device_nodes(unpacked: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("cpio -i creates device nodes only as root")
+    console = (unpacked / "dev/console").lstat()
+    assert stat.S_ISCHR(console.st_mode) and os.major(console.st_rdev) == 5 and os.minor(console.st_rdev) == 1
+
+
+def test_build_guest_modules_listed_in_load_order(guest: initramfs.GuestInitramfs, unpacked: Path) -> None:
+    listed = (unpacked / initscript.MODULES_LIST).read_text().split()
+    assert listed == [f"{m.name}.ko" for m in guest.modules.modules]
+    assert listed.index("virtio_ring.ko") < listed.index("virtio.ko") < listed.index("virtio_blk.ko")
+    assert listed.index("vsock.ko") < listed.index("vmw_vsock_virtio_transport.ko")
+    for name in listed:
+        assert (unpacked / "lib/modules" / name).read_bytes()[:4] == b"\x7fELF"
+
+
+def test_build_guest_exit_helper_included(unpacked: Path) -> None:
+    helper = unpacked / initscript.EXIT_HELPER
+    assert helper.read_bytes()[:4] == b"\x7fELF" and helper.stat().st_mode & 0o111
+
+
+def test_build_guest_same_inputs_same_bytes(cloud_kernel: KernelFiles, static_busybox: Path,
+                                            guest: initramfs.GuestInitramfs) -> None:
+    assert initramfs.build_guest(cloud_kernel, static_busybox).data == guest.data
+
+
+def test_guest_modules_kernel_without_modules_skips_all(cloud_kernel: KernelFiles) -> None:
+    bare = KernelFiles(cloud_kernel.vmlinuz, None, cloud_kernel.version, "host")
+    result = initramfs.guest_modules(bare)
+    assert result.modules == () and set(result.missing) == set(initramfs.GUEST_MODULES)

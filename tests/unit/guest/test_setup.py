@@ -1,0 +1,161 @@
+"""``kvmlite setup`` end to end (real packages from the cache, real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmlite.errors import KvmliteError
+from kvmlite.guest import kernel, setup
+from kvmlite.guest.debian import sha256_file
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _kvmlite(cache_home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "kvmlite", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture()
+def cache_home(tmp_path: Path, package_cache: Path, cloud_kernel: kernel.KernelFiles) -> Path:
+    """A fresh XDG_CACHE_HOME that shares the (already filled) package cache."""
+    home = tmp_path / "xdg"
+    (home / "kvmlite").mkdir(parents=True)
+    (home / "kvmlite" / "packages").symlink_to(package_cache)
+    return home
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def test_setup_first_run_builds_manifest_with_checksums(cache_home: Path) -> None:
+    # Act
+    done = _kvmlite(cache_home, "setup", "--kernel-source", "debian")
+    # Assert
+    assert done.returncode == 0, done.stderr
+    directory = cache_home / "kvmlite" / "default"
+    assert done.stdout.startswith(f"default guest ready: {directory}")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for part in ("kernel", "initramfs"):
+        assert sha256_file(Path(manifest[part]["path"])) == manifest[part]["sha256"]
+    assert manifest["inputs"]["kernel_source"] == "debian"
+    assert "virtio_blk" in manifest["modules"]["loaded"]
+
+
+def test_setup_second_run_does_nothing(cache_home: Path) -> None:
+    # Arrange
+    assert _kvmlite(cache_home, "setup", "--kernel-source", "debian").returncode == 0
+    directory = cache_home / "kvmlite" / "default"
+    before = {p.name: _stamp(p) for p in directory.iterdir()}
+    # Act
+    done = _kvmlite(cache_home, "setup")
+    # Assert
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"default guest is up to date: {directory}\n"
+    assert {p.name: _stamp(p) for p in directory.iterdir()} == before
+
+
+def test_setup_damaged_initramfs_rebuilt(cache_home: Path) -> None:
+    assert _kvmlite(cache_home, "setup", "--kernel-source", "debian").returncode == 0
+    initrd = cache_home / "kvmlite" / "default" / "initramfs.cpio"
+    initrd.write_bytes(b"damaged")
+    done = _kvmlite(cache_home, "setup")
+    assert done.stdout.startswith("default guest ready:")
+    assert initrd.stat().st_size > 1 << 20
+
+
+def test_setup_force_rebuilds(cache_home: Path) -> None:
+    assert _kvmlite(cache_home, "setup", "--kernel-source", "debian").returncode == 0
+    manifest = cache_home / "kvmlite" / "default" / "manifest.json"
+    before = _stamp(manifest)
+    done = _kvmlite(cache_home, "setup", "--force")
+    assert done.stdout.startswith("default guest ready:")
+    assert _stamp(manifest) != before
+
+
+def test_default_guest_before_and_after_setup(tmp_path: Path, package_cache: Path,
+                                              cloud_kernel: kernel.KernelFiles) -> None:
+    # Arrange
+    directory = tmp_path / "guest"
+    assert setup.default_guest(directory) is None
+    # Act
+    setup.prepare_guest(directory, setup.SetupOptions(kernel_source="debian", packages=package_cache))
+    guest = setup.default_guest(directory)
+    # Assert
+    assert guest is not None
+    assert guest.kernel == directory / "vmlinuz" and guest.kernel.read_bytes()[0x202:0x206] == b"HdrS"
+    assert guest.initrd == directory / "initramfs.cpio" and guest.initrd.read_bytes()[:6] == b"070701"
+
+
+def test_prepare_guest_host_kernel_layout_used(tmp_path: Path, package_cache: Path,
+                                               cloud_kernel: kernel.KernelFiles) -> None:
+    # Arrange: a host-like /boot and /lib/modules made from the cloud kernel
+    assert cloud_kernel.modules is not None
+    boot, modroot = tmp_path / "boot", tmp_path / "lib" / "modules"
+    boot.mkdir()
+    modroot.mkdir(parents=True)
+    (boot / f"vmlinuz-{cloud_kernel.version}").symlink_to(cloud_kernel.vmlinuz)
+    (modroot / cloud_kernel.version).symlink_to(cloud_kernel.modules)
+    # Act
+    found = kernel.host_kernel(cloud_kernel.version, boot, modroot)
+    # Assert
+    assert found.source == "host" and found.modules == modroot / cloud_kernel.version
+    assert found.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"
+
+
+def test_host_kernel_absent_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(KvmliteError, match=r"host kernel .*vmlinuz-0.0-none does not exist"):
+        kernel.host_kernel("0.0-none", tmp_path, tmp_path)
+
+
+def test_prepare_guest_bad_package_name_one_line_error(tmp_path: Path) -> None:
+    options = setup.SetupOptions(kernel_source="debian", kernel_package="linux-image-no-such-kvmlite",
+                                 packages=tmp_path / "packages")
+    with pytest.raises(KvmliteError) as info:
+        setup.prepare_guest(tmp_path / "guest", options)
+    assert "linux-image-no-such-kvmlite" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_setup_unwritable_cache_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = _kvmlite(blocker / "cache", "setup")
+    assert done.returncode == 1
+    assert done.stderr.startswith("kvmlite: error: cache directory ") and "is not writable" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_setup_missing_rootfs_dir_one_line_error(tmp_path: Path) -> None:
+    done = _kvmlite(tmp_path, "setup", "--rootfs", str(tmp_path / "nope"), "--image", str(tmp_path / "r.img"))
+    assert done.returncode == 2
+    assert done.stderr == f"kvmlite: error: rootfs directory {tmp_path / 'nope'} does not exist\n"
+
+
+def test_setup_image_without_rootfs_usage_error(tmp_path: Path) -> None:
+    done = _kvmlite(tmp_path, "setup", "--image", str(tmp_path / "r.img"))
+    assert done.returncode == 2 and "--rootfs DIR and --image FILE go together" in done.stderr
+
+
+def test_setup_rootfs_image_passes_e2fsck(tmp_path: Path) -> None:
+    # Arrange
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("hi\n")
+    image = tmp_path / "disk.img"
+    # Act
+    done = _kvmlite(tmp_path, "setup", "--rootfs", str(tree), "--image", str(image), "--size", "32M")
+    # Assert
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"root disk image ready: {image}\n"
+    check = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True,
+                           env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"})
+    assert check.returncode == 0, check.stdout
