@@ -101,6 +101,7 @@ IRQ_RTC = 8
 IRQ_ACPI_SCI = 9
 IRQ_MOUSE = 12
 IOAPIC_PINS = 24
+IOAPIC_PIN_PIT = 2                 # GSI 0 (PIT) arrives on IOAPIC pin 2 (ISA override)
 IRQ_PCI_INTX = (10, 11, 14, 15)    # PCI INTA..INTD (level, active low)
 IRQ_VIRTIO_MMIO_FIRST = 16         # virtio-mmio devices: GSIs 16..23 then upward via routing
 GSI_MSI_FIRST = 24                 # GSIs above the IOAPIC pins, for MSI routes
