@@ -65,10 +65,22 @@ read_cmdline() {
     done
 }
 
+# Kernel command-line words "<module>.<param>=<value>" are parameters of a
+# module; modprobe passes them on, insmod does not, so do it here (this is how
+# virtio_mmio.device=... reaches a modular virtio_mmio).
+module_params() {
+    _mod=$(basename "$1" .ko | tr - _)
+    for _w in $(cat /proc/cmdline); do
+        case "$_w" in
+            "$_mod".*=*) echo "${_w#"$_mod".}" ;;
+        esac
+    done
+}
+
 load_modules() {
     [ -f /__MODULES_LIST__ ] || return 0
     while read -r module; do
-        if ! out=$(insmod "/lib/modules/$module" 2>&1); then
+        if ! out=$(insmod "/lib/modules/$module" $(module_params "$module") 2>&1); then
             say "insmod $module failed: $out"
         else
             debug "loaded $module"

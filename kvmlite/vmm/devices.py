@@ -14,6 +14,12 @@ Legacy devices, in port order::
     0x501          kvmlite exit port: the guest's exit status
     0x600-0x60C    ACPI PM1a event/control, PM timer, reset register (SCI 9)
     0xCF8, 0xCFC   PCI configuration mechanism #1
+
+Virtio devices (disks in ``-d`` order, then the console with ``--console
+virtio``, then rng) go on PCI bus 0 from slot 1 (``--virtio-transport
+pci``, BAR 0 in the 32-bit window, MSI-X through irqfds) or on virtio-mmio
+windows from ``VIRTIO_MMIO_START`` with GSIs from ``IRQ_VIRTIO_MMIO_FIRST``,
+announced on the kernel command line (``virtio_mmio.device=``).
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from kvmlite.arch.x86 import layout
-from kvmlite.arch.x86.acpi import AcpiConfig, build_acpi_tables
+from kvmlite.arch.x86.acpi import AcpiConfig, VirtioMmioDevice, build_acpi_tables
 from kvmlite.arch.x86.mptable import MpTableConfig, build_mptable
 from kvmlite.errors import ConfigError
 from kvmlite.vmm.exitcodes import EndReason
-from kvmlite.vmm.interrupts import KvmIrqLine
+from kvmlite.vmm.interrupts import IrqRouter, KvmIoEventRegistrar, KvmIrqLine, KvmMsiAllocator
 
 if TYPE_CHECKING:
     from kvmlite.vmm.memory import GuestMemory
@@ -49,12 +55,72 @@ class DeviceManager:
         self.acpi_pm = None
         self.console_input: Callable[[bytes], None] = lambda data: None
         self.console_break: Callable[[], None] | None = None
+        self.pci = None
+        self.virtio: list = []          # (name, device, transport)
+        self._pci_slots: list[int] = []
+        self._mmio_gsis: list[int] = []
+        self._mmio_devices: list[tuple[int, int]] = []
 
     # --- creation -----------------------------------------------------------
 
     def create(self) -> None:
         """Create and register every device (before any vCPU runs)."""
         self._create_legacy()
+        self._create_pci()
+        self._create_virtio()
+
+    def _create_pci(self) -> None:
+        from kvmlite.devices.pci.root import PciRoot
+
+        vm = self.vm
+        self._router = IrqRouter(vm.vm_fd)
+        self._router.install_defaults()   # PIT on IOAPIC pin 2, as the MADT says
+        self._msi = KvmMsiAllocator(vm.vm_fd, self._router)
+        self._ioevents = KvmIoEventRegistrar(vm.vm_fd)
+        self.pci = PciRoot(vm.mmio_bus, vm.io_bus, [self._irq(g) for g in layout.IRQ_PCI_INTX])
+
+    def _virtio_devices(self) -> list[tuple[str, object]]:
+        from kvmlite.devices.virtio.block import VirtioBlock
+        from kvmlite.devices.virtio.console import VirtioConsole
+        from kvmlite.devices.virtio.disk import RawDisk
+        from kvmlite.devices.virtio.rng import VirtioRng
+
+        config = self.vm.config
+        devices: list[tuple[str, object]] = []
+        for i, disk in enumerate(config.disks):
+            devices.append((f"virtio-blk{i}", VirtioBlock(RawDisk.open(disk.path, read_only=disk.read_only))))
+        if config.console == "virtio":
+            console = VirtioConsole(self.console_output or (lambda data: None))
+            self.console_input, self.console_break = console.enqueue_input, None
+            devices.append(("virtio-console", console))
+        if config.rng:
+            devices.append(("virtio-rng", VirtioRng()))
+        return devices
+
+    def _create_virtio(self) -> None:
+        from kvmlite.devices.virtio.transport.mmio import VirtioMmioTransport, cmdline_device
+        from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
+
+        vm = self.vm
+        for index, (name, device) in enumerate(self._virtio_devices()):
+            if vm.config.virtio_transport == "pci":
+                transport = VirtioPciTransport(device, vm.memory, self._msi, ioevents=self._ioevents,
+                                               loop=vm.event_loop, name=name)
+                self._pci_slots.append(self.pci.add(transport))
+            else:
+                if index >= layout.VIRTIO_MMIO_MAX or layout.IRQ_VIRTIO_MMIO_FIRST + index >= layout.IOAPIC_PINS:
+                    raise ConfigError(f"too many virtio-mmio devices (at most "
+                                      f"{layout.IOAPIC_PINS - layout.IRQ_VIRTIO_MMIO_FIRST})")
+                base = layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE
+                gsi = layout.IRQ_VIRTIO_MMIO_FIRST + index
+                transport = VirtioMmioTransport(device, vm.memory, self._irq(gsi), ioevents=self._ioevents,
+                                                loop=vm.event_loop, name=name)
+                transport.attach(vm.mmio_bus, base)
+                self._mmio_gsis.append(gsi)
+                self._mmio_devices.append((base, gsi))
+                if self._acpi_off():
+                    self._cmdline.append(cmdline_device(base, gsi))
+            self.virtio.append((name, device, transport))
 
     def _irq(self, gsi: int) -> KvmIrqLine:
         return KvmIrqLine(self.vm.vm_fd, gsi)
@@ -104,14 +170,26 @@ class DeviceManager:
 
     # --- firmware tables ------------------------------------------------------
 
+    def _acpi_off(self) -> bool:
+        return "acpi=off" in self.vm.config.params.split()
+
     def write_firmware_tables(self, memory: "GuestMemory") -> int | None:
-        """Write the ACPI tables and the MP table; return the RSDP address."""
+        """Write the ACPI tables and the MP table; return the RSDP address.
+
+        virtio-mmio devices are announced in the DSDT (LNRO0005 devices):
+        distribution kernels such as Debian's are built without
+        CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES.  With ``acpi=off`` in the
+        parameters they go on the command line instead (Firecracker's
+        ``virtio_mmio.device=`` form), never both, or the guest would probe
+        each device twice."""
         cpus = self.vm.config.cpus
-        image = build_acpi_tables(AcpiConfig(num_cpus=cpus, serial_ports=(1, 2, 3, 4)))
+        mmio = () if self._acpi_off() else tuple(VirtioMmioDevice(base, gsi=gsi) for base, gsi in self._mmio_devices)
+        image = build_acpi_tables(AcpiConfig(num_cpus=cpus, serial_ports=(1, 2, 3, 4), virtio_mmio=mmio))
         for addr, blob in image.blobs:
             memory.write(addr, blob)
         try:
-            addr, blob = build_mptable(MpTableConfig(num_cpus=cpus))
+            addr, blob = build_mptable(MpTableConfig(num_cpus=cpus, pci_slots=tuple(self._pci_slots),
+                                                     extra_gsis=tuple(self._mmio_gsis)))
             memory.write(addr, blob)
             memory.write_u16(layout.BDA_EBDA_SEGMENT, layout.EBDA_START >> 4)
         except ConfigError as exc:
@@ -130,8 +208,20 @@ class DeviceManager:
         pass
 
     def close(self) -> None:
-        pass
+        """Release device resources (after every vCPU and the I/O thread stopped)."""
+        for name, device, transport in self.virtio:
+            try:
+                transport.close()
+                if hasattr(device, "close"):
+                    device.close()
+            except Exception:  # closing must go on for the other devices
+                log.exception("closing %s failed", name)
+        self.virtio.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
         out = {f"com{i + 1}": s.stats() for i, s in enumerate(self.serial)}
+        if self.i8042 is not None:
+            out["i8042"] = self.i8042.stats()
+        for name, device, _transport in self.virtio:
+            out[name] = device.stats()
         return out
