@@ -83,8 +83,18 @@ def main(a: int, b: int) -> int:
     return 0
 
 
+def parse_args(argv: list[str]) -> tuple[int, int] | None:
+    """Two non-negative integers whose sum is one digit, or None."""
+    if not argv:
+        return 2, 2
+    if len(argv) != 2 or not all(x.isdigit() for x in argv):
+        return None
+    a, b = int(argv[0]), int(argv[1])
+    return (a, b) if a + b < 10 else None
+
+
 if __name__ == "__main__":
-    args = [int(x) for x in sys.argv[1:3]] or [2, 2]
-    if len(args) != 2 or not all(0 <= x and x + args[0] < 10 for x in args):
+    numbers = parse_args(sys.argv[1:])
+    if numbers is None:
         sys.exit("usage: realmode_add.py A B   (two numbers whose sum is one digit)")
-    sys.exit(main(*args))
+    sys.exit(main(*numbers))
