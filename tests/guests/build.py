@@ -12,6 +12,8 @@ Formats:
   arch/x86/boot/tools/build.c finishes its own: setup_sects, syssize and
   init_size are filled from the linked payload.
 - ``elf32(name)``: an i386 ELF with a PVH note (XEN_ELFNOTE_PHYS32_ENTRY).
+- ``pvh64(name)``: an x86-64 ELF with a PVH note; its entry code switches
+  to long mode itself, so the same file boots under kvmlite and QEMU.
 
 Compiler flags keep guests to general-purpose registers (-mgeneral-regs-only):
 no SSE, which a PVM-based KVM cannot emulate at CPL0.
@@ -42,6 +44,7 @@ CFLAGS = ["-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-no
 _LONG = ["bootinfo/entry64.S", "lib/idt64.S", "lib/idt64.c", "lib/apic.c"]
 
 BZIMAGE_GUESTS: dict[str, tuple[list[str], str]] = {
+    "emufail": (["emufail/entry.S"], "bootinfo/linker64.ld"),
     "counter": (["counter/entry.S", "counter/main.c"], "bootinfo/linker64.ld"),
     "bootinfo": (["bootinfo/entry64.S", "bootinfo/main64.c", "bootinfo/report.c"], "bootinfo/linker64.ld"),
     "serial-echo": ([*_LONG, "serial_echo/main.c"], "bootinfo/linker64.ld"),
@@ -53,6 +56,14 @@ ELF32_GUESTS: dict[str, tuple[list[str], str]] = {
     "bootinfo-pvh": (["bootinfo/entry_pvh.S", "bootinfo/main32.c", "bootinfo/report.c"], "bootinfo/linker32.ld"),
     "pingpong": (["bootinfo/entry_pvh.S", "pingpong/main.c"], "bootinfo/linker32.ld"),
     "first": (["first/entry.S"], "bootinfo/linker32.ld"),
+}
+# 64-bit ELFs with a PVH note whose 32-bit entry switches to long mode
+# itself: they boot under kvmlite and under QEMU (-kernel on -M pc).
+_VIRTIO = ["virtio/main.c", "virtio/pci.c", "virtio/mmio.c", "virtio/virtq.c", "virtio/blk.c",
+           "virtio/hostile.c", "virtio/bench.c", "virtio/user.c", "virtio/user.S", "virtio/rng.c",
+           "virtio/console.c"]
+PVH64_GUESTS: dict[str, tuple[list[str], str]] = {
+    "virtio": (["virtio/entry.S", "lib/idt64.S", "lib/idt64.c", "lib/apic.c", *_VIRTIO], "virtio/linker.ld"),
 }
 
 
@@ -158,9 +169,15 @@ def elf32(name: str) -> Path:
     return _compile_link(name, sources, script, 32)
 
 
+def pvh64(name: str) -> Path:
+    sources, script = PVH64_GUESTS[name]
+    return _compile_link(name, sources, script, 64)
+
+
 def build_all() -> dict[str, Path]:
     out = {name: bzimage(name) for name in BZIMAGE_GUESTS}
     out.update({name: elf32(name) for name in ELF32_GUESTS})
+    out.update({name: pvh64(name) for name in PVH64_GUESTS})
     return out
 
 

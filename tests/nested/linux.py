@@ -23,10 +23,14 @@ from .testhost import REPO, SCRIPT_PREAMBLE, RunResult, TestHost, parse_console
 
 
 def script_env(kernel: Path, initrd: Path) -> str:
-    """Shell lines defining ``kvmlite``, ``$KERNEL`` and ``$INITRD``."""
+    """Shell lines defining ``kvmlite`` (a function), ``$KVMLITE`` (the same
+    as a command line), ``$INTERACT`` (tests/nested/interact.py), ``$KERNEL``
+    and ``$INITRD``."""
     py = shlex.quote(sys.executable)
     return (f"export PYTHONPATH={shlex.quote(str(REPO))} PYTHONDONTWRITEBYTECODE=1\n"
             f"KERNEL={shlex.quote(str(kernel))}\nINITRD={shlex.quote(str(initrd))}\n"
+            f"KVMLITE=\"{py} -m kvmlite\"\n"
+            f"INTERACT=\"{py} {shlex.quote(str(REPO / 'tests' / 'nested' / 'interact.py'))}\"\n"
             f"kvmlite() {{ {py} -m kvmlite \"$@\"; }}\n")
 
 

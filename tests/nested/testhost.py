@@ -23,6 +23,7 @@ By hand::
 
     python -m tests.nested.testhost --shell         # a shell in the test host
     python -m tests.nested.testhost --guest         # watch the default guest boot under QEMU/KVM inside it
+    python -m tests.nested.testhost --kvmlite       # ... and under kvmlite (kvmlite run -- CMD)
     python -m tests.nested.testhost -c 'ls -l /dev/kvm'
 """
 
@@ -335,6 +336,8 @@ def _main(argv: list[str] | None = None) -> int:
     mode.add_argument("--shell", action="store_true", help="interactive shell in the test host (Ctrl-A X quits)")
     mode.add_argument("--guest", metavar="CMD", nargs="?", const="uname -a; cat /proc/cmdline",
                       help="boot the default guest under QEMU/KVM in the test host, running CMD")
+    mode.add_argument("--kvmlite", metavar="CMD", nargs="?", const="uname -a; cat /proc/cmdline",
+                      help="boot the default guest under kvmlite in the test host, running CMD")
     mode.add_argument("-c", dest="command", metavar="CMD", help="run CMD (sh) in the test host")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before the test host is killed")
     parser.add_argument("--workdir", type=Path, help="shared work directory (default: a new temporary one)")
@@ -350,6 +353,12 @@ def _main(argv: list[str] | None = None) -> int:
     if args.guest is not None:
         qemu = guest_qemu_command(host.files.guest, args.guest)
         script = f"echo {shlex.quote('# ' + qemu)}\nsection guest {qemu}"
+    elif args.kvmlite is not None:
+        guest = host.files.guest
+        run = [sys.executable, "-m", "kvmlite", "run", "-k", str(guest.kernel), "-i", str(guest.initrd),
+               "-c", "2", "--", args.kvmlite]
+        script = (f"export PYTHONPATH={shlex.quote(str(REPO))}\n"
+                  f"section kvmlite {' '.join(shlex.quote(a) for a in run)}")
     else:
         script = args.command or "uname -a; ls -l /dev/kvm"
     result = host.run(script, args.timeout, workdir, echo=sys.stdout)
