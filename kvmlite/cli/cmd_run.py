@@ -92,14 +92,19 @@ def run(args: argparse.Namespace) -> int:
     from kvmlite.vmm.session import ConsoleSession
     from kvmlite.vmm.vm import Vm
 
+    from kvmlite.control.server import ControlServer
+
     vm = Vm(config, console_output=ConsoleSession.output_sink())
+    control = ControlServer.for_vm(vm)
     try:
+        control.start()            # claims the name; a one-line error if it is in use
         with ConsoleSession(vm, sys.stdin) as session:
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, lambda *_: vm.stop())
             vm.start()
             result = session.wait()
     finally:
+        control.close()            # in-flight replies go out, the name is freed
         vm.close()
     if result.exit_code not in (0,) and result.reason.value in ("crash", "error"):
         print(f"kvmlite: error: {result.message}", file=sys.stderr)

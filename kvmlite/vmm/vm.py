@@ -12,7 +12,8 @@ Start-up, in order (kvmtool's init lists, flattened):
    registers, the others wait for INIT/SIPI in the in-kernel LAPIC;
 7. the I/O thread and one thread per vCPU start.
 
-Threads: the caller's thread (``wait``, control requests), one thread per
+Threads: the caller's thread (``wait``), the control server's thread and
+its workers (:mod:`kvmlite.control.server`), one thread per
 vCPU (:mod:`kvmlite.vmm.vcpu`), the I/O thread (:mod:`kvmlite.vmm.eventloop`),
 and any device workers.  ``_end`` may be called from any of them; the first
 call decides the VM's exit status.
@@ -38,7 +39,8 @@ from kvmlite.vmm.config import VmConfig
 from kvmlite.vmm.eventloop import EventLoop
 from kvmlite.vmm.exitcodes import DEFAULT_CODES, EndReason
 from kvmlite.vmm.memory import GuestMemory
-from kvmlite.vmm.vcpu import Request, Vcpu, VcpuState
+from kvmlite.vmm.control import VmControl
+from kvmlite.vmm.vcpu import Request, Vcpu
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class Vm:
         rsdp = self.devices.write_firmware_tables(self.memory)
         self.boot: BootLayout = self._load_kernel(rsdp)
         self.vcpus = [self._create_vcpu(i) for i in range(config.cpus)]
+        self.control = VmControl(self)
 
     # --- construction ---
 
@@ -196,19 +199,35 @@ class Vm:
         self.devices.stop()
         self.event_loop.stop()
 
-    # --- control ---
+    # --- control (kvmlite/vmm/control.py does the work) ---
 
     def pause(self, timeout: float = 5.0) -> None:
-        """Take every vCPU out of KVM_RUN and park it."""
-        for vcpu in self.vcpus:
-            vcpu.request(Request.PAUSE)
-        for vcpu in self.vcpus:
-            if not vcpu.wait_state({VcpuState.PAUSED, VcpuState.FINISHED}, timeout):
-                raise KvmliteError(f"vCPU {vcpu.id} did not pause within {timeout} s")
+        """Take every vCPU out of KVM_RUN and park it; the guest clock stops."""
+        self.control.pause(timeout)
 
     def resume(self) -> None:
-        for vcpu in self.vcpus:
-            vcpu.request(None)
+        """Run the vCPUs again, with the guest clock where it stopped."""
+        self.control.resume()
+
+    def stats(self) -> dict:
+        return self.control.stats()
+
+    def registers(self) -> list[dict]:
+        return self.control.registers()
+
+    def inject_nmi(self, vcpu: int | None = None) -> list[int]:
+        return self.control.inject_nmi(vcpu)
+
+    def sysrq(self, key: str) -> None:
+        self.control.sysrq(key)
+
+    def shutdown(self, timeout: float = 30.0, force: bool = False) -> str:
+        """Graceful stop (ACPI power button or Ctrl-Alt-Del), hard after ``timeout``."""
+        return self.control.shutdown(timeout, force=force)
+
+    def wait_ended(self, timeout: float = 0.0) -> bool:
+        """True once the VM has ended (no teardown, unlike :meth:`wait`)."""
+        return self._ended.wait(timeout)
 
     def stop(self) -> None:
         """Hard stop: end the VM now."""
