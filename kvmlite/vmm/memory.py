@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
-import struct
 from dataclasses import dataclass
 
 from kvmlite.arch.x86 import layout
@@ -141,31 +140,34 @@ class GuestMemory:
         view = self.view(addr, length)
         ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(view)), byte, length)
 
+    # Fixed-size accesses go through memoryview.cast so each is one load or
+    # one store of the full width (CPython copies the item with a fixed-size
+    # memcpy), which x86 performs atomically when aligned.  struct.pack_into
+    # would not do: it zeroes the destination before writing the value, so a
+    # guest polling a ring index could see it drop to 0 for an instant.
+
     def read_u8(self, addr: int) -> int:
         return self.view(addr, 1)[0]
 
     def read_u16(self, addr: int) -> int:
-        return _U16.unpack_from(self.view(addr, 2))[0]
+        return self.view(addr, 2).cast("H")[0]
 
     def read_u32(self, addr: int) -> int:
-        return _U32.unpack_from(self.view(addr, 4))[0]
+        return self.view(addr, 4).cast("I")[0]
 
     def read_u64(self, addr: int) -> int:
-        return _U64.unpack_from(self.view(addr, 8))[0]
+        return self.view(addr, 8).cast("Q")[0]
 
     def write_u8(self, addr: int, value: int) -> None:
         self.view(addr, 1)[0] = value
 
     def write_u16(self, addr: int, value: int) -> None:
-        _U16.pack_into(self.view(addr, 2), 0, value)
+        self.view(addr, 2).cast("H")[0] = value
 
     def write_u32(self, addr: int, value: int) -> None:
-        _U32.pack_into(self.view(addr, 4), 0, value)
+        self.view(addr, 4).cast("I")[0] = value
 
     def write_u64(self, addr: int, value: int) -> None:
-        _U64.pack_into(self.view(addr, 8), 0, value)
+        self.view(addr, 8).cast("Q")[0] = value
 
 
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")

@@ -193,7 +193,7 @@ class VirtioTransportCore:
     def mark_needs_reset(self, reason: str) -> bool:
         """Set DEVICE_NEEDS_RESET; True when the driver must be told with a
         configuration change notification (DRIVER_OK set, §2.1.2)."""
-        log.warning("%s: device needs reset: %s", self.name, reason)
+        self.bad("device needs reset: %s", reason)    # rate-limited: a driver may loop on this
         first = not self.needs_reset
         self.needs_reset = True
         return first and bool(self.status & STATUS_DRIVER_OK)
