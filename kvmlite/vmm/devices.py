@@ -80,13 +80,15 @@ class DeviceManager:
         self.pci = PciRoot(vm.mmio_bus, vm.io_bus, [self._irq(g) for g in layout.IRQ_PCI_INTX])
 
     def _virtio_devices(self) -> list[tuple[str, object]]:
+        config = self.vm.config
+        devices: list[tuple[str, object]] = []
+        if not (config.disks or config.console == "virtio" or config.rng):
+            return devices
         from kvmlite.devices.virtio.block import VirtioBlock
         from kvmlite.devices.virtio.console import VirtioConsole
         from kvmlite.devices.virtio.disk import RawDisk
         from kvmlite.devices.virtio.rng import VirtioRng
 
-        config = self.vm.config
-        devices: list[tuple[str, object]] = []
         for i, disk in enumerate(config.disks):
             devices.append((f"virtio-blk{i}", VirtioBlock(RawDisk.open(disk.path, read_only=disk.read_only))))
         if config.console == "virtio":
@@ -98,11 +100,14 @@ class DeviceManager:
         return devices
 
     def _create_virtio(self) -> None:
+        devices = self._virtio_devices()
+        if not devices:
+            return          # and the virtio modules are never imported: faster start-up
         from kvmlite.devices.virtio.transport.mmio import VirtioMmioTransport, cmdline_device
         from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
 
         vm = self.vm
-        for index, (name, device) in enumerate(self._virtio_devices()):
+        for index, (name, device) in enumerate(devices):
             if vm.config.virtio_transport == "pci":
                 transport = VirtioPciTransport(device, vm.memory, self._msi, ioevents=self._ioevents,
                                                loop=vm.event_loop, name=name)
