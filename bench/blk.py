@@ -51,10 +51,10 @@ Limits, honestly:
   itself) must stay far above every IOPS figure, or the guest is what was
   measured.  ``irqs_per_op`` shows how often the guest had to sleep.
 * ``torn_used_idx_reads`` counts the times the guest read a used idx that
-  cannot be (more completions than requests in flight): kvmlite updates the
-  field with ``struct.pack_into``, which zeroes it before the store.  The
-  guest reads again, so the figures stand, but a Linux guest would take
-  such a value for real (see tests/kvm/test_virtio.py).
+  cannot be (more completions than requests in flight): a VMM updating the
+  field with more than one store.  kvmlite did (``struct.pack_into`` zeroes
+  the field before storing it) until ring indexes got one full-width store;
+  it must stay 0.  The guest reads again, so the rates stand either way.
 """
 
 from __future__ import annotations

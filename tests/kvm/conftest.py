@@ -5,7 +5,8 @@ machine's real /dev/kvm.
   read-write;
 * ``guest`` builds a guest from tests/guests/src (skipping when gcc, ld,
   objcopy or nm are missing) and returns its path: ``guest("smp")`` for a
-  bzImage, ``guest("bootinfo-pvh")`` for a PVH ELF;
+  bzImage, ``guest("bootinfo-pvh")`` for a PVH ELF, ``guest("virtio")`` for
+  a 64-bit PVH ELF;
 * ``kvmlite`` runs ``python3 -m kvmlite ARGS...`` as a subprocess with a
   timeout and returns a :class:`Run` (status, stdout, stderr, seconds);
 * ``LiveKvmlite`` is the same run kept interactive: stdin is a pipe, stdout
@@ -69,6 +70,8 @@ def guest() -> Callable[[str], Path]:
     def _build(name: str) -> Path:
         if name in build.BZIMAGE_GUESTS:
             return build.bzimage(name)
+        if name in build.PVH64_GUESTS:
+            return build.pvh64(name)
         return build.elf32(name)
 
     return _build
