@@ -71,6 +71,9 @@ class GuestMemory:
             self.regions.append(Region(start, length, self._whole[offset:offset + length], base + offset))
             offset += length
         self._starts = [r.guest_addr for r in self.regions]
+        # Fast path for the low region, where nearly every ring and buffer lives.
+        self._low_view = self.regions[0].view
+        self._low_end = self.regions[0].end
 
     @staticmethod
     def _map(size: int, hugepages: bool) -> mmap.mmap:
@@ -123,6 +126,8 @@ class GuestMemory:
         """A zero-copy writable view of ``length`` bytes at ``addr``.
 
         The range must lie inside one RAM region."""
+        if 0 <= addr and 0 <= length and addr + length <= self._low_end:
+            return self._low_view[addr:addr + length]
         region, offset = self._find(addr, length)
         return region.view[offset:offset + length]
 

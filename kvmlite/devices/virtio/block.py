@@ -1,22 +1,30 @@
 """virtio-blk (virtio 1.2 §5.2) over a raw image.
 
-One request queue.  ``queue_notify`` only kicks a per-device worker
-thread, which pops requests, does the disk I/O between the image and guest
-memory views, and completes them in order; so a slow disk never stalls a
-vCPU or the shared I/O thread, and a flush completes only after every write
-completed before it is on disk (a single worker serves requests in ring
-order, and ``fdatasync`` returns before the flush's used entry is written).
+One request queue.  ``queue_notify`` only kicks a per-device dispatcher
+thread, which pops requests; it serves small ones (up to ``INLINE_MAX``)
+itself and hands large ones to ``IO_THREADS`` I/O threads.  Either does the
+disk I/O between the image and guest memory views and completes the
+request.  A slow disk never stalls a vCPU or the shared I/O
+thread, and several requests are in flight at once, as with QEMU's
+``aio=threads`` (``preadv``/``pwritev`` release the GIL, so large copies run
+on several host CPUs).
+
+Ordering: requests complete in any order, as virtio allows.  A flush makes
+durable every write whose completion the driver saw before it submitted the
+flush (Linux's block layer waits for those before it issues a flush): such
+a write has returned from ``pwritev`` before the flush is even popped, and
+``fdatasync`` returns before the flush's used entry is written.
 
 Threads and locks:
 
 * ``activate``/``queue_notify``/``reset`` come from the transport, under
   its lock.
-* The worker holds the activation's ``lock`` while it touches guest memory
-  or the queue, one short batch at a time, and never while it calls the
-  interrupt or ``on_needs_reset``.  ``reset`` marks the activation stopped
-  and takes that lock: once it returns, the worker touches guest memory no
-  more; the thread itself exits on its own (it may be waiting on the
-  transport's lock to deliver a last, now spurious, interrupt).
+* The dispatcher and the I/O threads hold the activation's ``lock`` only
+  while they touch the queue (pop, add_used); the disk I/O runs without
+  it, and they never hold it while they call the interrupt or
+  ``on_needs_reset``.  ``reset`` marks the activation stopped and waits,
+  under that lock, until no request is in flight: once it returns nothing
+  touches guest memory for that activation any more.
 
 Errors: a malformed request (bad sector, length, type, flags) completes
 with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; a malformed ring or a chain
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as queue_mod
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -39,7 +48,6 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
 from kvmlite.devices.virtio.disk import SECTOR_SIZE, RawDisk
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
-from kvmlite.devices.virtio.serve import serve_queue
 from kvmlite.devices.virtio.worker import Worker
 from kvmlite.vmm.memory import GuestMemory
 
@@ -71,7 +79,9 @@ SEGMENT = struct.Struct("<QII")               # virtio_blk_discard_write_zeroes
 MAX_DISCARD_SECTORS = 1 << 23                 # 4 GiB per segment
 MAX_DISCARD_SEG = 32
 DISCARD_ALIGNMENT = 8                         # sectors: 4 KiB, the usual filesystem block
-BATCH = 32                                    # requests per hold of the activation lock
+IO_THREADS = 8                                # large requests in flight per disk
+INLINE_MAX = 64 << 10                         # smaller requests run on the dispatcher itself
+BATCH = 32                                    # small requests popped, run and completed together
 
 
 class ChainFramingError(QueueError):
@@ -96,6 +106,12 @@ class _Activation:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: bool = False
     worker: Worker | None = None
+    inflight: int = 0
+    requests: "queue_mod.SimpleQueue[DescriptorChain | None]" = field(default_factory=queue_mod.SimpleQueue)
+    io_threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.idle = threading.Condition(self.lock)   # notified when inflight drops
 
 
 class VirtioBlock(VirtioDevice):
@@ -108,6 +124,7 @@ class VirtioBlock(VirtioDevice):
         self._config = self._build_config(queue_size)
         self._active: _Activation | None = None
         self._errors = RateLimitedLog(log)
+        self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(("read_requests", "write_requests", "flush_requests", "discard_requests",
                                      "write_zeroes_requests", "get_id_requests", "read_bytes", "write_bytes",
                                      "errors", "queue_errors"), 0)
@@ -151,7 +168,12 @@ class VirtioBlock(VirtioDevice):
         except QueueError as exc:
             self._stop_for_reset(active, exc)
             return
-        active.worker = Worker(f"virtio-blk:{os.path.basename(self.disk.path)}", lambda: self._service(active))
+        name = f"virtio-blk:{os.path.basename(self.disk.path)}"
+        active.worker = Worker(name, lambda: self._dispatch(active))
+        for i in range(IO_THREADS):
+            thread = threading.Thread(target=self._io_thread, args=(active,), name=f"{name}:io{i}", daemon=True)
+            active.io_threads.append(thread)
+            thread.start()
         active.worker.start()
         active.worker.kick()
 
@@ -166,19 +188,32 @@ class VirtioBlock(VirtioDevice):
             return
         if active.worker is not None:
             active.worker.stop()
-        with active.lock:   # waits for the request in flight, if any
+        with active.lock:   # waits for the requests in flight, if any
             active.stopped = True
+            active.idle.wait_for(lambda: active.inflight == 0)
             active.memory = active.queue = active.interrupt = None
+        for _ in active.io_threads:
+            active.requests.put(None)
 
     def stats(self) -> dict[str, int]:
-        return dict(self._stats)
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, key: str, amount: int) -> None:
+        with self._stats_lock:      # I/O threads count concurrently
+            self._stats[key] += amount
 
     # --- lifetime beyond the ABC ---
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until the worker has served every request it was kicked for."""
+        """Wait until every request the dispatcher was kicked for has completed."""
         active = self._active
-        return active is None or active.worker is None or active.worker.wait_idle(timeout)
+        if active is None or active.worker is None:
+            return True
+        if not active.worker.wait_idle(timeout):
+            return False
+        with active.lock:
+            return active.idle.wait_for(lambda: active.inflight == 0, timeout)
 
     def close(self) -> None:
         """VM shutdown: stop the worker, then close (and unlock) the image.
@@ -187,25 +222,79 @@ class VirtioBlock(VirtioDevice):
         self.reset()
         if active is not None and active.worker is not None:
             active.worker.join(timeout=10)
+            for thread in active.io_threads:
+                thread.join(timeout=10)
         self.disk.close()
 
-    # --- the worker ---
+    # --- the dispatcher and the I/O threads ---
 
-    def _service(self, active: _Activation) -> None:
-        """Worker thread: serve the queue in batches until it is empty."""
+    def _dispatch(self, active: _Activation) -> None:
+        """Dispatcher thread: pop available requests in batches; run the
+        small ones here and complete them together (one interrupt check per
+        batch), queue the large ones for the I/O threads.  §2.7.13.3: after
+        re-enabling notifications, look again before going idle."""
         while True:
-            with active.lock:
-                if active.stopped or active.memory is None or active.queue is None:
-                    return
-                served = serve_queue(active.queue, active.memory, self._handle, limit=BATCH)
-                interrupt = active.interrupt
-            if served.notify and interrupt is not None:
-                interrupt.signal_used_queue(0)
-            if served.error is not None:
-                self._stop_for_reset(active, served.error)
+            small, large, error, empty = self._pop_batch(active)
+            for chain in large:
+                active.requests.put(chain)
+            if small:
+                self._complete(active, [(chain, *self._run(chain)) for chain in small])
+            if error is not None:
+                self._stop_for_reset(active, error)
                 return
-            if served.idle:
+            if empty:
                 return
+
+    def _pop_batch(self, active: _Activation
+                   ) -> tuple[list[DescriptorChain], list[DescriptorChain], QueueError | None, bool]:
+        small: list[DescriptorChain] = []
+        large: list[DescriptorChain] = []
+        with active.lock:
+            if active.stopped or active.memory is None or active.queue is None:
+                return small, large, None, True
+            try:
+                while len(small) < BATCH:
+                    chain = active.queue.pop(active.memory)
+                    if chain is None:
+                        if active.queue.enable_notification(active.memory):
+                            continue
+                        return small, large, None, True
+                    active.inflight += 1
+                    (small if chain.readable_len + chain.writable_len <= INLINE_MAX else large).append(chain)
+            except QueueError as exc:
+                return small, large, exc, True
+        return small, large, None, False
+
+    def _run(self, chain: DescriptorChain) -> tuple[int, QueueError | None]:
+        """Do one request's I/O (no lock held): (bytes written, ring error)."""
+        try:
+            return self._handle(chain), None
+        except QueueError as exc:
+            return 0, exc
+        finally:
+            chain.release()
+
+    def _complete(self, active: _Activation, done: list[tuple[DescriptorChain, int, QueueError | None]]) -> None:
+        """Put finished requests in the used ring; interrupt if the driver wants it."""
+        notify, interrupt, error = False, None, None
+        with active.lock:
+            live = not active.stopped and active.queue is not None and active.memory is not None
+            for chain, written, failure in done:
+                if failure is None and live:
+                    active.queue.add_used(active.memory, chain.head, written)
+                error = error or failure
+            if live:
+                notify, interrupt = active.queue.needs_notification(active.memory), active.interrupt
+            active.inflight -= len(done)
+            active.idle.notify_all()
+        if notify and interrupt is not None:
+            interrupt.signal_used_queue(0)
+        if error is not None:
+            self._stop_for_reset(active, error)
+
+    def _io_thread(self, active: _Activation) -> None:
+        while (chain := active.requests.get()) is not None:
+            self._complete(active, [(chain, *self._run(chain))])
 
     def _stop_for_reset(self, active: _Activation, error: QueueError) -> None:
         """The driver broke the ring: stop serving and ask for a reset (no lock held)."""
@@ -213,11 +302,11 @@ class VirtioBlock(VirtioDevice):
             active.stopped = True
         if active.worker is not None:
             active.worker.stop()
-        self._stats["queue_errors"] += 1
+        self._count("queue_errors", 1)
         self._errors.warning(f"virtio-blk {self.disk.path}: {error}; device needs reset")
         self.on_needs_reset(str(error))
 
-    # --- requests (worker thread, activation lock held) ---
+    # --- requests (I/O threads, no lock held) ---
 
     def _handle(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest."""
@@ -236,7 +325,7 @@ class VirtioBlock(VirtioDevice):
             code = VIRTIO_BLK_S_OK
         except _RequestFailed as failure:
             code, written = failure.status, 0
-            self._stats["errors"] += 1
+            self._count("errors", 1)
             self._errors.warning(f"virtio-blk {self.disk.path}: {failure}")
         status[0][0] = code
         return written + 1
@@ -251,41 +340,41 @@ class VirtioBlock(VirtioDevice):
         return sector * SECTOR_SIZE
 
     def _read(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
-        self._stats["read_requests"] += 1
+        self._count("read_requests", 1)
         nbytes = iov.total_len(data_out)
         offset = self._io_range(sector, nbytes)
         self._disk_op("read", self.disk.read, data_out, offset)
-        self._stats["read_bytes"] += nbytes
+        self._count("read_bytes", nbytes)
         return nbytes
 
     def _write(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
-        self._stats["write_requests"] += 1
+        self._count("write_requests", 1)
         self._refuse_if_read_only("write")
         nbytes = iov.total_len(data_in)
         offset = self._io_range(sector, nbytes)
         self._disk_op("write", self.disk.write, data_in, offset)
-        self._stats["write_bytes"] += nbytes
+        self._count("write_bytes", nbytes)
         return 0
 
     def _flush(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
-        self._stats["flush_requests"] += 1
+        self._count("flush_requests", 1)
         if not self.disk.read_only:
             self._disk_op("flush", self.disk.flush)
         return 0
 
     def _get_id(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
-        self._stats["get_id_requests"] += 1
+        self._count("get_id_requests", 1)
         return iov.scatter(data_out, self.disk.serial)
 
     def _discard(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
-        self._stats["discard_requests"] += 1
+        self._count("discard_requests", 1)
         self._refuse_if_read_only("discard")
         for offset, length, _unmap in self._segments(data_in, allow_unmap=False):
             self._disk_op("discard", self.disk.discard, offset, length)
         return 0
 
     def _write_zeroes(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
-        self._stats["write_zeroes_requests"] += 1
+        self._count("write_zeroes_requests", 1)
         self._refuse_if_read_only("write zeroes")
         for offset, length, unmap in self._segments(data_in, allow_unmap=True):
             self._disk_op("write zeroes", self.disk.write_zeroes, offset, length, unmap)
