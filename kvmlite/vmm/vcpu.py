@@ -25,6 +25,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
 from kvmlite.devices.bus import Bus
+from kvmlite.errors import KvmliteError
 from kvmlite.kvm import exits as ex
 from kvmlite.kvm import uapi
 from kvmlite.kvm.ioctl import KvmError
@@ -46,8 +47,9 @@ def install_kick_handler() -> None:
     if _handler_installed:
         return
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("kvmlite must install its vCPU kick signal handler from the main thread; "
-                           "create the first VM on the main thread")
+        raise KvmliteError("start the first VM from the main thread, or call "
+                           "kvmlite.vmm.vcpu.install_kick_handler() there first (the vCPU kick signal "
+                           "needs a handler, and only the main thread can install one)")
     signal.signal(KICK_SIGNAL, lambda signum, frame: None)
     _handler_installed = True
 
@@ -96,7 +98,7 @@ class Vcpu:
     # --- control from other threads ---
 
     def start(self) -> None:
-        install_kick_handler() if threading.current_thread() is threading.main_thread() else None
+        install_kick_handler()      # raises a clear error off the main thread, before any harm
         self._thread.start()
 
     def request(self, what: Request | None) -> None:
@@ -115,7 +117,7 @@ class Vcpu:
 
     def _kick(self) -> None:
         ident = self._thread.ident
-        if ident is not None and self._thread.is_alive():
+        if _handler_installed and ident is not None and self._thread.is_alive():
             try:
                 signal.pthread_kill(ident, KICK_SIGNAL)
             except ProcessLookupError:

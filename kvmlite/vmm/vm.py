@@ -40,7 +40,7 @@ from kvmlite.vmm.eventloop import EventLoop
 from kvmlite.vmm.exitcodes import DEFAULT_CODES, EndReason
 from kvmlite.vmm.memory import GuestMemory
 from kvmlite.vmm.control import VmControl
-from kvmlite.vmm.vcpu import Request, Vcpu
+from kvmlite.vmm.vcpu import Request, Vcpu, install_kick_handler
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ class Vm:
     # --- running ---
 
     def start(self) -> None:
+        install_kick_handler()          # before any thread starts: fails off the main thread
         self.started_at = time.monotonic()
         self.devices.start()
         self.event_loop.start()
