@@ -97,3 +97,21 @@ def test_testhost_qemu_kvm_boots_default_guest_initramfs(smoke: RunResult) -> No
     assert READY_MARKER in output, f"guest init never became ready; {smoke.where()}"
     assert "hello from the guest" in output, smoke.where()
     assert rc == (7 << 1) | 1, f"QEMU exit status {rc}, expected 15 (exit 7 through port 0x501); {smoke.where()}"
+
+
+def test_collect_soft_lockup_kills_and_reports_stall(tmp_path) -> None:
+    # Arrange: a stand-in for QEMU whose "test host" reports a soft lockup and hangs
+    import subprocess
+    import time
+
+    from .testhost import _collect
+
+    proc = subprocess.Popen(["sh", "-c", "echo '[ 264.4] watchdog: BUG: soft lockup - CPU#0 stuck for 209s!'; "
+                                         "sleep 60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    start = time.monotonic()
+    # Act
+    result = _collect(proc, tmp_path / "log", 30, None)
+    # Assert: abandoned at once, not after the timeout
+    assert result.stalled and not result.timed_out
+    assert time.monotonic() - start < 10
