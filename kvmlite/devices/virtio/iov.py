@@ -18,25 +18,39 @@ def total_len(views: Sequence[memoryview]) -> int:
 
 
 def split_at(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
-    """The first ``n`` bytes of ``views`` and the rest (fewer when short)."""
+    """The first ``n`` bytes of ``views`` and the rest (fewer when short).
+
+    Walks only as far as byte ``n``; the rest of the list is sliced in one go
+    (a Linux request can carry hundreds of buffers)."""
     head: IoVec = []
-    tail: IoVec = []
-    for view in views:
+    for i, view in enumerate(views):
+        if n <= 0:
+            return head, list(views[i:])
         if n >= len(view):
             head.append(view)
             n -= len(view)
-        elif n > 0:
-            head.append(view[:n])
-            tail.append(view[n:])
-            n = 0
         else:
-            tail.append(view)
-    return head, tail
+            head.append(view[:n])
+            return head, [view[n:], *views[i + 1:]]
+    return head, []
 
 
 def split_tail(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
-    """All but the last ``n`` bytes of ``views``, and those last bytes."""
-    return split_at(views, max(total_len(views) - n, 0))
+    """All but the last ``n`` bytes of ``views``, and those last bytes.
+
+    Walks from the end: the usual ``n`` is 1 (a status byte)."""
+    tail: IoVec = []
+    for i in range(len(views) - 1, -1, -1):
+        if n <= 0:
+            return list(views[:i + 1]), tail
+        view = views[i]
+        if n >= len(view):
+            tail.insert(0, view)
+            n -= len(view)
+        else:
+            tail.insert(0, view[len(view) - n:])
+            return [*views[:i], view[:len(view) - n]], tail
+    return [], tail
 
 
 def gather(views: Sequence[memoryview], limit: int | None = None) -> bytes:
@@ -61,4 +75,4 @@ def scatter(views: Sequence[memoryview], data: bytes | bytearray | memoryview) -
 
 def advance(views: Sequence[memoryview], n: int) -> IoVec:
     """``views`` without their first ``n`` bytes, and without empty buffers."""
-    return [v for v in split_at(views, n)[1] if len(v)]
+    return list(filter(len, split_at(views, n)[1] if n else views))
