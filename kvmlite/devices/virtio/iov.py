@@ -38,12 +38,15 @@ def split_at(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
 def split_tail(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
     """All but the last ``n`` bytes of ``views``, and those last bytes.
 
-    Walks from the end: the usual ``n`` is 1 (a status byte)."""
+    Walks from the end: the usual ``n`` is 1 (a status byte).  Empty buffers
+    at the end are dropped, so a non-empty tail holds at least one byte."""
     tail: IoVec = []
     for i in range(len(views) - 1, -1, -1):
         if n <= 0:
             return list(views[:i + 1]), tail
         view = views[i]
+        if not len(view):
+            continue            # carries no bytes: in neither part
         if n >= len(view):
             tail.insert(0, view)
             n -= len(view)
