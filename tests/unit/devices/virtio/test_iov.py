@@ -57,3 +57,15 @@ def test_advance_drops_consumed_and_empty_buffers() -> None:
     rest = iov.advance(views(b"ab", b"", b"cde"), 3)
 
     assert [bytes(v) for v in rest] == [b"de"]
+
+
+def test_split_tail_only_empty_buffers_gives_empty_tail() -> None:
+    # A chain whose only writable buffer is empty has no status byte.
+    head, tail = iov.split_tail([memoryview(bytearray(0))], 1)
+    assert head == [] and tail == []
+
+
+def test_split_tail_skips_trailing_empty_buffers() -> None:
+    data = bytearray(b"abcd")
+    head, tail = iov.split_tail([memoryview(data), memoryview(bytearray(0))], 1)
+    assert [bytes(v) for v in head] == [b"abc"] and [bytes(v) for v in tail] == [b"d"]
