@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from kvmlite.arch.x86 import layout, regs as x86regs
 from kvmlite.arch.x86.boot import BootLayout, setup_boot
@@ -32,7 +33,8 @@ from kvmlite.arch.x86.cpuid import vcpu_cpuid
 from kvmlite.devices.bus import Bus
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.kvm import Kvm, KvmError, VmFd, uapi
-from kvmlite.kvm.structs import kvm_lapic_state
+from kvmlite.kvm.structs import kvm_cpuid_entry2, kvm_lapic_state
+from kvmlite.kvm.vcpu import VcpuFd
 from kvmlite.loader.kernel import read_file, read_kernel
 from kvmlite.vmm import diagnose
 from kvmlite.vmm.config import VmConfig
@@ -65,15 +67,32 @@ class VmResult:
 class Vm:
     """One VM.  Build with ``Vm(config)``, then ``start()`` and ``wait()``."""
 
-    def __init__(self, config: VmConfig, *, console_output=None, kvm_path: str = "/dev/kvm") -> None:
+    def __init__(self, config: VmConfig, *, console_output: Callable[[bytes], object] | None = None,
+                 kvm_path: str = "/dev/kvm") -> None:
+        """Build the whole VM (nothing runs until :meth:`start`).
+
+        ``console_output`` receives the guest console's bytes (COM1, or
+        hvc0 with ``console="virtio"``); None discards them.  Raises
+        :class:`~kvmlite.errors.KvmliteError` with a one-line message, after
+        releasing whatever was already set up."""
         self.config = config
         self.name = config.name
         self.started_at: float | None = None
-        self._console_output = console_output
         self._end_lock = threading.Lock()
         self._ended = threading.Event()
         self._result: VmResult | None = None
+        self.vcpus: list[Vcpu] = []
         self.kvm = Kvm(kvm_path)
+        try:
+            self._build(console_output)
+        except BaseException:
+            self._release()
+            raise
+
+    def _build(self, console_output: Callable[[bytes], object] | None) -> None:
+        from kvmlite.vmm.devices import DeviceManager
+
+        config = self.config
         self._check_kvm()
         self.vm_fd: VmFd = self.kvm.create_vm()
         self._setup_irqchip()
@@ -83,13 +102,12 @@ class Vm:
         self.io_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.event_loop = EventLoop("io")
-        from kvmlite.vmm.devices import DeviceManager
-
         self.devices = DeviceManager(self, console_output)
         self.devices.create()
         rsdp = self.devices.write_firmware_tables(self.memory)
         self.boot: BootLayout = self._load_kernel(rsdp)
-        self.vcpus = [self._create_vcpu(i) for i in range(config.cpus)]
+        supported = self.kvm.supported_cpuid()
+        self.vcpus = [self._create_vcpu(i, supported) for i in range(config.cpus)]
         self.control = VmControl(self)
 
     # --- construction ---
@@ -127,9 +145,9 @@ class Vm:
             initrd = read_file(self.config.initrd, "initrd", MAX_INITRD_SIZE)
         return setup_boot(self.memory, kernel, self.cmdline(), initrd, rsdp)
 
-    def _create_vcpu(self, index: int) -> Vcpu:
+    def _create_vcpu(self, index: int, supported: list[kvm_cpuid_entry2]) -> Vcpu:
         fd = self.vm_fd.create_vcpu(index)
-        fd.set_cpuid2(vcpu_cpuid(self._supported_cpuid(), index, self.config.cpus))
+        fd.set_cpuid2(vcpu_cpuid(supported, index, self.config.cpus))
         self._set_boot_msrs(fd)
         lapic = fd.get_lapic()
         regs = x86regs.lapic_lint_setup(bytearray(bytes(lapic)))
@@ -142,12 +160,7 @@ class Vm:
         return Vcpu(fd, self.io_bus, self.mmio_bus, self._end,
                     explain_internal_error=lambda v, e: diagnose.explain_internal_error(v, self.memory, e))
 
-    def _supported_cpuid(self):
-        if not hasattr(self, "_cpuid_cache"):
-            self._cpuid_cache = self.kvm.supported_cpuid()
-        return self._cpuid_cache
-
-    def _set_boot_msrs(self, fd) -> None:
+    def _set_boot_msrs(self, fd: VcpuFd) -> None:
         for index, value in x86regs.boot_msrs():
             try:
                 fd.set_msrs([(index, value)])
@@ -184,7 +197,7 @@ class Vm:
                 exit_code = code if code is not None else DEFAULT_CODES.get(reason, 1)
                 self._result = VmResult(reason, exit_code, message)
                 log.info("VM ending: %s (exit code %d)", message, exit_code)
-        for vcpu in self.vcpus if hasattr(self, "vcpus") else ():
+        for vcpu in self.vcpus:
             vcpu.request(Request.STOP)
         self._ended.set()
 
@@ -238,9 +251,14 @@ class Vm:
         if not self._ended.is_set():
             self.stop()
             self._shutdown_threads()
+        self._release()
+
+    def _release(self) -> None:
+        """Close everything that exists, in reverse order of creation."""
         for vcpu in self.vcpus:
             vcpu.fd.close()
-        self.devices.close()
-        self.vm_fd.close()
-        self.memory.close()
+        for name in ("devices", "event_loop", "vm_fd", "memory"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()
         self.kvm.close()
