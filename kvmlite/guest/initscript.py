@@ -128,13 +128,23 @@ decode_command() {
     printf '%s' "$CMD" | base64 -d 2>/dev/null
 }
 
+# The child's session leader is a small wrapper shell: when a session leader
+# exits, the kernel hangs up its controlling tty, and a hangup throws away
+# console output not yet sent (seen on multi-CPU guests, where the command
+# exits on one CPU while another is still sending its output).  So the
+# wrapper runs the command, waits for the console to drain (stty re-applies
+# the settings with tcsetattr(TCSADRAIN)), and only then exits with the
+# command's status.  Its SIGINT trap is a handler, not "ignore", so ^C still
+# reaches the command.
+SESSION_WRAPPER='trap : INT; "$@"; rc=$?; stty "$(stty -g)" 2>/dev/null; exit $rc'
+
 start_child() {
     # setsid + cttyhack: the child gets the console as its controlling
     # tty, so job control and ^C work in it (and never reach PID 1).
     if [ -n "$CHROOT" ]; then
-        setsid cttyhack chroot "$CHROOT" /bin/sh "$@" &
+        setsid cttyhack /bin/sh -c "$SESSION_WRAPPER" kvmlite-session chroot "$CHROOT" /bin/sh "$@" &
     else
-        setsid cttyhack /bin/sh "$@" &
+        setsid cttyhack /bin/sh -c "$SESSION_WRAPPER" kvmlite-session /bin/sh "$@" &
     fi
     CHILD=$!
 }

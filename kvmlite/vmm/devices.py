@@ -210,7 +210,10 @@ class DeviceManager:
         pass
 
     def stop(self) -> None:
-        pass
+        """The vCPUs have stopped: log what the devices did (debug level)."""
+        if log.isEnabledFor(logging.DEBUG):
+            for name, stats in self.stats().items():
+                log.debug("%s: %s", name, stats)
 
     def close(self) -> None:
         """Release device resources (after every vCPU and the I/O thread stopped)."""

@@ -51,6 +51,14 @@ def test_kvm_not_permitted_says_permission_denied() -> None:
 
 
 def test_cli_kvm_missing_one_line_exit_1(monkeypatch, capsys, tmp_path) -> None:
+    # main() configures the "kvmlite" logger for a terminal; undo that after
+    # the test so later tests still see log records.
+    import logging
+
+    logger = logging.getLogger("kvmlite")
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
     # The CLI always opens /dev/kvm; point the VM at a path that does not exist.
     import kvmlite.vmm.vm as vm_mod
 

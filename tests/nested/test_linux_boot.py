@@ -25,6 +25,8 @@ section one-cpu kvmlite run -k "$KERNEL" -i "$INITRD" -c 1 -m 256 -p quiet -- \
     'echo cpus=$(grep -c ^processor /proc/cpuinfo); grep MemTotal /proc/meminfo'
 section poweroff kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -- 'echo going down; poweroff -f'
 section reboot kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -- 'reboot -f'
+section flush kvmlite run -k "$KERNEL" -i "$INITRD" -c 2 -p quiet -- \
+    'for i in $(seq 1 20); do echo flush-line-$i-................................................................; done; exit 7'
 """
 
 
@@ -70,6 +72,15 @@ def test_linux_cmdline_has_defaults_and_params(linux: RunResult) -> None:
 def test_linux_acpi_poweroff_exits_zero(linux: RunResult) -> None:
     rc, out = linux.section("poweroff")
     assert "going down" in out and rc == 0, f"rc={rc}: {out[-1500:]}; {linux.where()}"
+
+
+def test_linux_command_output_all_reaches_host_before_exit(linux: RunResult) -> None:
+    """A command's last output must not be lost when the VM ends right after
+    it (it sits in the guest tty's buffer; a 2-vCPU guest exposed this)."""
+    rc, out = linux.section("flush")
+    assert rc == 7, f"rc={rc}; {linux.where()}"
+    missing = [i for i in range(1, 21) if f"flush-line-{i}-" not in out]
+    assert not missing, f"lines {missing} never reached the host; {linux.where()}"
 
 
 def test_linux_reboot_exits_with_reset_status(linux: RunResult) -> None:
