@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import stat
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kvmlite.devices.virtio import iov
 from kvmlite.errors import ConfigError
@@ -100,23 +100,27 @@ class RawDisk:
 
     def read(self, views: Sequence[memoryview], offset: int) -> None:
         """Fill ``views`` from the image at ``offset``; OSError on failure."""
-        pending = iov.advance(views, 0)
-        while pending:
-            n = os.preadv(self.fd, pending[:IOV_MAX], offset)
-            if n == 0:
-                raise OSError(errno.EIO, f"unexpected end of {self.path} at {offset}")
-            offset += n
-            pending = iov.advance(pending, n)
+        self._transfer(os.preadv, views, offset, "unexpected end of")
 
     def write(self, views: Sequence[memoryview], offset: int) -> None:
         """Write ``views`` to the image at ``offset``; OSError on failure."""
-        pending = iov.advance(views, 0)
-        while pending:
-            n = os.pwritev(self.fd, pending[:IOV_MAX], offset)
+        self._transfer(os.pwritev, views, offset, "no progress writing")
+
+    def _transfer(self, op: Callable[[int, Sequence[memoryview], int], int], views: Sequence[memoryview],
+                  offset: int, stalled: str) -> None:
+        """One ``op`` call for the whole request in the usual case; the list
+        is only re-cut after a short transfer or past IOV_MAX buffers."""
+        pending = views if len(views) <= IOV_MAX else views[:IOV_MAX]
+        total = sum(map(len, views))
+        while total:
+            n = op(self.fd, pending, offset)
             if n == 0:
-                raise OSError(errno.EIO, f"no progress writing {self.path} at {offset}")
+                raise OSError(errno.EIO, f"{stalled} {self.path} at {offset}")
             offset += n
-            pending = iov.advance(pending, n)
+            total -= n
+            if total:
+                rest = iov.advance(views, n)
+                views, pending = rest, rest[:IOV_MAX]
 
     def flush(self) -> None:
         """Make completed writes durable (the data; metadata only as needed)."""

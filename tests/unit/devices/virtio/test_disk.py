@@ -153,6 +153,25 @@ def test_write_more_buffers_than_iov_max_writes_all(tmp_path: Path) -> None:
     disk.close()
 
 
+def test_read_short_transfers_resume_where_they_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_image(tmp_path, 4096)
+    disk = RawDisk.open(str(path), read_only=True)
+    real = os.preadv
+
+    def at_most_100(fd: int, buffers, offset: int) -> int:   # a kernel that returns short reads
+        first = memoryview(buffers[0])[:100]
+        return real(fd, [first], offset)
+
+    monkeypatch.setattr(os, "preadv", at_most_100)
+    target = bytearray(4096)
+    views = [memoryview(target)[i * 512:(i + 1) * 512] for i in range(8)]
+
+    disk.read(views, 0)
+
+    assert bytes(target) == path.read_bytes()
+    disk.close()
+
+
 def test_read_past_end_of_file_raises_os_error(tmp_path: Path) -> None:
     path = make_image(tmp_path, 1024)
     disk = RawDisk.open(str(path), read_only=True)
