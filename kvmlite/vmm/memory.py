@@ -115,12 +115,6 @@ class GuestMemory:
                 return region, offset
         raise GuestMemoryError(f"guest address range {addr:#x}+{length:#x} is outside RAM")
 
-    def low_ram(self) -> tuple[memoryview, int]:
-        """The view of RAM from guest address 0 and where it ends: what hot
-        loops (virtqueue walks) slice directly after their own bounds check,
-        falling back to :meth:`view` for anything else."""
-        return self._low_view, self._low_end
-
     def contains(self, addr: int, length: int = 1) -> bool:
         try:
             self._find(addr, length)

@@ -259,7 +259,6 @@ class Queue:
         readable, writable = chain.readable, chain.writable
         rlen = wlen = 0
         view = memory.view
-        low, low_end = memory.low_ram()
         try:
             descs = _table_view(memory, table, entries)
             unpack = _DESC.unpack_from
@@ -275,14 +274,11 @@ class Queue:
                 if visits > entries:
                     raise ChainLoopError(f"chain from head {head} visits more than {entries} "
                                          f"descriptors{' in its indirect table' if indirect else ''}")
-                if addr + length <= low_end:            # addr, length are unsigned: in low RAM
-                    buffer = low[addr:addr + length]
-                else:
-                    try:
-                        buffer = view(addr, length)
-                    except GuestMemoryError:
-                        raise DescriptorAddressError(f"buffer {addr:#x}+{length:#x} is not inside one guest "
-                                                     "RAM region") from None
+                try:
+                    buffer = view(addr, length)
+                except GuestMemoryError:
+                    raise DescriptorAddressError(f"buffer {addr:#x}+{length:#x} is not inside one guest "
+                                                 "RAM region") from None
                 if flags & VIRTQ_DESC_F_WRITE:
                     writable.append(buffer)
                     wlen += length
