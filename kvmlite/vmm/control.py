@@ -291,7 +291,8 @@ def _segment(seg: Any) -> dict[str, int]:
 
 
 def _vcpu_stats(vcpu: "Vcpu") -> dict[str, Any]:
-    exits = dict(vcpu.exit_counts)      # a dict copy is atomic under the GIL
+    # a dict copy is atomic under the GIL; counts are kept by exit type
+    exits = {kind.__name__: count for kind, count in dict(vcpu.exit_counts).items()}
     return {"id": vcpu.id, "state": vcpu.state.value, "exits": exits, "total_exits": sum(exits.values())}
 
 

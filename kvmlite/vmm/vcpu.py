@@ -84,7 +84,7 @@ class Vcpu:
         self.has_irqchip = has_irqchip
         self.explain_internal_error = explain_internal_error
         self.state = VcpuState.CREATED
-        self.exit_counts: Counter[str] = Counter()
+        self.exit_counts: Counter[type] = Counter()   # by exit type: no name lookup per exit
         self.native_id: int | None = None
         self._request: Request | None = None
         self._cond = threading.Condition()
@@ -172,7 +172,7 @@ class Vcpu:
                 return
             exit = run()
             kind = type(exit)
-            counts[kind.__name__] += 1
+            counts[kind] += 1
             handler = handlers.get(kind)
             if handler is not None:
                 handler(exit)
