@@ -104,7 +104,7 @@ class VcpuFd:
             fe = run.fail_entry
             return ex.FailEntry(fe.hardware_entry_failure_reason, fe.cpu)
         if reason == uapi.KVM_EXIT_IOAPIC_EOI:
-            return ex.IoapicEoi(run.u.padding[0] if run.u.padding else 0)
+            return ex.IoapicEoi(self._mm[_OFF_UNION])   # kvm_run.eoi.vector (u8)
         return ex.Other(reason, run.hardware_exit_reason)
 
     # --- register state ----------------------------------------------------

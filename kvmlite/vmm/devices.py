@@ -58,8 +58,7 @@ class DeviceManager:
         self.pci = None
         self.virtio: list = []          # (name, device, transport)
         self._pci_slots: list[int] = []
-        self._mmio_gsis: list[int] = []
-        self._mmio_devices: list[tuple[int, int]] = []
+        self._mmio_devices: list[tuple[int, int]] = []     # (base, gsi)
 
     # --- creation -----------------------------------------------------------
 
@@ -121,7 +120,6 @@ class DeviceManager:
                 transport = VirtioMmioTransport(device, vm.memory, self._irq(gsi), ioevents=self._ioevents,
                                                 loop=vm.event_loop, name=name)
                 transport.attach(vm.mmio_bus, base)
-                self._mmio_gsis.append(gsi)
                 self._mmio_devices.append((base, gsi))
                 if self._acpi_off():
                     self._cmdline.append(cmdline_device(base, gsi))
@@ -194,7 +192,7 @@ class DeviceManager:
             memory.write(addr, blob)
         try:
             addr, blob = build_mptable(MpTableConfig(num_cpus=cpus, pci_slots=tuple(self._pci_slots),
-                                                     extra_gsis=tuple(self._mmio_gsis)))
+                                                     extra_gsis=tuple(gsi for _, gsi in self._mmio_devices)))
             memory.write(addr, blob)
             memory.write_u16(layout.BDA_EBDA_SEGMENT, layout.EBDA_START >> 4)
         except ConfigError as exc:

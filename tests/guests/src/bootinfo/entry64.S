@@ -1,18 +1,7 @@
-/* Protected-mode part of a bzImage, loaded at 1 MiB.  startup_32 (offset 0)
+/* Protected-mode part of a bzImage (lib/bzhead.h): startup_32 (offset 0)
  * is never used by kvmlite; startup_64 (offset 0x200) is the 64-bit boot
  * protocol entry: long mode, identity paging, %rsi = boot_params. */
-	.section .head, "ax"
-	.code32
-	.globl startup_32
-startup_32:
-	cli
-1:	hlt
-	jmp 1b
-
-	.code64
-	.org 0x200
-	.globl startup_64
-startup_64:
+#include "../lib/bzhead.h"
 	cli
 	lea stack_top(%rip), %rsp
 	mov %rsi, %rdi

@@ -3,18 +3,7 @@
  * tests pause it (ticks stop), resume it (ticks go on) and read its
  * registers (RIP lies between count_loop and count_loop_end).
  * bzImage payload: startup_64 at +0x200, long mode, paging on. */
-	.section .head, "ax"
-	.code32
-	.globl startup_32
-startup_32:
-	cli
-1:	hlt
-	jmp 1b
-
-	.code64
-	.org 0x200
-	.globl startup_64
-startup_64:
+#include "../lib/bzhead.h"
 	cli
 	lea stack_top(%rip), %rsp
 	xor %ebx, %ebx

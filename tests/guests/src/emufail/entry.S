@@ -3,18 +3,7 @@
  * does).  On hardware KVM it simply runs and the guest exits with status 0
  * through the exit port; under PVM, KVM stops with an emulation failure
  * that kvmlite must explain.  bzImage payload: startup_64 at +0x200. */
-	.section .head, "ax"
-	.code32
-	.globl startup_32
-startup_32:
-	cli
-1:	hlt
-	jmp 1b
-
-	.code64
-	.org 0x200
-	.globl startup_64
-startup_64:
+#include "../lib/bzhead.h"
 	cli
 	lea slot(%rip), %rdi
 	xor %eax, %eax
