@@ -4,7 +4,9 @@ access to them.
 Every read or write the VMM makes on behalf of a device goes through
 :class:`GuestMemory`; an address or length outside RAM raises
 :class:`GuestMemoryError` instead of touching host memory.  ``view`` gives a
-zero-copy ``memoryview`` for ``preadv``/``pwritev`` and virtqueue parsing.
+zero-copy ``memoryview`` for virtqueue parsing and small copies; ``iovec``
+turns a request's guest buffers into a ``struct iovec`` array for
+``preadv``/``pwritev`` without creating a Python object per buffer.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+from array import array
 from dataclasses import dataclass
+from typing import Sequence
 
 from kvmlite.arch.x86 import layout
 from kvmlite.errors import ConfigError
@@ -20,6 +24,7 @@ from kvmlite.errors import ConfigError
 MAP_HUGETLB = 0x40000
 MAP_NORESERVE = 0x4000
 MADV_HUGEPAGE = 14
+IOVEC_ALIGN = 1 << 32      # where low RAM starts in the host mapping (see GuestMemory.iovec)
 
 
 class GuestMemoryError(ValueError):
@@ -62,9 +67,10 @@ class GuestMemory:
         if size <= 0 or size % mmap.PAGESIZE:
             raise ConfigError(f"memory size {size} is not a positive multiple of the page size")
         self.size = size
-        self._mmap = self._map(size, hugepages)
-        self._whole = memoryview(self._mmap)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
+        self._mmap, skip = self._map(size, hugepages)
+        self._mapped = memoryview(self._mmap)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap)) + skip
+        self._whole = self._mapped[skip:skip + size]
         self.regions: list[Region] = []
         offset = 0
         for start, length in x86_ram_ranges(size):
@@ -74,31 +80,49 @@ class GuestMemory:
         # Fast path for the low region, where nearly every ring and buffer lives.
         self._low_view = self.regions[0].view
         self._low_end = self.regions[0].end
+        self._low_host = self.regions[0].host_addr
+        # With low RAM at a 4 GiB-aligned host address, a low-RAM buffer's
+        # host address is its guest address in the low 32 bits and this
+        # constant in the high 32: iovec() builds arrays without arithmetic.
+        self._iovec_high = self._low_host >> 32 if self._low_host % IOVEC_ALIGN == 0 else None
 
     @staticmethod
-    def _map(size: int, hugepages: bool) -> mmap.mmap:
+    def _map(size: int, hugepages: bool) -> tuple[mmap.mmap, int]:
+        """The host mapping, and where in it guest RAM starts.
+
+        Ordinary memory is mapped ``IOVEC_ALIGN`` bytes larger than needed
+        so that RAM can start at a 4 GiB-aligned host address (see
+        ``iovec``).  The slack is address space only: the mapping is
+        ``MAP_NORESERVE`` and nothing ever touches it, so it costs no
+        memory.  When even that is refused (strict overcommit accounting),
+        RAM is mapped at whatever address the kernel picks."""
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         prot = mmap.PROT_READ | mmap.PROT_WRITE
         if hugepages:
             try:
-                return mmap.mmap(-1, size, flags | MAP_HUGETLB, prot)
+                return mmap.mmap(-1, size, flags | MAP_HUGETLB, prot), 0
             except OSError as exc:
                 raise ConfigError(f"cannot allocate {size >> 20} MiB of hugepages ({exc.strerror}); "
                                   "reserve them in /proc/sys/vm/nr_hugepages") from None
         try:
-            mm = mmap.mmap(-1, size, flags, prot)
-        except OSError as exc:
-            raise ConfigError(f"cannot allocate {size >> 20} MiB of guest memory: {exc.strerror}") from None
+            mm = mmap.mmap(-1, size + IOVEC_ALIGN, flags, prot)
+            skip = -ctypes.addressof(ctypes.c_char.from_buffer(mm)) % IOVEC_ALIGN
+        except OSError:
+            try:
+                mm, skip = mmap.mmap(-1, size, flags, prot), 0
+            except OSError as exc:
+                raise ConfigError(f"cannot allocate {size >> 20} MiB of guest memory: {exc.strerror}") from None
         try:
             mm.madvise(MADV_HUGEPAGE)  # transparent hugepages when the host allows
         except OSError:
             pass
-        return mm
+        return mm, skip
 
     def close(self) -> None:
         for region in self.regions:
             region.view.release()
         self._whole.release()
+        self._mapped.release()
         try:
             self._mmap.close()
         except BufferError:
@@ -130,6 +154,56 @@ class GuestMemory:
             return self._low_view[addr:addr + length]
         region, offset = self._find(addr, length)
         return region.view[offset:offset + length]
+
+    @property
+    def low_end(self) -> int:
+        """End of the RAM region at guest address 0: a range ``addr``,
+        ``length`` (both non-negative) with ``addr + length <= low_end`` is
+        RAM.  Lets hot loops skip a call for the usual case."""
+        return self._low_end
+
+    def iovec(self, addrs: Sequence[int], lens: Sequence[int]) -> array:
+        """A ``struct iovec`` array (host address, length pairs, as
+        ``array('Q')``) for the guest buffers ``addrs[i]``/``lens[i]``, for
+        ``preadv``/``pwritev``.
+
+        Raises GuestMemoryError unless every buffer lies inside one RAM
+        region: this is the check that stands between a guest-supplied
+        address and a raw host pointer.  The host addresses stay valid
+        while the memory is open; devices finish their requests before the
+        VM closes it.
+
+        The usual case (every buffer in low RAM, which starts at a 4 GiB-
+        aligned host address) costs a few C-level passes over the lists and
+        no Python step per buffer: ``array('I', ...)`` refuses anything
+        outside 0..2^32-1, the largest address plus the largest length
+        bounds every buffer's end, and the arrays are interleaved into the
+        iovec's 32-bit words (address low, address high, length, 0).
+        Anything else goes buffer by buffer."""
+        n = len(addrs)
+        if len(lens) != n:
+            raise ValueError("iovec: addresses and lengths differ in number")
+        if n and self._iovec_high is not None:
+            try:
+                low, sizes = array("I", addrs), array("I", lens)
+            except OverflowError:
+                pass
+            else:
+                if max(addrs) + max(lens) <= self._low_end:
+                    out = array("Q", bytes(16 * n))
+                    words = memoryview(out).cast("B").cast("I")
+                    words[0::4] = low
+                    words[1::4] = array("I", (self._iovec_high,)) * n
+                    words[2::4] = sizes
+                    return out
+        flat = [0] * (2 * n)
+        flat[0::2] = [self._host_address(a, length) for a, length in zip(addrs, lens)]
+        flat[1::2] = lens
+        return array("Q", flat)
+
+    def _host_address(self, addr: int, length: int) -> int:
+        region, offset = self._find(addr, length)
+        return region.host_addr + offset
 
     # --- copies ---
 

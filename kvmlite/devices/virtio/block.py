@@ -42,10 +42,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kvmlite.devices.virtio import iov
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_BLOCK, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.disk import SECTOR_SIZE, RawDisk
+from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.worker import Worker
@@ -128,7 +128,7 @@ class VirtioBlock(VirtioDevice):
         self._stats = dict.fromkeys(("read_requests", "write_requests", "flush_requests", "discard_requests",
                                      "write_zeroes_requests", "get_id_requests", "read_bytes", "write_bytes",
                                      "errors", "queue_errors"), 0)
-        self._handlers: dict[int, Callable[[int, iov.IoVec, iov.IoVec], int]] = {
+        self._handlers: dict[int, Callable[[GuestMemory, int, Segments, Segments], int]] = {
             VIRTIO_BLK_T_IN: self._read, VIRTIO_BLK_T_OUT: self._write, VIRTIO_BLK_T_FLUSH: self._flush,
             VIRTIO_BLK_T_GET_ID: self._get_id, VIRTIO_BLK_T_DISCARD: self._discard,
             VIRTIO_BLK_T_WRITE_ZEROES: self._write_zeroes}
@@ -310,24 +310,25 @@ class VirtioBlock(VirtioDevice):
 
     def _handle(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest."""
-        data_out, status = iov.split_tail(chain.writable, 1)
+        memory = chain.memory
+        data_out, status = chain.writable_segments().split_tail(1)
         if not status:
             raise ChainFramingError(f"request {chain.head} has no device-writable status byte")
-        header, data_in = iov.split_at(chain.readable, REQUEST_HEADER.size)
+        header, data_in = chain.readable_segments().split_at(REQUEST_HEADER.size)
         try:
-            if iov.total_len(header) < REQUEST_HEADER.size:
+            if header.total() < REQUEST_HEADER.size:
                 raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"request {chain.head} has a short header")
-            rtype, _reserved, sector = REQUEST_HEADER.unpack(iov.gather(header))
+            rtype, _reserved, sector = REQUEST_HEADER.unpack(header.gather(memory))
             handler = self._handlers.get(rtype)
             if handler is None:
                 raise _RequestFailed(VIRTIO_BLK_S_UNSUPP, f"unsupported request type {rtype}")
-            written = handler(sector, data_in, data_out)
+            written = handler(memory, sector, data_in, data_out)
             code = VIRTIO_BLK_S_OK
         except _RequestFailed as failure:
             code, written = failure.status, 0
             self._count("errors", 1)
             self._errors.warning(f"virtio-blk {self.disk.path}: {failure}")
-        status[0][0] = code
+        memory.write_u8(status.addrs[0], code)
         return written + 1
 
     def _io_range(self, sector: int, nbytes: int) -> int:
@@ -339,54 +340,54 @@ class VirtioBlock(VirtioDevice):
                                                      f"the capacity {self.disk.capacity}")
         return sector * SECTOR_SIZE
 
-    def _read(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+    def _read(self, memory: GuestMemory, sector: int, data_in: Segments, data_out: Segments) -> int:
         self._count("read_requests", 1)
-        nbytes = iov.total_len(data_out)
+        nbytes = data_out.total()
         offset = self._io_range(sector, nbytes)
-        self._disk_op("read", self.disk.read, data_out, offset)
+        self._disk_op("read", self.disk.read, memory.iovec(data_out.addrs, data_out.lens), offset, nbytes)
         self._count("read_bytes", nbytes)
         return nbytes
 
-    def _write(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+    def _write(self, memory: GuestMemory, sector: int, data_in: Segments, data_out: Segments) -> int:
         self._count("write_requests", 1)
         self._refuse_if_read_only("write")
-        nbytes = iov.total_len(data_in)
+        nbytes = data_in.total()
         offset = self._io_range(sector, nbytes)
-        self._disk_op("write", self.disk.write, data_in, offset)
+        self._disk_op("write", self.disk.write, memory.iovec(data_in.addrs, data_in.lens), offset, nbytes)
         self._count("write_bytes", nbytes)
         return 0
 
-    def _flush(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+    def _flush(self, memory: GuestMemory, sector: int, data_in: Segments, data_out: Segments) -> int:
         self._count("flush_requests", 1)
         if not self.disk.read_only:
             self._disk_op("flush", self.disk.flush)
         return 0
 
-    def _get_id(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+    def _get_id(self, memory: GuestMemory, sector: int, data_in: Segments, data_out: Segments) -> int:
         self._count("get_id_requests", 1)
-        return iov.scatter(data_out, self.disk.serial)
+        return data_out.scatter(memory, self.disk.serial)
 
-    def _discard(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+    def _discard(self, memory: GuestMemory, sector: int, data_in: Segments, data_out: Segments) -> int:
         self._count("discard_requests", 1)
         self._refuse_if_read_only("discard")
-        for offset, length, _unmap in self._segments(data_in, allow_unmap=False):
+        for offset, length, _unmap in self._segments(memory, data_in, allow_unmap=False):
             self._disk_op("discard", self.disk.discard, offset, length)
         return 0
 
-    def _write_zeroes(self, sector: int, data_in: iov.IoVec, data_out: iov.IoVec) -> int:
+    def _write_zeroes(self, memory: GuestMemory, sector: int, data_in: Segments, data_out: Segments) -> int:
         self._count("write_zeroes_requests", 1)
         self._refuse_if_read_only("write zeroes")
-        for offset, length, unmap in self._segments(data_in, allow_unmap=True):
+        for offset, length, unmap in self._segments(memory, data_in, allow_unmap=True):
             self._disk_op("write zeroes", self.disk.write_zeroes, offset, length, unmap)
         return 0
 
-    def _segments(self, data_in: iov.IoVec, allow_unmap: bool) -> list[tuple[int, int, bool]]:
+    def _segments(self, memory: GuestMemory, data_in: Segments, allow_unmap: bool) -> list[tuple[int, int, bool]]:
         """Parse and check every discard/write-zeroes segment before acting on any."""
-        nbytes = iov.total_len(data_in)
+        nbytes = data_in.total()
         if nbytes == 0 or nbytes % SEGMENT.size or nbytes // SEGMENT.size > MAX_DISCARD_SEG:
             raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"{nbytes} bytes of segments: not 1..{MAX_DISCARD_SEG} "
                                                      f"segments of {SEGMENT.size}")
-        raw = iov.gather(data_in)
+        raw = data_in.gather(memory)
         segments = []
         for sector, count, flags in SEGMENT.iter_unpack(raw):
             # §5.2.6.2: unknown flags, or unmap on a discard, are UNSUPP.

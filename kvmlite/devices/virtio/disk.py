@@ -4,7 +4,9 @@ The VMM opens each ``-d/--disk PATH[,ro]`` image (a
 ``kvmlite.vmm.config.DiskConfig``) with :meth:`RawDisk.open` once, at VM
 build time, so every mistake is a one-line :class:`ConfigError` before the
 guest runs.  I/O goes straight between the file and guest memory views
-with ``preadv``/``pwritev`` (no intermediate copies).
+with ``preadv``/``pwritev`` on ``struct iovec`` arrays that
+``GuestMemory.iovec`` built and checked (no intermediate copies, no Python
+object per buffer).
 
 Locking: a writable image gets an exclusive ``flock`` and a read-only one a
 shared lock, both non-blocking: two VMs can share a read-only image, but
@@ -22,9 +24,9 @@ import hashlib
 import logging
 import os
 import stat
-from typing import Callable, Sequence
+from array import array
+from typing import Any
 
-from kvmlite.devices.virtio import iov
 from kvmlite.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate64 if hasattr(_libc, "fallocate64") else _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
+# preadv/pwritev through ctypes take the iovec array as it is (os.preadv
+# wants a Python buffer object per element); ctypes releases the GIL.
+_preadv = _libc.preadv64 if hasattr(_libc, "preadv64") else _libc.preadv
+_pwritev = _libc.pwritev64 if hasattr(_libc, "pwritev64") else _libc.pwritev
+for _fn in (_preadv, _pwritev):
+    _fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+    _fn.restype = ctypes.c_ssize_t
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -98,29 +107,33 @@ class RawDisk:
 
     # --- I/O (worker thread) ---
 
-    def read(self, views: Sequence[memoryview], offset: int) -> None:
-        """Fill ``views`` from the image at ``offset``; OSError on failure."""
-        self._transfer(os.preadv, views, offset, "unexpected end of")
+    def read(self, iov: array, offset: int, total: int) -> None:
+        """Fill the buffers of ``iov`` (a ``GuestMemory.iovec`` array, of
+        ``total`` bytes) from the image at ``offset``; OSError on failure."""
+        self._transfer(_preadv, iov, offset, total, "unexpected end of")
 
-    def write(self, views: Sequence[memoryview], offset: int) -> None:
-        """Write ``views`` to the image at ``offset``; OSError on failure."""
-        self._transfer(os.pwritev, views, offset, "no progress writing")
+    def write(self, iov: array, offset: int, total: int) -> None:
+        """Write the ``total`` bytes in the buffers of ``iov`` to the image
+        at ``offset``; OSError on failure."""
+        self._transfer(_pwritev, iov, offset, total, "no progress writing")
 
-    def _transfer(self, op: Callable[[int, Sequence[memoryview], int], int], views: Sequence[memoryview],
-                  offset: int, stalled: str) -> None:
-        """One ``op`` call for the whole request in the usual case; the list
-        is only re-cut after a short transfer or past IOV_MAX buffers."""
-        pending = views if len(views) <= IOV_MAX else views[:IOV_MAX]
-        total = sum(map(len, views))
-        while total:
-            n = op(self.fd, pending, offset)
+    def _transfer(self, op: Any, iov: array, offset: int, total: int, stalled: str) -> None:
+        """One ``op`` call for the whole request in the usual case; the
+        array is only re-cut after a short transfer or past IOV_MAX buffers."""
+        while total > 0:
+            count = min(len(iov) // 2, IOV_MAX)
+            n = op(self.fd, iov.buffer_info()[0], count, offset)
+            if n < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue
+                raise OSError(err, os.strerror(err))
             if n == 0:
                 raise OSError(errno.EIO, f"{stalled} {self.path} at {offset}")
             offset += n
             total -= n
-            if total:
-                rest = iov.advance(views, n)
-                views, pending = rest, rest[:IOV_MAX]
+            if total > 0:
+                iov = advance_iovec(iov, n)
 
     def flush(self) -> None:
         """Make completed writes durable (the data; metadata only as needed)."""
@@ -164,6 +177,20 @@ class RawDisk:
         end = offset + length
         while offset < end:
             offset += os.pwrite(self.fd, memoryview(zeroes)[:min(len(zeroes), end - offset)], offset)
+
+
+def advance_iovec(iov: array, n: int) -> array:
+    """An iovec array without its first ``n`` bytes (and without the
+    buffers those bytes used up)."""
+    i = 0
+    while i < len(iov) and n >= iov[i + 1]:
+        n -= iov[i + 1]
+        i += 2
+    rest = iov[i:]
+    if rest and n:
+        rest[0] += n
+        rest[1] -= n
+    return rest
 
 
 def image_serial(st: os.stat_result) -> bytes:

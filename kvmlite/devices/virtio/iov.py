@@ -1,66 +1,103 @@
-"""Scatter-gather helpers over lists of ``memoryview`` buffers.
+"""Scatter-gather lists of guest buffers.
 
 A request's header or status byte may sit in its own descriptor or share one
 with data (§2.7.4: "the driver MUST NOT make assumptions about message
 framing"), so devices cut buffer lists at byte offsets instead of at
-descriptor boundaries.  Slicing a ``memoryview`` copies nothing.
+descriptor boundaries.
+
+:class:`Segments` holds buffers as two parallel lists, guest-physical
+addresses and lengths, exactly as a chain was popped (each buffer checked to
+lie inside guest RAM).  Cutting one copies two lists of ints in C, not a
+Python object per buffer: a Linux request can carry 254 buffers.  Data moves
+with ``GuestMemory.iovec`` and ``preadv``/``pwritev``, or, for the few
+bytes of headers and status, with ``GuestMemory.read``/``write``.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-IoVec = list[memoryview]
+from kvmlite.vmm.memory import GuestMemory
 
 
-def total_len(views: Sequence[memoryview]) -> int:
-    return sum(len(v) for v in views)
+class Segments:
+    """Guest buffers: ``addrs[i]``, ``lens[i]`` bytes each, in order."""
 
+    __slots__ = ("addrs", "lens")
 
-def split_at(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
-    """The first ``n`` bytes of ``views`` and the rest (fewer when short).
+    def __init__(self, addrs: list[int] | None = None, lens: list[int] | None = None) -> None:
+        self.addrs = addrs if addrs is not None else []
+        self.lens = lens if lens is not None else []
 
-    Walks only as far as byte ``n``; the rest of the list is sliced in one go
-    (a Linux request can carry hundreds of buffers)."""
-    head: IoVec = []
-    for i, view in enumerate(views):
-        if n <= 0:
-            return head, list(views[i:])
-        if n >= len(view):
-            head.append(view)
-            n -= len(view)
-        else:
-            head.append(view[:n])
-            return head, [view[n:], *views[i + 1:]]
-    return head, []
+    def __len__(self) -> int:
+        """The number of buffers (not bytes: see :meth:`total`)."""
+        return len(self.addrs)
 
+    def __repr__(self) -> str:
+        return f"Segments({list(zip(self.addrs, self.lens))})"
 
-def split_tail(views: Sequence[memoryview], n: int) -> tuple[IoVec, IoVec]:
-    """All but the last ``n`` bytes of ``views``, and those last bytes.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Segments) and (self.addrs, self.lens) == (other.addrs, other.lens)
 
-    Walks from the end: the usual ``n`` is 1 (a status byte).  Empty buffers
-    at the end are dropped, so a non-empty tail holds at least one byte."""
-    tail: IoVec = []
-    for i in range(len(views) - 1, -1, -1):
-        if n <= 0:
-            return list(views[:i + 1]), tail
-        view = views[i]
-        if not len(view):
-            continue            # carries no bytes: in neither part
-        if n >= len(view):
-            tail.insert(0, view)
-            n -= len(view)
-        else:
-            tail.insert(0, view[len(view) - n:])
-            return [*views[:i], view[:len(view) - n]], tail
-    return [], tail
+    def total(self) -> int:
+        return sum(self.lens)
 
+    def split_at(self, n: int) -> tuple[Segments, Segments]:
+        """The first ``n`` bytes and the rest (fewer when short).
 
-def gather(views: Sequence[memoryview], limit: int | None = None) -> bytes:
-    """Copy out up to ``limit`` bytes (all when None)."""
-    if limit is not None:
-        views, _ = split_at(views, limit)
-    return b"".join(views)
+        Walks only as far as byte ``n``; the rest is sliced in one go."""
+        addrs, lens = self.addrs, self.lens
+        for i, length in enumerate(lens):
+            if n <= 0:
+                return Segments(addrs[:i], lens[:i]), Segments(addrs[i:], lens[i:])
+            if n < length:
+                return (Segments(addrs[:i] + [addrs[i]], lens[:i] + [n]),
+                        Segments([addrs[i] + n] + addrs[i + 1:], [length - n] + lens[i + 1:]))
+            n -= length
+        return Segments(list(addrs), list(lens)), Segments()
+
+    def split_tail(self, n: int) -> tuple[Segments, Segments]:
+        """All but the last ``n`` bytes, and those last bytes.
+
+        Walks from the end: the usual ``n`` is 1 (a status byte).  Empty
+        buffers at the end are dropped, so a non-empty tail holds at least
+        one byte."""
+        addrs, lens = self.addrs, self.lens
+        tail_addrs: list[int] = []
+        tail_lens: list[int] = []
+        for i in range(len(lens) - 1, -1, -1):
+            if n <= 0:
+                return Segments(addrs[:i + 1], lens[:i + 1]), Segments(tail_addrs[::-1], tail_lens[::-1])
+            length = lens[i]
+            if not length:
+                continue            # carries no bytes: in neither part
+            if n >= length:
+                tail_addrs.append(addrs[i])
+                tail_lens.append(length)
+                n -= length
+            else:
+                tail_addrs.append(addrs[i] + length - n)
+                tail_lens.append(n)
+                return (Segments(addrs[:i] + [addrs[i]], lens[:i] + [length - n]),
+                        Segments(tail_addrs[::-1], tail_lens[::-1]))
+        return Segments(), Segments(tail_addrs[::-1], tail_lens[::-1])
+
+    def gather(self, memory: GuestMemory, limit: int | None = None) -> bytes:
+        """Copy out up to ``limit`` bytes (all when None)."""
+        segments = self if limit is None else self.split_at(limit)[0]
+        return b"".join(memory.view(a, length) for a, length in zip(segments.addrs, segments.lens))
+
+    def scatter(self, memory: GuestMemory, data: bytes | bytearray | memoryview) -> int:
+        """Copy ``data`` into the buffers in order; returns the bytes copied."""
+        src = memoryview(data)
+        done = 0
+        for addr, length in zip(self.addrs, self.lens):
+            if done == len(src):
+                break
+            n = min(length, len(src) - done)
+            memory.write(addr, src[done:done + n])
+            done += n
+        return done
 
 
 def scatter(views: Sequence[memoryview], data: bytes | bytearray | memoryview) -> int:
@@ -74,8 +111,3 @@ def scatter(views: Sequence[memoryview], data: bytes | bytearray | memoryview) -
         view[:n] = src[done:done + n]
         done += n
     return done
-
-
-def advance(views: Sequence[memoryview], n: int) -> IoVec:
-    """``views`` without their first ``n`` bytes, and without empty buffers."""
-    return list(filter(len, split_at(views, n)[1] if n else views))

@@ -40,11 +40,15 @@ I/O thread, or one worker thread, or under the device's lock).
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from operator import add
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
+from kvmlite.devices.virtio.iov import Segments
 from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
 
 # §2.7.5: struct virtq_desc flags
@@ -133,27 +137,64 @@ def full_barrier() -> None:
 
 # --- a popped chain ---------------------------------------------------------
 
-@dataclass
 class DescriptorChain:
     """One request: the head index and its buffers (§2.7.4, §2.7.5).
 
-    ``readable``/``writable`` are zero-copy ``memoryview`` slices of guest
-    RAM, device-readable ones first, ready for ``os.pwritev``/``os.preadv``.
-    Call :meth:`release` when done so no view into guest memory outlives the
-    request (device reset, memory teardown).
+    The buffers are kept as the walk found them, guest-physical addresses
+    and lengths, each checked to lie inside one RAM region; the first
+    ``nread`` are device-readable (they come first, §2.7.4.2).  Devices
+    that move bulk data take them as :class:`~kvmlite.devices.virtio.iov.Segments`
+    (``readable_segments``/``writable_segments``) and hand them to
+    ``GuestMemory.iovec``; the ``readable``/``writable`` properties give
+    zero-copy ``memoryview`` slices of guest RAM instead, made on first use.
+    Call :meth:`release` when done so no view outlives the request.
     """
 
-    head: int
-    readable: list[memoryview] = field(default_factory=list)
-    writable: list[memoryview] = field(default_factory=list)
-    readable_len: int = 0
-    writable_len: int = 0
+    __slots__ = ("head", "memory", "addrs", "lens", "nread", "readable_len", "writable_len", "_views")
+
+    def __init__(self, head: int, memory: GuestMemory | None = None, addrs: list[int] | None = None,
+                 lens: list[int] | None = None, nread: int = 0, readable_len: int = 0,
+                 writable_len: int = 0) -> None:
+        self.head = head
+        self.memory = memory
+        self.addrs = addrs if addrs is not None else []
+        self.lens = lens if lens is not None else []
+        self.nread = nread
+        self.readable_len = readable_len
+        self.writable_len = writable_len
+        self._views: list[memoryview] | None = None
+
+    def __repr__(self) -> str:
+        return (f"DescriptorChain(head={self.head}, readable={self.readable_len}B in {self.nread}, "
+                f"writable={self.writable_len}B in {len(self.addrs) - self.nread})")
+
+    def readable_segments(self) -> Segments:
+        return Segments(self.addrs[:self.nread], self.lens[:self.nread])
+
+    def writable_segments(self) -> Segments:
+        return Segments(self.addrs[self.nread:], self.lens[self.nread:])
+
+    @property
+    def readable(self) -> list[memoryview]:
+        return self._all_views()[:self.nread]
+
+    @property
+    def writable(self) -> list[memoryview]:
+        return self._all_views()[self.nread:]
+
+    def _all_views(self) -> list[memoryview]:
+        if self._views is None:
+            if self.memory is None:
+                return []
+            view = self.memory.view
+            self._views = [view(a, n) for a, n in zip(self.addrs, self.lens)]
+        return self._views
 
     def release(self) -> None:
-        for view in self.readable + self.writable:
+        """Drop the views made for this chain, and the way to make more."""
+        views, self._views, self.memory = self._views, None, None
+        for view in views or ():
             view.release()
-        self.readable.clear()
-        self.writable.clear()
 
 
 @dataclass
@@ -253,51 +294,52 @@ class Queue:
 
         This is the hottest loop of every device (a 1 MiB Linux request is
         ~256 descriptors), so it is written flat: locals, one view of the
-        descriptor table, no helper call per descriptor."""
-        chain = DescriptorChain(head)
+        descriptor table, no helper call per descriptor, and an indirect
+        table laid out as Linux writes it is taken whole
+        (:func:`_linear_table`)."""
         table, entries, index, indirect, visits = self.desc_table, self.size, head, False, 0
-        readable, writable = chain.readable, chain.writable
+        addrs: list[int] = []
+        lens: list[int] = []
+        nread = -1                  # index of the first writable buffer, once there is one
         rlen = wlen = 0
-        view = memory.view
-        try:
-            descs = _table_view(memory, table, entries)
-            unpack = _DESC.unpack_from
-            while True:
-                addr, length, flags, nxt = unpack(descs, DESC_SIZE * index)
-                if flags & VIRTQ_DESC_F_INDIRECT:
-                    walk = self._enter_indirect(memory, _Walk(table, entries, index, visits, indirect),
-                                                addr, length, flags)
-                    table, entries, index, indirect, visits = walk.table, walk.entries, 0, True, 0
-                    descs = _table_view(memory, table, entries)
-                    continue
-                visits += 1
-                if visits > entries:
-                    raise ChainLoopError(f"chain from head {head} visits more than {entries} "
-                                         f"descriptors{' in its indirect table' if indirect else ''}")
-                try:
-                    buffer = view(addr, length)
-                except GuestMemoryError:
-                    raise DescriptorAddressError(f"buffer {addr:#x}+{length:#x} is not inside one guest "
-                                                 "RAM region") from None
-                if flags & VIRTQ_DESC_F_WRITE:
-                    writable.append(buffer)
-                    wlen += length
-                else:   # §2.7.4.2: device-readable buffers come first
-                    if writable:
-                        raise DescriptorOrderError(f"readable descriptor after a writable one in chain {head}")
-                    readable.append(buffer)
-                    rlen += length
-                if rlen > U32_MAX or wlen > U32_MAX:
-                    raise ChainLengthError(f"chain {head} has more than 4 GiB of buffers")
-                if not flags & VIRTQ_DESC_F_NEXT:
-                    chain.readable_len, chain.writable_len = rlen, wlen
-                    return chain
-                if nxt >= entries:
-                    raise DescriptorIndexError(f"next descriptor {nxt} is outside a table of {entries}")
-                index = nxt
-        except BaseException:
-            chain.release()
-            raise
+        low_end = memory.low_end
+        descs = _table_view(memory, table, entries)
+        unpack = _DESC.unpack_from
+        while True:
+            addr, length, flags, nxt = unpack(descs, DESC_SIZE * index)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                walk = self._enter_indirect(memory, _Walk(table, entries, index, visits, indirect),
+                                            addr, length, flags)
+                table, entries, index, indirect, visits = walk.table, walk.entries, 0, True, 0
+                descs = _table_view(memory, table, entries)
+                if not addrs:
+                    whole = _linear_table(descs, entries, low_end)
+                    if whole is not None:
+                        return DescriptorChain(head, memory, *whole)
+                continue
+            visits += 1
+            if visits > entries:
+                raise ChainLoopError(f"chain from head {head} visits more than {entries} "
+                                     f"descriptors{' in its indirect table' if indirect else ''}")
+            if addr + length > low_end and not memory.contains(addr, length):
+                raise DescriptorAddressError(f"buffer {addr:#x}+{length:#x} is not inside one guest RAM region")
+            if flags & VIRTQ_DESC_F_WRITE:
+                if nread < 0:
+                    nread = len(addrs)
+                wlen += length
+            else:   # §2.7.4.2: device-readable buffers come first
+                if nread >= 0:
+                    raise DescriptorOrderError(f"readable descriptor after a writable one in chain {head}")
+                rlen += length
+            addrs.append(addr)
+            lens.append(length)
+            if rlen > U32_MAX or wlen > U32_MAX:
+                raise ChainLengthError(f"chain {head} has more than 4 GiB of buffers")
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return DescriptorChain(head, memory, addrs, lens, nread if nread >= 0 else len(addrs), rlen, wlen)
+            if nxt >= entries:
+                raise DescriptorIndexError(f"next descriptor {nxt} is outside a table of {entries}")
+            index = nxt
 
     def _enter_indirect(self, memory: GuestMemory, walk: _Walk, addr: int, length: int, flags: int) -> _Walk:
         """Switch the walk to the indirect table a descriptor points at (§2.7.5.3)."""
@@ -368,6 +410,55 @@ class Queue:
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
     """§2.7.10: notify when ``event_idx`` lies in [old_idx, new_idx)."""
     return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+# One byte per descriptor from the low byte of its flags: r/w = readable or
+# writable with NEXT, R/W = the same ending the chain, x = INDIRECT.
+_KINDS = bytes((ord("x") if f & VIRTQ_DESC_F_INDIRECT else
+                ord("rwRW"[bool(f & VIRTQ_DESC_F_WRITE) + 2 * (not f & VIRTQ_DESC_F_NEXT)]))
+               for f in range(256))
+_LINEAR = re.compile(rb"r*(?:R|(w*W))")
+
+
+@functools.lru_cache(maxsize=32)
+def _successors(entries: int) -> list[int]:
+    """The ``next`` fields of a table chained in order: 1, 2, ..., entries - 1."""
+    return list(range(1, entries))
+
+
+def _linear_table(descs: memoryview, entries: int, low_end: int
+                  ) -> tuple[list[int], list[int], int, int, int] | None:
+    """An indirect table that is one chain in table order, every buffer in
+    low RAM: (addrs, lens, nread, readable bytes, writable bytes), read
+    with a few C-level passes instead of a Python step per descriptor.
+    None when the table is laid out any other way; the descriptor-by-
+    descriptor walk then takes it (and finds what is wrong, if anything).
+
+    Linux fills indirect tables this way.  Each field is read from guest
+    memory once and checked as read; the guest changing the table meanwhile
+    can only make the walk fall back or the request carry other (still
+    checked) buffers.  Accepts exactly the tables the walk accepts with this
+    layout: every entry used, NEXT on all but the last, ``next`` = i + 1,
+    readable before writable, no INDIRECT, each side under 4 GiB."""
+    match = _LINEAR.fullmatch(descs[12::DESC_SIZE].tobytes().translate(_KINDS))
+    if match is None or descs.cast("H")[7::8].tolist()[:-1] != _successors(entries):
+        return None
+    addrs = descs.cast("Q")[0::2].tolist()
+    lens = descs.cast("I")[2::4].tolist()
+    # max + max bounds every end; only when it does not, add them up.
+    if max(addrs) + max(lens) > low_end and max(map(add, addrs, lens)) > low_end:
+        return None
+    nread = entries if match.start(1) < 0 else match.start(1)
+    total = sum(lens)
+    if nread < entries // 2:
+        rlen = sum(lens[:nread])
+        wlen = total - rlen
+    else:
+        wlen = sum(lens[nread:])
+        rlen = total - wlen
+    if rlen > U32_MAX or wlen > U32_MAX:
+        return None
+    return addrs, lens, nread, rlen, wlen
 
 
 def _table_view(memory: GuestMemory, table: int, entries: int) -> memoryview:

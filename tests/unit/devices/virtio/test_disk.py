@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import pytest
 
-from kvmlite.devices.virtio.disk import IOV_MAX, SERIAL_LEN, RawDisk
+from kvmlite.devices.virtio import disk as disk_module
+from kvmlite.devices.virtio.disk import IOV_MAX, SERIAL_LEN, RawDisk, advance_iovec
 from kvmlite.errors import ConfigError
+from kvmlite.vmm.memory import GuestMemory
 
 
 def make_image(tmp_path: Path, size: int = 4096, name: str = "disk.img") -> Path:
@@ -126,17 +130,29 @@ def test_serial_is_20_ascii_bytes_stable_per_image(tmp_path: Path) -> None:
 
 
 # --- vectored I/O ---
+# Buffers live in a real GuestMemory and reach the disk as the iovec array
+# GuestMemory.iovec builds, as virtio-blk passes them.
+
+def scattered(memory: GuestMemory, count: int, size: int) -> tuple[list[int], list[int]]:
+    """``count`` buffers of ``size`` bytes, a gap after each."""
+    addrs = [0x10000 + 2 * size * i for i in range(count)]
+    return addrs, [size] * count
+
+
+def gather(memory: GuestMemory, addrs: list[int], lens: list[int]) -> bytes:
+    return b"".join(memory.read(a, n) for a, n in zip(addrs, lens))
+
 
 def test_read_more_buffers_than_iov_max_fills_all(tmp_path: Path) -> None:
     count = IOV_MAX + 10
     path = make_image(tmp_path, 16 * count)
     disk = RawDisk.open(str(path), read_only=True)
-    target = bytearray(16 * count)
-    views = [memoryview(target)[i * 16:(i + 1) * 16] for i in range(count)]
+    memory = GuestMemory(4 << 20)
+    addrs, lens = scattered(memory, count, 16)
 
-    disk.read(views, 0)
+    disk.read(memory.iovec(addrs, lens), 0, 16 * count)
 
-    assert bytes(target) == path.read_bytes()
+    assert gather(memory, addrs, lens) == path.read_bytes()
     disk.close()
 
 
@@ -144,10 +160,13 @@ def test_write_more_buffers_than_iov_max_writes_all(tmp_path: Path) -> None:
     count = IOV_MAX + 10
     path = make_image(tmp_path, 16 * count)
     disk = RawDisk.open(str(path))
+    memory = GuestMemory(4 << 20)
+    addrs, lens = scattered(memory, count, 16)
     source = bytes(range(256)) * (count // 16 + 1)
-    views = [memoryview(source)[i * 16:(i + 1) * 16] for i in range(count)]
+    for i, addr in enumerate(addrs):
+        memory.write(addr, source[16 * i:16 * (i + 1)])
 
-    disk.write(views, 0)
+    disk.write(memory.iovec(addrs, lens), 0, 16 * count)
 
     assert path.read_bytes() == source[:16 * count]
     disk.close()
@@ -156,20 +175,34 @@ def test_write_more_buffers_than_iov_max_writes_all(tmp_path: Path) -> None:
 def test_read_short_transfers_resume_where_they_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_image(tmp_path, 4096)
     disk = RawDisk.open(str(path), read_only=True)
-    real = os.preadv
+    real = disk_module._preadv
+    calls = []
 
-    def at_most_100(fd: int, buffers, offset: int) -> int:   # a kernel that returns short reads
-        first = memoryview(buffers[0])[:100]
-        return real(fd, [first], offset)
+    def at_most_100(fd: int, iov: int, count: int, offset: int) -> int:   # a kernel that returns short reads
+        base, length = (ctypes.c_uint64 * 2).from_address(iov)
+        calls.append(count)
+        first = array("Q", [base, min(length, 100)])
+        return real(fd, first.buffer_info()[0], 1, offset)
 
-    monkeypatch.setattr(os, "preadv", at_most_100)
-    target = bytearray(4096)
-    views = [memoryview(target)[i * 512:(i + 1) * 512] for i in range(8)]
+    monkeypatch.setattr(disk_module, "_preadv", at_most_100)
+    memory = GuestMemory(1 << 20)
+    addrs, lens = scattered(memory, 8, 512)
 
-    disk.read(views, 0)
+    disk.read(memory.iovec(addrs, lens), 0, 4096)
 
-    assert bytes(target) == path.read_bytes()
+    assert gather(memory, addrs, lens) == path.read_bytes()
+    assert len(calls) == 4096 // 100 + 8 and calls[0] == 8 and calls[-1] == 1
     disk.close()
+
+
+def test_advance_iovec_drops_used_bytes_and_buffers() -> None:
+    iov = array("Q", [0x1000, 10, 0x2000, 20, 0x3000, 30])
+
+    assert advance_iovec(iov, 0) == iov
+    assert advance_iovec(iov, 4) == array("Q", [0x1004, 6, 0x2000, 20, 0x3000, 30])
+    assert advance_iovec(iov, 10) == array("Q", [0x2000, 20, 0x3000, 30])
+    assert advance_iovec(iov, 35) == array("Q", [0x3005, 25])
+    assert advance_iovec(iov, 60) == array("Q")
 
 
 def test_read_past_end_of_file_raises_os_error(tmp_path: Path) -> None:
@@ -177,5 +210,6 @@ def test_read_past_end_of_file_raises_os_error(tmp_path: Path) -> None:
     disk = RawDisk.open(str(path), read_only=True)
 
     with pytest.raises(OSError):
-        disk.read([memoryview(bytearray(512))], 1024)
+        memory = GuestMemory(1 << 20)
+        disk.read(memory.iovec([0x1000], [512]), 1024, 512)
     disk.close()

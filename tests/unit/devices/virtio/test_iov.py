@@ -1,71 +1,94 @@
-"""Scatter-gather helpers over memoryview lists."""
+"""Scatter-gather lists of guest buffers (Segments) over a real GuestMemory."""
 
 from __future__ import annotations
 
 import pytest
 
 from kvmlite.devices.virtio import iov
+from kvmlite.devices.virtio.iov import Segments
+from kvmlite.vmm.memory import GuestMemory
+
+MEMORY = GuestMemory(1 << 20)
 
 
-def views(*chunks: bytes) -> list[memoryview]:
-    return [memoryview(bytearray(c)) for c in chunks]
+def place(*chunks: bytes) -> Segments:
+    """Put each chunk in its own guest buffer (a gap between them)."""
+    addrs, lens, addr = [], [], 0x1000
+    for chunk in chunks:
+        MEMORY.write(addr, chunk)
+        addrs.append(addr)
+        lens.append(len(chunk))
+        addr += len(chunk) + 0x100
+    return Segments(addrs, lens)
+
+
+def contents(segments: Segments) -> bytes:
+    return segments.gather(MEMORY)
 
 
 @pytest.mark.parametrize(("n", "head", "tail"), [
     (0, b"", b"abcdef"), (2, b"ab", b"cdef"), (3, b"abc", b"def"), (4, b"abcd", b"ef"), (9, b"abcdef", b""),
 ])
 def test_split_at_offset_cuts_across_buffers(n: int, head: bytes, tail: bytes) -> None:
-    first, rest = iov.split_at(views(b"abc", b"def"), n)
+    first, rest = place(b"abc", b"def").split_at(n)
 
-    assert (b"".join(first), b"".join(rest)) == (head, tail)
+    assert (contents(first), contents(rest)) == (head, tail)
+    assert first.total() + rest.total() == 6
 
 
-def test_split_tail_last_byte_returns_status_view() -> None:
-    data, status = iov.split_tail(views(b"abc", b"dS"), 1)
+def test_split_at_cuts_inside_a_buffer_at_the_right_address() -> None:
+    segments = place(b"abc", b"def")
+    first, rest = segments.split_at(4)
 
-    assert (b"".join(data), b"".join(status)) == (b"abcd", b"S")
+    assert first == Segments([segments.addrs[0], segments.addrs[1]], [3, 1])
+    assert rest == Segments([segments.addrs[1] + 1], [2])
+
+
+def test_split_tail_last_byte_returns_status() -> None:
+    data, status = place(b"abc", b"dS").split_tail(1)
+
+    assert (contents(data), contents(status)) == (b"abcd", b"S")
+    assert len(status) == 1
 
 
 def test_split_tail_empty_returns_no_status() -> None:
-    data, status = iov.split_tail([], 1)
+    data, status = Segments().split_tail(1)
 
-    assert (data, status) == ([], [])
-
-
-def test_split_at_slices_share_memory() -> None:
-    buffers = views(b"abcdef")
-    head, _ = iov.split_at(buffers, 3)
-
-    head[0][:] = b"XYZ"
-
-    assert bytes(buffers[0]) == b"XYZdef"
-
-
-def test_scatter_longer_data_fills_buffers_and_returns_count() -> None:
-    target = views(b"\0\0", b"\0\0\0")
-
-    copied = iov.scatter(target, b"1234567")
-
-    assert (copied, b"".join(target)) == (5, b"12345")
-
-
-def test_gather_limit_copies_prefix() -> None:
-    assert iov.gather(views(b"abc", b"def"), 4) == b"abcd"
-
-
-def test_advance_drops_consumed_and_empty_buffers() -> None:
-    rest = iov.advance(views(b"ab", b"", b"cde"), 3)
-
-    assert [bytes(v) for v in rest] == [b"de"]
+    assert (len(data), len(status)) == (0, 0)
 
 
 def test_split_tail_only_empty_buffers_gives_empty_tail() -> None:
     # A chain whose only writable buffer is empty has no status byte.
-    head, tail = iov.split_tail([memoryview(bytearray(0))], 1)
-    assert head == [] and tail == []
+    head, tail = place(b"").split_tail(1)
+    assert (len(head), len(tail)) == (0, 0)
 
 
 def test_split_tail_skips_trailing_empty_buffers() -> None:
-    data = bytearray(b"abcd")
-    head, tail = iov.split_tail([memoryview(data), memoryview(bytearray(0))], 1)
-    assert [bytes(v) for v in head] == [b"abc"] and [bytes(v) for v in tail] == [b"d"]
+    head, tail = place(b"abcd", b"").split_tail(1)
+    assert (contents(head), contents(tail)) == (b"abc", b"d")
+
+
+def test_split_tail_across_buffers() -> None:
+    head, tail = place(b"ab", b"c", b"").split_tail(2)
+    assert (contents(head), contents(tail)) == (b"a", b"bc")
+    assert len(tail) == 2
+
+
+def test_gather_limit_copies_prefix() -> None:
+    assert place(b"abc", b"def").gather(MEMORY, 4) == b"abcd"
+
+
+def test_scatter_segments_fills_in_order_and_returns_count() -> None:
+    target = place(b"\0\0", b"\0\0\0")
+
+    copied = target.scatter(MEMORY, b"1234567")
+
+    assert (copied, contents(target)) == (5, b"12345")
+
+
+def test_scatter_views_longer_data_fills_buffers_and_returns_count() -> None:
+    target = [memoryview(bytearray(2)), memoryview(bytearray(3))]
+
+    copied = iov.scatter(target, b"1234567")
+
+    assert (copied, b"".join(target)) == (5, b"12345")
