@@ -94,6 +94,12 @@ def run() -> dict:
         work = Path(tmp)
         tools = build_tools(work)
         result = host.run(script(guest.kernel, guest.initrd, tools), 2400, work)
+        numbers = parse(result.console)
+        missing = [f"{vmm}_{mode}" for vmm in ("kvmlite", "qemu") for mode in MODES if f"{vmm}_{mode}" not in numbers]
+        if missing:
+            tail = "\n".join(result.console.replace("\r", "").splitlines()[-15:])
+            raise RuntimeError(f"blk_nested: no result for {', '.join(missing)}; {result.where()}; "
+                               f"the console ended:\n{tail}")
         return {"what": f"virtio-blk in a Linux guest, nested test host (blkbench, O_DIRECT, QD {QD}, "
                         f"median of {ROUNDS})",
-                **parse(result.console)}
+                **numbers}

@@ -25,6 +25,7 @@ MAP_HUGETLB = 0x40000
 MAP_NORESERVE = 0x4000
 MADV_HUGEPAGE = 14
 IOVEC_ALIGN = 1 << 32      # where low RAM starts in the host mapping (see GuestMemory.iovec)
+IOVEC_SHORT = 8            # io_buffers: up to this many, memoryviews are the quicker form
 
 
 class GuestMemoryError(ValueError):
@@ -200,6 +201,17 @@ class GuestMemory:
         flat[0::2] = [self._host_address(a, length) for a, length in zip(addrs, lens)]
         flat[1::2] = lens
         return array("Q", flat)
+
+    def io_buffers(self, addrs: Sequence[int], lens: Sequence[int]) -> list[memoryview] | array:
+        """The guest buffers ``addrs[i]``/``lens[i]`` in the cheapest form for
+        one ``preadv``/``pwritev`` (``RawDisk`` takes both): a few as
+        ``memoryview``s for ``os.preadv``, many as an :meth:`iovec` array
+        for the ctypes call, whose fixed cost is higher but whose cost per
+        buffer is far lower.  Raises GuestMemoryError like ``view``."""
+        if len(addrs) <= IOVEC_SHORT:
+            view = self.view
+            return [view(a, length) for a, length in zip(addrs, lens)]
+        return self.iovec(addrs, lens)
 
     def _host_address(self, addr: int, length: int) -> int:
         region, offset = self._find(addr, length)

@@ -311,14 +311,19 @@ class VirtioBlock(VirtioDevice):
     def _handle(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest."""
         memory = chain.memory
-        data_out, status = chain.writable_segments().split_tail(1)
-        if not status:
-            raise ChainFramingError(f"request {chain.head} has no device-writable status byte")
-        header, data_in = chain.readable_segments().split_at(REQUEST_HEADER.size)
+        addrs, lens, nread = chain.addrs, chain.lens, chain.nread
+        if 0 < nread < len(lens) and lens[0] == REQUEST_HEADER.size and lens[-1] == 1:
+            # The usual framing: header, data, status each in buffers of their own.
+            header = memory.read(addrs[0], REQUEST_HEADER.size)
+            status_addr = addrs[-1]
+            data_in = Segments(addrs[1:nread], lens[1:nread])
+            data_out = Segments(addrs[nread:-1], lens[nread:-1])
+        else:
+            header, status_addr, data_in, data_out = self._frame(chain)
         try:
-            if header.total() < REQUEST_HEADER.size:
+            if len(header) < REQUEST_HEADER.size:
                 raise _RequestFailed(VIRTIO_BLK_S_IOERR, f"request {chain.head} has a short header")
-            rtype, _reserved, sector = REQUEST_HEADER.unpack(header.gather(memory))
+            rtype, _reserved, sector = REQUEST_HEADER.unpack(header)
             handler = self._handlers.get(rtype)
             if handler is None:
                 raise _RequestFailed(VIRTIO_BLK_S_UNSUPP, f"unsupported request type {rtype}")
@@ -328,8 +333,19 @@ class VirtioBlock(VirtioDevice):
             code, written = failure.status, 0
             self._count("errors", 1)
             self._errors.warning(f"virtio-blk {self.disk.path}: {failure}")
-        memory.write_u8(status.addrs[0], code)
+        memory.write_u8(status_addr, code)
         return written + 1
+
+    @staticmethod
+    def _frame(chain: DescriptorChain) -> tuple[bytes, int, Segments, Segments]:
+        """Header bytes, status address, data to the device, data from it:
+        cut at byte offsets, whatever the buffers (§2.7.4: no framing
+        assumptions)."""
+        data_out, status = chain.writable_segments().split_tail(1)
+        if not status:
+            raise ChainFramingError(f"request {chain.head} has no device-writable status byte")
+        header, data_in = chain.readable_segments().split_at(REQUEST_HEADER.size)
+        return header.gather(chain.memory), status.addrs[0], data_in, data_out
 
     def _io_range(self, sector: int, nbytes: int) -> int:
         """Byte offset of a transfer, after checking it against the capacity."""
@@ -344,7 +360,7 @@ class VirtioBlock(VirtioDevice):
         self._count("read_requests", 1)
         nbytes = data_out.total()
         offset = self._io_range(sector, nbytes)
-        self._disk_op("read", self.disk.read, memory.iovec(data_out.addrs, data_out.lens), offset, nbytes)
+        self._disk_op("read", self.disk.read, memory.io_buffers(data_out.addrs, data_out.lens), offset, nbytes)
         self._count("read_bytes", nbytes)
         return nbytes
 
@@ -353,7 +369,7 @@ class VirtioBlock(VirtioDevice):
         self._refuse_if_read_only("write")
         nbytes = data_in.total()
         offset = self._io_range(sector, nbytes)
-        self._disk_op("write", self.disk.write, memory.iovec(data_in.addrs, data_in.lens), offset, nbytes)
+        self._disk_op("write", self.disk.write, memory.io_buffers(data_in.addrs, data_in.lens), offset, nbytes)
         self._count("write_bytes", nbytes)
         return 0
 

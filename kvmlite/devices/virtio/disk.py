@@ -4,9 +4,10 @@ The VMM opens each ``-d/--disk PATH[,ro]`` image (a
 ``kvmlite.vmm.config.DiskConfig``) with :meth:`RawDisk.open` once, at VM
 build time, so every mistake is a one-line :class:`ConfigError` before the
 guest runs.  I/O goes straight between the file and guest memory views
-with ``preadv``/``pwritev`` on ``struct iovec`` arrays that
-``GuestMemory.iovec`` built and checked (no intermediate copies, no Python
-object per buffer).
+with ``preadv``/``pwritev``: ``os.preadv`` on memoryviews for a request
+with a few buffers, a ctypes call on the ``struct iovec`` array
+``GuestMemory.iovec`` built and checked for one with many (no intermediate
+copies either way).
 
 Locking: a writable image gets an exclusive ``flock`` and a read-only one a
 shared lock, both non-blocking: two VMs can share a read-only image, but
@@ -25,7 +26,7 @@ import logging
 import os
 import stat
 from array import array
-from typing import Any
+from typing import Any, Union
 
 from kvmlite.errors import ConfigError
 
@@ -41,6 +42,7 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
 _ZERO_CHUNK = 1 << 20
+Buffers = Union[list[memoryview], array]   # GuestMemory.io_buffers
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate64 if hasattr(_libc, "fallocate64") else _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -107,33 +109,41 @@ class RawDisk:
 
     # --- I/O (worker thread) ---
 
-    def read(self, iov: array, offset: int, total: int) -> None:
-        """Fill the buffers of ``iov`` (a ``GuestMemory.iovec`` array, of
-        ``total`` bytes) from the image at ``offset``; OSError on failure."""
-        self._transfer(_preadv, iov, offset, total, "unexpected end of")
+    def read(self, buffers: Buffers, offset: int, total: int) -> None:
+        """Fill ``buffers`` (``GuestMemory.io_buffers``: memoryviews or an
+        iovec array, ``total`` bytes) from the image at ``offset``; OSError
+        on failure."""
+        self._transfer(False, buffers, offset, total, "unexpected end of")
 
-    def write(self, iov: array, offset: int, total: int) -> None:
-        """Write the ``total`` bytes in the buffers of ``iov`` to the image
-        at ``offset``; OSError on failure."""
-        self._transfer(_pwritev, iov, offset, total, "no progress writing")
+    def write(self, buffers: Buffers, offset: int, total: int) -> None:
+        """Write the ``total`` bytes of ``buffers`` to the image at
+        ``offset``; OSError on failure."""
+        self._transfer(True, buffers, offset, total, "no progress writing")
 
-    def _transfer(self, op: Any, iov: array, offset: int, total: int, stalled: str) -> None:
-        """One ``op`` call for the whole request in the usual case; the
-        array is only re-cut after a short transfer or past IOV_MAX buffers."""
+    def _transfer(self, write: bool, buffers: Buffers, offset: int, total: int, stalled: str) -> None:
+        """One system call for the whole request in the usual case; the
+        buffers are only re-cut after a short transfer or past IOV_MAX."""
         while total > 0:
-            count = min(len(iov) // 2, IOV_MAX)
-            n = op(self.fd, iov.buffer_info()[0], count, offset)
-            if n < 0:
-                err = ctypes.get_errno()
-                if err == errno.EINTR:
-                    continue
-                raise OSError(err, os.strerror(err))
+            if isinstance(buffers, array):
+                n = self._vectored(_pwritev if write else _preadv, buffers, offset)
+            else:
+                op = os.pwritev if write else os.preadv
+                n = op(self.fd, buffers if len(buffers) <= IOV_MAX else buffers[:IOV_MAX], offset)
             if n == 0:
                 raise OSError(errno.EIO, f"{stalled} {self.path} at {offset}")
             offset += n
             total -= n
             if total > 0:
-                iov = advance_iovec(iov, n)
+                buffers = advance(buffers, n)
+
+    def _vectored(self, op: Any, iov: array, offset: int) -> int:
+        while True:
+            n = op(self.fd, iov.buffer_info()[0], min(len(iov) // 2, IOV_MAX), offset)
+            if n >= 0:
+                return n
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
 
     def flush(self) -> None:
         """Make completed writes durable (the data; metadata only as needed)."""
@@ -179,18 +189,25 @@ class RawDisk:
             offset += os.pwrite(self.fd, memoryview(zeroes)[:min(len(zeroes), end - offset)], offset)
 
 
-def advance_iovec(iov: array, n: int) -> array:
-    """An iovec array without its first ``n`` bytes (and without the
+def advance(buffers: Buffers, n: int) -> Buffers:
+    """``buffers`` without their first ``n`` bytes (and without the
     buffers those bytes used up)."""
-    i = 0
-    while i < len(iov) and n >= iov[i + 1]:
-        n -= iov[i + 1]
-        i += 2
-    rest = iov[i:]
-    if rest and n:
-        rest[0] += n
-        rest[1] -= n
-    return rest
+    if isinstance(buffers, array):
+        i = 0
+        while i < len(buffers) and n >= buffers[i + 1]:
+            n -= buffers[i + 1]
+            i += 2
+        rest = buffers[i:]
+        if rest and n:
+            rest[0] += n
+            rest[1] -= n
+        return rest
+    views = list(buffers)
+    while views and n >= len(views[0]):
+        n -= len(views.pop(0))
+    if views and n:
+        views[0] = views[0][n:]
+    return views
 
 
 def image_serial(st: os.stat_result) -> bytes:

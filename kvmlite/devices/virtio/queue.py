@@ -69,6 +69,7 @@ USED_RING_ALIGN = 4
 MAX_QUEUE_SIZE = 32768        # §2.7: split queue size is a power of 2, at most 32768
 NO_VECTOR = 0xFFFF            # §4.1.4.3: VIRTIO_MSI_NO_VECTOR
 U32_MAX = 0xFFFF_FFFF
+LINEAR_TABLE_MIN = 10         # below this many entries the walk is quicker than _linear_table
 
 _DESC = struct.Struct("<QIHH")
 _USED_ELEM = struct.Struct("<II")
@@ -312,7 +313,7 @@ class Queue:
                                             addr, length, flags)
                 table, entries, index, indirect, visits = walk.table, walk.entries, 0, True, 0
                 descs = _table_view(memory, table, entries)
-                if not addrs:
+                if not addrs and entries >= LINEAR_TABLE_MIN:
                     whole = _linear_table(descs, entries, low_end)
                     if whole is not None:
                         return DescriptorChain(head, memory, *whole)

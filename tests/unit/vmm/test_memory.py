@@ -139,3 +139,15 @@ def test_iovec_matches_view_for_any_buffers(buffers: list[tuple[int, int]]) -> N
     got = pairs(SPLIT.iovec(addrs, lens))
     assert [n for _, n in got] == lens
     assert all(base is None or base == host for (base, _), (host, _) in zip(expected, got))
+
+
+def test_io_buffers_few_are_views_many_are_an_iovec() -> None:
+    from kvmlite.vmm.memory import IOVEC_SHORT
+    few = SMALL.io_buffers([0x1000, 0x2000], [16, 32])
+    many = SMALL.io_buffers([0x1000 + 64 * i for i in range(IOVEC_SHORT + 1)], [16] * (IOVEC_SHORT + 1))
+
+    assert [len(v) for v in few] == [16, 32] and host_address(SMALL, 0x2000) == \
+        ctypes.addressof(ctypes.c_char.from_buffer(few[1]))
+    assert isinstance(many, array) and len(many) == 2 * (IOVEC_SHORT + 1)
+    with pytest.raises(GuestMemoryError):
+        SMALL.io_buffers([SMALL.size], [1])

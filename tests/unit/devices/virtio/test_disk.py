@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.devices.virtio import disk as disk_module
-from kvmlite.devices.virtio.disk import IOV_MAX, SERIAL_LEN, RawDisk, advance_iovec
+from kvmlite.devices.virtio.disk import IOV_MAX, SERIAL_LEN, RawDisk, advance
 from kvmlite.errors import ConfigError
 from kvmlite.vmm.memory import GuestMemory
 
@@ -139,24 +139,33 @@ def scattered(memory: GuestMemory, count: int, size: int) -> tuple[list[int], li
     return addrs, [size] * count
 
 
+def buffers(memory: GuestMemory, form: str, addrs: list[int], lens: list[int]) -> array | list[memoryview]:
+    """The two forms GuestMemory.io_buffers hands to RawDisk."""
+    if form == "iovec":
+        return memory.iovec(addrs, lens)
+    return [memory.view(a, n) for a, n in zip(addrs, lens)]
+
+
 def gather(memory: GuestMemory, addrs: list[int], lens: list[int]) -> bytes:
     return b"".join(memory.read(a, n) for a, n in zip(addrs, lens))
 
 
-def test_read_more_buffers_than_iov_max_fills_all(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["iovec", "views"])
+def test_read_more_buffers_than_iov_max_fills_all(tmp_path: Path, form: str) -> None:
     count = IOV_MAX + 10
     path = make_image(tmp_path, 16 * count)
     disk = RawDisk.open(str(path), read_only=True)
     memory = GuestMemory(4 << 20)
     addrs, lens = scattered(memory, count, 16)
 
-    disk.read(memory.iovec(addrs, lens), 0, 16 * count)
+    disk.read(buffers(memory, form, addrs, lens), 0, 16 * count)
 
     assert gather(memory, addrs, lens) == path.read_bytes()
     disk.close()
 
 
-def test_write_more_buffers_than_iov_max_writes_all(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["iovec", "views"])
+def test_write_more_buffers_than_iov_max_writes_all(tmp_path: Path, form: str) -> None:
     count = IOV_MAX + 10
     path = make_image(tmp_path, 16 * count)
     disk = RawDisk.open(str(path))
@@ -166,7 +175,7 @@ def test_write_more_buffers_than_iov_max_writes_all(tmp_path: Path) -> None:
     for i, addr in enumerate(addrs):
         memory.write(addr, source[16 * i:16 * (i + 1)])
 
-    disk.write(memory.iovec(addrs, lens), 0, 16 * count)
+    disk.write(buffers(memory, form, addrs, lens), 0, 16 * count)
 
     assert path.read_bytes() == source[:16 * count]
     disk.close()
@@ -195,14 +204,41 @@ def test_read_short_transfers_resume_where_they_stopped(tmp_path: Path, monkeypa
     disk.close()
 
 
+def test_read_short_transfers_into_views_resume_where_they_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_image(tmp_path, 4096)
+    disk = RawDisk.open(str(path), read_only=True)
+    real = os.preadv
+
+    def at_most_100(fd: int, views: list[memoryview], offset: int) -> int:
+        return real(fd, [views[0][:100]], offset)
+
+    monkeypatch.setattr(os, "preadv", at_most_100)
+    memory = GuestMemory(1 << 20)
+    addrs, lens = scattered(memory, 8, 512)
+
+    disk.read(buffers(memory, "views", addrs, lens), 0, 4096)
+
+    assert gather(memory, addrs, lens) == path.read_bytes()
+    disk.close()
+
+
 def test_advance_iovec_drops_used_bytes_and_buffers() -> None:
     iov = array("Q", [0x1000, 10, 0x2000, 20, 0x3000, 30])
 
-    assert advance_iovec(iov, 0) == iov
-    assert advance_iovec(iov, 4) == array("Q", [0x1004, 6, 0x2000, 20, 0x3000, 30])
-    assert advance_iovec(iov, 10) == array("Q", [0x2000, 20, 0x3000, 30])
-    assert advance_iovec(iov, 35) == array("Q", [0x3005, 25])
-    assert advance_iovec(iov, 60) == array("Q")
+    assert advance(iov, 0) == iov
+    assert advance(iov, 4) == array("Q", [0x1004, 6, 0x2000, 20, 0x3000, 30])
+    assert advance(iov, 10) == array("Q", [0x2000, 20, 0x3000, 30])
+    assert advance(iov, 35) == array("Q", [0x3005, 25])
+    assert advance(iov, 60) == array("Q")
+
+
+def test_advance_views_drops_used_bytes_and_buffers() -> None:
+    views = [memoryview(b"ab"), memoryview(b""), memoryview(b"cde")]
+
+    assert [bytes(v) for v in advance(views, 1)] == [b"b", b"", b"cde"]
+    assert [bytes(v) for v in advance(views, 3)] == [b"de"]
+    assert advance(views, 5) == []
 
 
 def test_read_past_end_of_file_raises_os_error(tmp_path: Path) -> None:
