@@ -459,3 +459,112 @@ def test_blk_reset_leaves_no_view_into_guest_memory(image: Path) -> None:
     # GuestMemory.close only unmaps RAM when no memoryview still exports it
     assert memory._mmap.closed
     harness.device.close()
+
+
+# --- large requests: I/O threads, and merging adjacent ones ---
+# INLINE_MAX is lowered so that 4 KiB requests count as large (the image is
+# 64 KiB): they go through the dispatcher's merge step and the I/O threads.
+
+@pytest.fixture
+def large(blk: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """Make 4 KiB requests large; record every disk transfer as (op, offset, bytes)."""
+    monkeypatch.setattr(block, "INLINE_MAX", 1024)
+    calls: list[tuple[str, int, int]] = []
+    real_read, real_write = blk.device.disk.read, blk.device.disk.write
+
+    def read(buffers, offset: int, total: int) -> None:
+        calls.append(("read", offset, total))
+        real_read(buffers, offset, total)
+
+    def write(buffers, offset: int, total: int) -> None:
+        calls.append(("write", offset, total))
+        real_write(buffers, offset, total)
+
+    monkeypatch.setattr(blk.device.disk, "read", read)
+    monkeypatch.setattr(blk.device.disk, "write", write)
+    return calls
+
+
+def post_all(blk: BlockHarness, requests: list[tuple[int, int, bytes, int]]) -> list:
+    """Post every request, then notify once, so one batch pops them all."""
+    posted = [blk.driver.add([header(rtype, sector)] + ([out] if out else []), ([in_len] if in_len else []) + [1])
+              for rtype, sector, out, in_len in requests]
+    used = dict(blk.run())
+    assert sorted(used) == sorted(p.head for p in posted)
+    return [(blk.driver.read(p.writable[-1])[0], used[p.head], p) for p in posted]
+
+
+def test_blk_adjacent_large_writes_become_one_transfer(blk: BlockHarness, large: list) -> None:
+    chunks = [bytes([0x40 + i]) * 4096 for i in range(4)]
+    # Posted out of order: merging sorts by sector.
+    results = post_all(blk, [(VIRTIO_BLK_T_OUT, 8 * i, chunks[i], 0) for i in (2, 0, 3, 1)])
+
+    assert [(status, used) for status, used, _ in results] == [(VIRTIO_BLK_S_OK, 1)] * 4
+    assert large == [("write", 0, 4 * 4096)]
+    assert blk.path.read_bytes()[:4 * 4096] == b"".join(chunks)
+    stats = blk.device.stats()
+    assert (stats["write_requests"], stats["write_bytes"], stats["merged_requests"]) == (4, 4 * 4096, 4)
+
+
+def test_blk_adjacent_large_reads_fill_each_request(blk: BlockHarness, large: list) -> None:
+    results = post_all(blk, [(VIRTIO_BLK_T_IN, 8 * i, b"", 4096) for i in (1, 0, 2)])
+
+    assert large == [("read", 0, 3 * 4096)]
+    image = pattern(SECTORS * 512)
+    for (status, used, posted), i in zip(results, (1, 0, 2)):
+        assert (status, used) == (VIRTIO_BLK_S_OK, 4097)
+        assert blk.driver.read(posted.writable[0]) == image[4096 * i:4096 * (i + 1)]
+
+
+def test_blk_gaps_and_mixed_directions_do_not_merge(blk: BlockHarness, large: list) -> None:
+    results = post_all(blk, [(VIRTIO_BLK_T_OUT, 0, b"a" * 4096, 0), (VIRTIO_BLK_T_OUT, 16, b"b" * 4096, 0),
+                             (VIRTIO_BLK_T_IN, 8, b"", 4096)])
+
+    assert all(status == VIRTIO_BLK_S_OK for status, _, _ in results)
+    assert sorted(large) == [("read", 4096, 4096), ("write", 0, 4096), ("write", 8192, 4096)]
+
+
+def test_blk_merge_respects_the_size_limit(blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(block, "MERGE_MAX", 2 * 4096)
+    post_all(blk, [(VIRTIO_BLK_T_OUT, 8 * i, bytes([i]) * 4096, 0) for i in range(4)])
+
+    assert sorted(large) == [("write", 0, 8192), ("write", 8192, 8192)]
+
+
+def test_blk_invalid_request_in_a_batch_fails_alone(blk: BlockHarness, large: list) -> None:
+    results = post_all(blk, [(VIRTIO_BLK_T_OUT, 0, b"a" * 4096, 0), (VIRTIO_BLK_T_OUT, 8, b"b" * 4096, 0),
+                             (VIRTIO_BLK_T_OUT, SECTORS - 4, b"c" * 4096, 0)])    # runs past the end
+
+    assert [status for status, _, _ in results] == [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR]
+    assert ("write", 0, 8192) in large
+    assert blk.path.read_bytes()[:8192] == b"a" * 4096 + b"b" * 4096
+
+
+def test_blk_failed_merged_transfer_retries_each_request(
+        blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = blk.device.disk.write
+
+    def refuse_merged(buffers, offset: int, total: int) -> None:
+        if total > 4096:
+            large.append(("refused", offset, total))
+            raise OSError(errno.EIO, "merged write failed")
+        real(buffers, offset, total)
+
+    monkeypatch.setattr(blk.device.disk, "write", refuse_merged)
+    results = post_all(blk, [(VIRTIO_BLK_T_OUT, 8 * i, bytes([0x61 + i]) * 4096, 0) for i in range(3)])
+
+    assert [status for status, _, _ in results] == [VIRTIO_BLK_S_OK] * 3
+    assert large[0] == ("refused", 0, 3 * 4096) and sorted(large[1:]) == [
+        ("write", 0, 4096), ("write", 4096, 4096), ("write", 8192, 4096)]
+    assert blk.path.read_bytes()[:3 * 4096] == b"a" * 4096 + b"b" * 4096 + b"c" * 4096
+
+
+def test_blk_read_only_large_writes_are_not_merged_and_fail(
+        blk_ro: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(block, "INLINE_MAX", 1024)
+    before = blk_ro.path.read_bytes()
+
+    results = post_all(blk_ro, [(VIRTIO_BLK_T_OUT, 8 * i, b"x" * 4096, 0) for i in range(2)])
+
+    assert [status for status, _, _ in results] == [VIRTIO_BLK_S_IOERR] * 2
+    assert blk_ro.path.read_bytes() == before
