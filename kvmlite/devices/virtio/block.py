@@ -3,12 +3,11 @@
 One request queue.  ``queue_notify`` only kicks a per-device dispatcher
 thread, which pops requests; it serves small ones (up to ``INLINE_MAX``)
 itself and hands large ones to ``IO_THREADS`` I/O threads, after joining
-reads or writes of adjacent sectors into one transfer (up to
-``MERGE_MAX`` bytes and IOV_MAX buffers, as QEMU's virtio-blk does).  Either does the
-disk I/O between the image and guest memory views and completes the
-request.  A slow disk never stalls a vCPU or the shared I/O
-thread, and several requests are in flight at once, as with QEMU's
-``aio=threads`` (``preadv``/``pwritev`` release the GIL, so large copies run
+reads or writes of adjacent sectors into one transfer (up to ``MERGE_MAX``
+bytes and IOV_MAX buffers, as QEMU's virtio-blk does).  Either does the
+disk I/O between the image and guest memory and completes the request.
+A slow disk never stalls a vCPU or the shared I/O thread, and several
+requests are in flight at once, as with QEMU's ``aio=threads`` (``preadv``/``pwritev`` release the GIL, so large copies run
 on several host CPUs).
 
 Ordering: requests complete in any order, as virtio allows.  A flush makes
@@ -358,16 +357,16 @@ class VirtioBlock(VirtioDevice):
         if not (0 < nread < len(lens) and lens[0] == REQUEST_HEADER.size and lens[-1] == 1):
             return None
         rtype, _reserved, sector = REQUEST_HEADER.unpack(chain.memory.read(addrs[0], REQUEST_HEADER.size))
-        if rtype == VIRTIO_BLK_T_IN and nread == 1:
-            data = Segments(addrs[1:-1], lens[1:-1])
-        elif rtype == VIRTIO_BLK_T_OUT and nread == len(lens) - 1 and not self.disk.read_only:
-            data = Segments(addrs[1:-1], lens[1:-1])
-        else:
+        write = rtype == VIRTIO_BLK_T_OUT
+        # A read's only readable buffer is its header; a write's only writable one its status.
+        if not (rtype == VIRTIO_BLK_T_IN and nread == 1
+                or write and nread == len(lens) - 1 and not self.disk.read_only):
             return None
+        data = Segments(addrs[1:-1], lens[1:-1])
         nbytes = data.total()
         if not nbytes or nbytes % SECTOR_SIZE or sector + nbytes // SECTOR_SIZE > self.disk.capacity:
             return None
-        return _Transfer(chain, rtype == VIRTIO_BLK_T_OUT, sector, nbytes // SECTOR_SIZE, data, nbytes)
+        return _Transfer(chain, write, sector, nbytes // SECTOR_SIZE, data, nbytes)
 
     def _run_merged(self, run: list[_Transfer]) -> list[tuple[DescriptorChain, int, QueueError | None]]:
         """One transfer for adjacent requests; if it fails, each request

@@ -164,11 +164,19 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def default_signals() -> None:
+    """The child starts with default SIGHUP/SIGTERM handling whatever this
+    test run inherited (under nohup SIGHUP is ignored, and stays ignored
+    across exec)."""
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def run_child(slave: int, mode: str) -> tuple["subprocess.Popen[bytes]", IO[bytes]]:
     """A Python process with the pty as stdin, and its stdout."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     child = subprocess.Popen([sys.executable, "-c", CHILD, mode], stdin=slave,
-                             stdout=subprocess.PIPE, env=env, cwd=REPO)
+                             stdout=subprocess.PIPE, env=env, cwd=REPO, preexec_fn=default_signals)
     assert child.stdout is not None
     return child, child.stdout
 
