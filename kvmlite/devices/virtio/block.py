@@ -7,8 +7,9 @@ reads or writes of adjacent sectors into one transfer (up to ``MERGE_MAX``
 bytes and IOV_MAX buffers, as QEMU's virtio-blk does).  Either does the
 disk I/O between the image and guest memory and completes the request.
 A slow disk never stalls a vCPU or the shared I/O thread, and several
-requests are in flight at once, as with QEMU's ``aio=threads`` (``preadv``/``pwritev`` release the GIL, so large copies run
-on several host CPUs).
+requests are in flight at once, as with QEMU's ``aio=threads``
+(``preadv``/``pwritev`` release the GIL, so large copies run on several
+host CPUs).
 
 Ordering: requests complete in any order, as virtio allows.  A flush makes
 durable every write whose completion the driver saw before it submitted the
