@@ -147,7 +147,7 @@ class VirtioBlock(VirtioDevice):
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(("read_requests", "write_requests", "flush_requests", "discard_requests",
                                      "write_zeroes_requests", "get_id_requests", "read_bytes", "write_bytes",
-                                     "merged_requests", "errors", "queue_errors"), 0)
+                                     "merged_requests", "notifications", "errors", "queue_errors"), 0)
         self._handlers: dict[int, Callable[[GuestMemory, int, Segments, Segments], int]] = {
             VIRTIO_BLK_T_IN: self._read, VIRTIO_BLK_T_OUT: self._write, VIRTIO_BLK_T_FLUSH: self._flush,
             VIRTIO_BLK_T_GET_ID: self._get_id, VIRTIO_BLK_T_DISCARD: self._discard,
@@ -200,6 +200,7 @@ class VirtioBlock(VirtioDevice):
     def queue_notify(self, queue_index: int) -> None:
         active = self._active
         if queue_index == 0 and active is not None and active.worker is not None:
+            self._count("notifications", 1)
             active.worker.kick()
 
     def reset(self) -> None:

@@ -424,6 +424,7 @@ def test_blk_stats_count_requests_bytes_and_errors(blk: BlockHarness) -> None:
 
     assert (stats["read_requests"], stats["write_requests"], stats["flush_requests"]) == (2, 1, 1)
     assert (stats["read_bytes"], stats["write_bytes"], stats["errors"]) == (1024, 512, 1)
+    assert stats["notifications"] == 4          # one queue notify per request here
 
 
 def test_blk_close_releases_image_lock(blk: BlockHarness, image: Path) -> None:
