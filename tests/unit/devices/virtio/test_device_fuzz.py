@@ -5,6 +5,8 @@ its worker never crashes, and nothing outside guest RAM is touched
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from kvmlite.devices.virtio import block
 from kvmlite.devices.virtio.block import VirtioBlock
 from kvmlite.devices.virtio.console import VirtioConsole
 from kvmlite.devices.virtio.disk import RawDisk
@@ -143,3 +146,70 @@ def test_rng_random_hostile_ring_never_crashes(ring: HostileRing, errors: ErrorR
 
     assert device.stats()["bytes"] <= 64 * 1024 * ring.size
     assert errors.records == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests=st.lists(blk_requests(), min_size=1, max_size=4),
+       corruption=st.none() | st.tuples(st.integers(0, 15), descriptors(16)))
+def test_blk_hostile_large_requests_complete_with_a_status_or_reset(
+        requests: list[BlkRequest], corruption: tuple[int, tuple[int, int, int, int]] | None,
+        raw_disk: RawDisk, errors: ErrorRecords) -> None:
+    """The same, with every request counted as large: through the merge
+    step and the I/O threads."""
+    saved, block.INLINE_MAX = block.INLINE_MAX, 0
+    try:
+        test_blk_hostile_requests_complete_with_a_status_or_reset.hypothesis.inner_test(
+            requests=requests, corruption=corruption, raw_disk=raw_disk, errors=errors)
+    finally:
+        block.INLINE_MAX = saved
+
+
+@settings(max_examples=100, deadline=None)
+@given(extents=st.lists(st.tuples(st.sampled_from([0, 0, 1, 3]), st.integers(1, 6)), min_size=1, max_size=5),
+       order=st.randoms(use_true_random=False), reads=st.booleans(), seed=st.integers(0, 255))
+def test_blk_merged_requests_move_the_same_bytes_as_one_by_one(
+        extents: list[tuple[int, int]], order, reads: bool, seed: int,
+        raw_disk: RawDisk, errors: ErrorRecords) -> None:
+    """Non-overlapping reads or writes of 4 KiB blocks, often adjacent (those
+    merge), posted in one batch in any order as large requests: the image
+    and the guest buffers end up as if each request ran alone."""
+    errors.records.clear()
+    chosen = []
+    block_at = 0
+    for gap, count in extents:               # (gap before, length) in 4 KiB blocks
+        block_at += gap
+        if (block_at + count) * 8 <= 200:
+            chosen.append((block_at * 8, count * 8 * 512))
+        block_at += count
+    order.shuffle(chosen)
+    image = bytearray(bytes((seed + i) % 251 for i in range(200 * 512)))
+    os.pwrite(raw_disk.fd, bytes(image), 0)
+    device = VirtioBlock(raw_disk, queue_size=16)
+    device.on_needs_reset = NeedsResetRecorder()
+    queue = Queue(16)
+    driver = FakeDriver(MEMORY, queue)
+    posted = []
+    for n, (sector, nbytes) in enumerate(chosen):
+        head = struct.pack("<IIQ", 0 if reads else 1, 0, sector)
+        if reads:
+            posted.append(driver.add([head], [nbytes, 1]))
+        else:
+            data = bytes([(seed + 7 * n + 1) % 256]) * nbytes
+            image[sector * 512:sector * 512 + nbytes] = data
+            posted.append(driver.add([head, data], [1]))
+    saved, block.INLINE_MAX = block.INLINE_MAX, 0
+    try:
+        device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
+        device.queue_notify(0)
+        assert device.wait_idle(timeout=10)
+    finally:
+        block.INLINE_MAX = saved
+    event(f"merged: {device.stats()['merged_requests'] > 0}")
+    device.reset()
+
+    assert len(driver.used()) == len(chosen) and errors.records == []
+    for p, (sector, nbytes) in zip(posted, chosen):
+        assert driver.read(p.writable[-1]) == b"\0"                      # VIRTIO_BLK_S_OK
+        if reads:
+            assert driver.read(p.writable[0]) == bytes(image[sector * 512:sector * 512 + nbytes])
+    assert os.pread(raw_disk.fd, len(image), 0) == bytes(image)
