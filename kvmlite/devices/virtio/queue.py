@@ -11,6 +11,9 @@ is copied out of guest memory once, checked, and only then used.  A
 malformed ring or chain raises one of the :class:`QueueError` subclasses
 below (one-line messages); nothing here reads or writes outside guest RAM,
 because every access goes through ``GuestMemory.view``, which bounds-checks.
+A popped chain's buffers are only addresses and lengths, each checked to lie
+inside one RAM region; whoever turns them into memory access checks again
+(``GuestMemory.view`` for views, ``GuestMemory.iovec`` for host pointers).
 
 Memory ordering (§2.7.7, §2.7.13).  The guest's vCPUs run on other physical
 CPUs at the same time as this code.  kvmlite runs on x86, whose memory
