@@ -374,8 +374,11 @@ class VirtioBlock(VirtioDevice):
         """One transfer for adjacent requests; if it fails, each request
         runs alone, so each gets its own status."""
         memory = run[0].chain.memory
-        addrs = [a for t in run for a in t.data.addrs]
-        lens = [n for t in run for n in t.data.lens]
+        addrs: list[int] = []
+        lens: list[int] = []
+        for t in run:                   # list += list: a C-level copy, not a step per buffer
+            addrs += t.data.addrs
+            lens += t.data.lens
         write = run[0].write
         total = sum(t.nbytes for t in run)
         try:
