@@ -47,7 +47,6 @@ import functools
 import re
 import struct
 import threading
-from dataclasses import dataclass
 from operator import add
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
@@ -201,17 +200,6 @@ class DescriptorChain:
             view.release()
 
 
-@dataclass
-class _Walk:
-    """Where a chain walk is: which table, how big, and how far we went."""
-
-    table: int
-    entries: int
-    index: int
-    visits: int = 0
-    indirect: bool = False
-
-
 # --- the queue --------------------------------------------------------------
 
 class Queue:
@@ -312,9 +300,8 @@ class Queue:
         while True:
             addr, length, flags, nxt = unpack(descs, DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
-                walk = self._enter_indirect(memory, _Walk(table, entries, index, visits, indirect),
-                                            addr, length, flags)
-                table, entries, index, indirect, visits = walk.table, walk.entries, 0, True, 0
+                entries = self._indirect_entries(memory, indirect, addr, length, flags)
+                table, index, indirect, visits = addr, 0, True, 0
                 descs = _table_view(memory, table, entries)
                 if not addrs and entries >= LINEAR_TABLE_MIN:
                     whole = _linear_table(descs, entries, low_end)
@@ -345,9 +332,10 @@ class Queue:
                 raise DescriptorIndexError(f"next descriptor {nxt} is outside a table of {entries}")
             index = nxt
 
-    def _enter_indirect(self, memory: GuestMemory, walk: _Walk, addr: int, length: int, flags: int) -> _Walk:
-        """Switch the walk to the indirect table a descriptor points at (§2.7.5.3)."""
-        if walk.indirect:
+    def _indirect_entries(self, memory: GuestMemory, indirect: bool, addr: int, length: int, flags: int) -> int:
+        """Check the indirect table a descriptor points at (§2.7.5.3); the
+        walk continues in it.  Returns its number of entries."""
+        if indirect:
             raise NestedIndirectError("indirect descriptor inside an indirect table")
         if not self.indirect:
             raise IndirectTableError("indirect descriptor but VIRTIO_F_INDIRECT_DESC was not negotiated")
@@ -358,10 +346,10 @@ class Queue:
         entries = length // DESC_SIZE
         if entries > self.size:
             raise IndirectTableError(f"indirect table of {entries} entries is longer than the queue size {self.size}")
-        if not memory.contains(addr, length):
+        if addr + length > memory.low_end and not memory.contains(addr, length):
             raise DescriptorAddressError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
         # The device MUST ignore VIRTQ_DESC_F_WRITE on this descriptor (§2.7.5.3.2).
-        return _Walk(addr, entries, 0, indirect=True)
+        return entries
 
     # --- the used ring (§2.7.8) ---
 
