@@ -134,6 +134,13 @@ class _Transfer:
         return self.sector + self.sectors
 
 
+def _usual_framing(chain: DescriptorChain) -> bool:
+    """Header, data and status each in buffers of their own, as Linux and
+    every common driver frame a request: then no cutting is needed."""
+    lens = chain.lens
+    return 0 < chain.nread < len(lens) and lens[0] == REQUEST_HEADER.size and lens[-1] == 1
+
+
 class VirtioBlock(VirtioDevice):
     device_type = VIRTIO_ID_BLOCK
 
@@ -323,11 +330,10 @@ class VirtioBlock(VirtioDevice):
     # --- merging (dispatcher, no lock held) ---
 
     def _merge(self, chains: list[DescriptorChain]) -> list[DescriptorChain | list[_Transfer]]:
-        """Large requests to run, with reads or writes of adjacent sectors
-        joined into one transfer each (as QEMU's virtio-blk does): one
-        system call and one hand-off instead of several."""
-        if len(chains) < 2:
-            return list(chains)
+        """Large requests to run: reads and writes as runs of transfers, those
+        of adjacent sectors joined (as QEMU's virtio-blk does: one system
+        call and one hand-off instead of several); anything else as its
+        chain, for _handle.  Each request's header is parsed once, here."""
         units: list[DescriptorChain | list[_Transfer]] = []
         transfers = []
         for chain in chains:
@@ -342,13 +348,13 @@ class VirtioBlock(VirtioDevice):
         for transfer in transfers:
             if run and (transfer.write != run[-1].write or transfer.sector != run[-1].end
                         or buffers + len(transfer.data) > IOV_MAX or nbytes + transfer.nbytes > MERGE_MAX):
-                units.append(run if len(run) > 1 else run[0].chain)
+                units.append(run)
                 run, buffers, nbytes = [], 0, 0
             run.append(transfer)
             buffers += len(transfer.data)
             nbytes += transfer.nbytes
         if run:
-            units.append(run if len(run) > 1 else run[0].chain)
+            units.append(run)
         return units
 
     def _transfer_of(self, chain: DescriptorChain) -> _Transfer | None:
@@ -356,7 +362,7 @@ class VirtioBlock(VirtioDevice):
         (whole sectors inside the disk, writable disk for a write): one
         that may be merged.  Anything else runs alone through _handle."""
         addrs, lens, nread = chain.addrs, chain.lens, chain.nread
-        if not (0 < nread < len(lens) and lens[0] == REQUEST_HEADER.size and lens[-1] == 1):
+        if not _usual_framing(chain):
             return None
         rtype, _reserved, sector = REQUEST_HEADER.unpack(chain.memory.read(addrs[0], REQUEST_HEADER.size))
         write = rtype == VIRTIO_BLK_T_OUT
@@ -371,8 +377,8 @@ class VirtioBlock(VirtioDevice):
         return _Transfer(chain, write, sector, nbytes // SECTOR_SIZE, data, nbytes)
 
     def _run_merged(self, run: list[_Transfer]) -> list[tuple[DescriptorChain, int, QueueError | None]]:
-        """One transfer for adjacent requests; if it fails, each request
-        runs alone, so each gets its own status."""
+        """One transfer for a run of adjacent requests; if it fails, each
+        request runs alone through _handle, so each gets its own status."""
         memory = run[0].chain.memory
         addrs: list[int] = []
         lens: list[int] = []
@@ -394,7 +400,8 @@ class VirtioBlock(VirtioDevice):
         kind = "write" if write else "read"
         self._count(f"{kind}_requests", len(run))
         self._count(f"{kind}_bytes", total)
-        self._count("merged_requests", len(run))
+        if len(run) > 1:
+            self._count("merged_requests", len(run))
         return done
 
     def _stop_for_reset(self, active: _Activation, error: QueueError) -> None:
@@ -413,8 +420,7 @@ class VirtioBlock(VirtioDevice):
         """Execute one request; returns the bytes written to the guest."""
         memory = chain.memory
         addrs, lens, nread = chain.addrs, chain.lens, chain.nread
-        if 0 < nread < len(lens) and lens[0] == REQUEST_HEADER.size and lens[-1] == 1:
-            # The usual framing: header, data, status each in buffers of their own.
+        if _usual_framing(chain):
             header = memory.read(addrs[0], REQUEST_HEADER.size)
             status_addr = addrs[-1]
             data_in = Segments(addrs[1:nread], lens[1:nread])
