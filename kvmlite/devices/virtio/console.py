@@ -25,7 +25,6 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from kvmlite.devices.virtio import iov
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_CONSOLE, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
@@ -147,7 +146,7 @@ class VirtioConsole(VirtioDevice):
 
     def _fill_one(self, chain: DescriptorChain) -> int:
         try:
-            n = iov.scatter(chain.writable, self._pending)
+            n = chain.writable_segments().scatter(chain.memory, self._pending)
         finally:
             chain.release()
         del self._pending[:n]

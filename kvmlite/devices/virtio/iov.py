@@ -15,8 +15,6 @@ bytes of headers and status, with ``GuestMemory.read``/``write``.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from kvmlite.vmm.memory import GuestMemory
 
 
@@ -99,15 +97,3 @@ class Segments:
             done += n
         return done
 
-
-def scatter(views: Sequence[memoryview], data: bytes | bytearray | memoryview) -> int:
-    """Copy ``data`` into ``views`` in order; returns the bytes copied."""
-    src = memoryview(data)
-    done = 0
-    for view in views:
-        if done == len(src):
-            break
-        n = min(len(view), len(src) - done)
-        view[:n] = src[done:done + n]
-        done += n
-    return done
