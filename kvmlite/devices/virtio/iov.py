@@ -96,4 +96,3 @@ class Segments:
             memory.write(addr, src[done:done + n])
             done += n
         return done
-

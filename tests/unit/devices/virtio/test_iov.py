@@ -83,4 +83,3 @@ def test_scatter_segments_fills_in_order_and_returns_count() -> None:
     copied = target.scatter(MEMORY, b"1234567")
 
     assert (copied, contents(target)) == (5, b"12345")
-
