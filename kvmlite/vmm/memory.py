@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+import re
 from array import array
 from dataclasses import dataclass
 from typing import Sequence
@@ -24,7 +25,10 @@ from kvmlite.errors import ConfigError
 MAP_HUGETLB = 0x40000
 MAP_NORESERVE = 0x4000
 MADV_HUGEPAGE = 14
+DESC_BYTES = 16            # a virtqueue descriptor (virtio 1.2 §2.7.5)
 IOVEC_ALIGN = 1 << 32      # where low RAM starts in the host mapping (see GuestMemory.iovec)
+DESC_TEST_LEN = 1 << 20    # descriptors_in_low_ram: longer buffers take the exact check
+_LEN_BYTE_2 = bytes(range(DESC_TEST_LEN >> 16))   # values of a length's byte 2 below DESC_TEST_LEN
 IOVEC_SHORT = 8            # io_buffers: up to this many, memoryviews are the quicker form
 
 
@@ -54,6 +58,26 @@ def x86_ram_ranges(size: int) -> list[tuple[int, int]]:
     if size > low:
         ranges.append((layout.HIGH_RAM_START, size - low))
     return ranges
+
+
+def _below_pattern(limit: int) -> re.Pattern[bytes] | None:
+    """A regular expression matching runs of little-endian 16-bit values
+    below ``limit`` (None when no value is)."""
+    if limit <= 0:
+        return None
+    if limit > 0xFFFF:
+        return re.compile(rb"(?s:..)*")
+    high, low = divmod(limit, 256)
+    choices = []
+    if high:
+        choices.append(rb"[\x00-\xff]" + _byte_range(0, high - 1))    # high byte below
+    if low:
+        choices.append(_byte_range(0, low - 1) + re.escape(bytes((high,))))   # equal, low byte below
+    return re.compile(rb"(?:" + rb"|".join(choices) + rb")*")
+
+
+def _byte_range(first: int, last: int) -> bytes:
+    return b"[" + re.escape(bytes((first,))) + b"-" + re.escape(bytes((last,))) + b"]"
 
 
 class GuestMemory:
@@ -86,6 +110,7 @@ class GuestMemory:
         # host address is its guest address in the low 32 bits and this
         # constant in the high 32: iovec() builds arrays without arithmetic.
         self._iovec_high = self._low_host >> 32 if self._low_host % IOVEC_ALIGN == 0 else None
+        self._low_pairs = _below_pattern((self._low_end - DESC_TEST_LEN) >> 16)
 
     @staticmethod
     def _map(size: int, hugepages: bool) -> tuple[mmap.mmap, int]:
@@ -201,6 +226,51 @@ class GuestMemory:
         flat[0::2] = [self._host_address(a, length) for a, length in zip(addrs, lens)]
         flat[1::2] = lens
         return array("Q", flat)
+
+    def descriptors_in_low_ram(self, table: bytes) -> bool:
+        """Whether a few tests on bytes show that every buffer described by
+        ``table`` (virtqueue descriptors: le64 addr, le32 len, le16 flags,
+        le16 next, 16 bytes each) lies inside low RAM: each length below
+        1 MiB (``DESC_TEST_LEN``), each address below 4 GiB and, counted in
+        64 KiB units, below ``(low_end - 1 MiB) >> 16`` (a regular
+        expression over the address's bytes 2 and 3), so each buffer ends
+        inside low RAM.  False only means "not shown": a buffer of 1 MiB or
+        more, or in the last MiB of low RAM, needs the exact check.  No
+        Python step per descriptor."""
+        pairs = self._low_pairs
+        if pairs is None or len(table) % DESC_BYTES:
+            return False
+        words = memoryview(table).cast("H")
+        return (not table[11::DESC_BYTES].translate(None, b"\0")
+                and not table[10::DESC_BYTES].translate(None, _LEN_BYTE_2)
+                and not words[2::8].tobytes().translate(None, b"\0")     # address bits 32..47
+                and not words[3::8].tobytes().translate(None, b"\0")     # address bits 48..63
+                and pairs.fullmatch(words[1::8].tobytes()) is not None)
+
+    def descriptor_iovec(self, table: bytes) -> array:
+        """The ``struct iovec`` array for the buffers described by ``table``
+        (virtqueue descriptors, as for :meth:`descriptors_in_low_ram`), in
+        table order; GuestMemoryError unless every buffer lies inside one
+        RAM region, as for :meth:`iovec`.
+
+        When the bytes show every buffer in low RAM, and low RAM starts at a
+        4 GiB-aligned host address, the iovec is the table itself with the
+        address's high word replaced by the host's and the flags and next
+        fields cleared: two strided copies, whatever the number of buffers."""
+        n = len(table) // DESC_BYTES
+        if self._iovec_high is not None and self.descriptors_in_low_ram(table):
+            iov = array("Q")
+            iov.frombytes(table)
+            with memoryview(iov) as view:
+                words = view.cast("B").cast("I")
+                words[1::4] = array("I", (self._iovec_high,)) * n
+                words[3::4] = array("I", bytes(4 * n))
+                words.release()
+            return iov
+        if len(table) % DESC_BYTES:
+            raise ValueError(f"descriptor table of {len(table)} bytes is not whole descriptors")
+        view = memoryview(table)
+        return self.iovec(view.cast("Q")[0::2].tolist(), view.cast("I")[2::4].tolist())
 
     def io_buffers(self, addrs: Sequence[int], lens: Sequence[int]) -> list[memoryview] | array:
         """The guest buffers ``addrs[i]``/``lens[i]`` in the cheapest form for

@@ -46,9 +46,9 @@ from typing import Callable
 
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_BLOCK, VirtioDevice, VirtioInterrupt)
-from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, RawDisk
+from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, Buffers, RawDisk
 from kvmlite.devices.virtio.iov import Segments
-from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
+from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.worker import Worker
 from kvmlite.vmm.memory import GuestMemory
@@ -120,13 +120,15 @@ class _Activation:
 
 @dataclass
 class _Transfer:
-    """A read or write request that may be merged with its neighbours."""
+    """A read or write request that may be merged with its neighbours:
+    its data is every buffer of ``chain`` but the first (the header) and
+    the last (the status byte)."""
 
     chain: DescriptorChain
     write: bool
     sector: int
     sectors: int
-    data: Segments
+    buffers: int
     nbytes: int
 
     @property
@@ -137,8 +139,8 @@ class _Transfer:
 def _usual_framing(chain: DescriptorChain) -> bool:
     """Header, data and status each in buffers of their own, as Linux and
     every common driver frame a request: then no cutting is needed."""
-    lens = chain.lens
-    return 0 < chain.nread < len(lens) and lens[0] == REQUEST_HEADER.size and lens[-1] == 1
+    return (0 < chain.nread < chain.count and chain.buffer(0)[1] == REQUEST_HEADER.size
+            and chain.buffer(-1)[1] == 1)
 
 
 class VirtioBlock(VirtioDevice):
@@ -347,11 +349,11 @@ class VirtioBlock(VirtioDevice):
         buffers = nbytes = 0
         for transfer in transfers:
             if run and (transfer.write != run[-1].write or transfer.sector != run[-1].end
-                        or buffers + len(transfer.data) > IOV_MAX or nbytes + transfer.nbytes > MERGE_MAX):
+                        or buffers + transfer.buffers > IOV_MAX or nbytes + transfer.nbytes > MERGE_MAX):
                 units.append(run)
                 run, buffers, nbytes = [], 0, 0
             run.append(transfer)
-            buffers += len(transfer.data)
+            buffers += transfer.buffers
             nbytes += transfer.nbytes
         if run:
             units.append(run)
@@ -361,40 +363,36 @@ class VirtioBlock(VirtioDevice):
         """A read or write in the usual framing that is valid as it stands
         (whole sectors inside the disk, writable disk for a write): one
         that may be merged.  Anything else runs alone through _handle."""
-        addrs, lens, nread = chain.addrs, chain.lens, chain.nread
         if not _usual_framing(chain):
             return None
-        rtype, _reserved, sector = REQUEST_HEADER.unpack(chain.memory.read(addrs[0], REQUEST_HEADER.size))
+        nread, count = chain.nread, chain.count
+        rtype, _reserved, sector = REQUEST_HEADER.unpack(chain.memory.read(chain.buffer(0)[0], REQUEST_HEADER.size))
         write = rtype == VIRTIO_BLK_T_OUT
         # A read's only readable buffer is its header; a write's only writable one its status.
-        if not (rtype == VIRTIO_BLK_T_IN and nread == 1
-                or write and nread == len(lens) - 1 and not self.disk.read_only):
+        if rtype == VIRTIO_BLK_T_IN and nread == 1:
+            nbytes = chain.writable_len - 1
+        elif write and nread == count - 1 and not self.disk.read_only:
+            nbytes = chain.readable_len - REQUEST_HEADER.size
+        else:
             return None
-        data = Segments(addrs[1:-1], lens[1:-1])
-        nbytes = data.total()
         if not nbytes or nbytes % SECTOR_SIZE or sector + nbytes // SECTOR_SIZE > self.disk.capacity:
             return None
-        return _Transfer(chain, write, sector, nbytes // SECTOR_SIZE, data, nbytes)
+        return _Transfer(chain, write, sector, nbytes // SECTOR_SIZE, count - 2, nbytes)
 
     def _run_merged(self, run: list[_Transfer]) -> list[tuple[DescriptorChain, int, QueueError | None]]:
         """One transfer for a run of adjacent requests; if it fails, each
         request runs alone through _handle, so each gets its own status."""
         memory = run[0].chain.memory
-        addrs: list[int] = []
-        lens: list[int] = []
-        for t in run:                   # list += list: a C-level copy, not a step per buffer
-            addrs += t.data.addrs
-            lens += t.data.lens
         write = run[0].write
         total = sum(t.nbytes for t in run)
         try:
             op = self.disk.write if write else self.disk.read
-            op(memory.io_buffers(addrs, lens), run[0].sector * SECTOR_SIZE, total)
+            op(self._data_buffers(memory, run), run[0].sector * SECTOR_SIZE, total)
         except OSError:
             return [(t.chain, *self._run(t.chain)) for t in run]
         done = []
         for t in run:
-            memory.write_u8(t.chain.addrs[-1], VIRTIO_BLK_S_OK)
+            memory.write_u8(t.chain.buffer(-1)[0], VIRTIO_BLK_S_OK)
             done.append((t.chain, 1 if write else t.nbytes + 1, None))
             t.chain.release()
         kind = "write" if write else "read"
@@ -403,6 +401,21 @@ class VirtioBlock(VirtioDevice):
         if len(run) > 1:
             self._count("merged_requests", len(run))
         return done
+
+    @staticmethod
+    def _data_buffers(memory: GuestMemory, run: list[_Transfer]) -> Buffers:
+        """The data buffers of a run of requests, in order, for one system
+        call: straight from the descriptor tables' bytes when every request
+        was read whole from one (Linux's requests), else from the lists."""
+        tables = [t.chain.table for t in run]
+        if None not in tables:
+            return memory.descriptor_iovec(b"".join([table[DESC_SIZE:-DESC_SIZE] for table in tables]))
+        addrs: list[int] = []
+        lens: list[int] = []
+        for t in run:                   # list += list: a C-level copy, not a step per buffer
+            addrs += t.chain.addrs[1:-1]
+            lens += t.chain.lens[1:-1]
+        return memory.io_buffers(addrs, lens)
 
     def _stop_for_reset(self, active: _Activation, error: QueueError) -> None:
         """The driver broke the ring: stop serving and ask for a reset (no lock held)."""

@@ -74,6 +74,7 @@ U32_MAX = 0xFFFF_FFFF
 LINEAR_TABLE_MIN = 10         # below this many entries the walk is quicker than _linear_table
 
 _DESC = struct.Struct("<QIHH")
+_BUFFER = struct.Struct("<QI")     # the addr and len of a descriptor
 _USED_ELEM = struct.Struct("<II")
 
 
@@ -151,25 +152,61 @@ class DescriptorChain:
     ``GuestMemory.iovec``; the ``readable``/``writable`` properties give
     zero-copy ``memoryview`` slices of guest RAM instead, made on first use.
     Call :meth:`release` when done so no view outlives the request.
+
+    A chain read whole from an indirect table (:func:`_linear_table`) also
+    keeps ``table``, that table's bytes as read (one descriptor per buffer,
+    in chain order), for ``GuestMemory.descriptor_iovec``; its ``addrs``
+    and ``lens`` lists are only made when asked for.  Otherwise ``table``
+    is None.
     """
 
-    __slots__ = ("head", "memory", "addrs", "lens", "nread", "readable_len", "writable_len", "_views")
+    __slots__ = ("head", "memory", "table", "count", "nread", "readable_len", "writable_len",
+                 "_addrs", "_lens", "_views")
 
     def __init__(self, head: int, memory: GuestMemory | None = None, addrs: list[int] | None = None,
                  lens: list[int] | None = None, nread: int = 0, readable_len: int = 0,
-                 writable_len: int = 0) -> None:
+                 writable_len: int = 0, table: bytes | None = None) -> None:
         self.head = head
         self.memory = memory
-        self.addrs = addrs if addrs is not None else []
-        self.lens = lens if lens is not None else []
+        self.table = table
         self.nread = nread
         self.readable_len = readable_len
         self.writable_len = writable_len
+        if table is not None and addrs is None:
+            self._addrs = self._lens = None
+            self.count = len(table) // DESC_SIZE
+        else:
+            self._addrs = addrs if addrs is not None else []
+            self._lens = lens if lens is not None else []
+            self.count = len(self._addrs)
         self._views: list[memoryview] | None = None
+
+    @property
+    def addrs(self) -> list[int]:
+        if self._addrs is None:
+            self._from_table()
+        return self._addrs
+
+    @property
+    def lens(self) -> list[int]:
+        if self._lens is None:
+            self._from_table()
+        return self._lens
+
+    def _from_table(self) -> None:
+        view = memoryview(self.table)
+        self._addrs = view.cast("Q")[0::2].tolist()
+        self._lens = view.cast("I")[2::4].tolist()
+
+    def buffer(self, index: int) -> tuple[int, int]:
+        """Buffer ``index`` (negative counts from the end): (address, length)."""
+        if self._addrs is None:
+            return _BUFFER.unpack_from(self.table, DESC_SIZE * (index % self.count))
+        return self._addrs[index], self._lens[index]
 
     def __repr__(self) -> str:
         return (f"DescriptorChain(head={self.head}, readable={self.readable_len}B in {self.nread}, "
-                f"writable={self.writable_len}B in {len(self.addrs) - self.nread})")
+                f"writable={self.writable_len}B in {self.count - self.nread})")
 
     def readable_segments(self) -> Segments:
         return Segments(self.addrs[:self.nread], self.lens[:self.nread])
@@ -304,9 +341,10 @@ class Queue:
                 table, index, indirect, visits = addr, 0, True, 0
                 descs = _table_view(memory, table, entries)
                 if not addrs and entries >= LINEAR_TABLE_MIN:
-                    whole = _linear_table(descs, entries, low_end)
+                    whole = _linear_table(descs, entries, memory)
                     if whole is not None:
-                        return DescriptorChain(head, memory, *whole)
+                        table, t_addrs, t_lens, nread, rlen, wlen = whole
+                        return DescriptorChain(head, memory, t_addrs, t_lens, nread, rlen, wlen, table)
                 continue
             visits += 1
             if visits > entries:
@@ -413,44 +451,55 @@ _LINEAR = re.compile(rb"r*(?:R|(w*W))")
 
 
 @functools.lru_cache(maxsize=32)
-def _successors(entries: int) -> list[int]:
-    """The ``next`` fields of a table chained in order: 1, 2, ..., entries - 1."""
-    return list(range(1, entries))
+def _successors(entries: int) -> tuple[bytes, bytes]:
+    """The low and the high bytes of the ``next`` fields of a table chained
+    in order (1, 2, ..., entries - 1), as the entries but the last hold them."""
+    nexts = range(1, entries)
+    return bytes(i & 0xFF for i in nexts), bytes(i >> 8 for i in nexts)
 
 
-def _linear_table(descs: memoryview, entries: int, low_end: int
-                  ) -> tuple[list[int], list[int], int, int, int] | None:
+def _linear_table(descs: memoryview, entries: int, memory: GuestMemory
+                  ) -> tuple[bytes, list[int] | None, list[int] | None, int, int, int] | None:
     """An indirect table that is one chain in table order, every buffer in
-    low RAM: (addrs, lens, nread, readable bytes, writable bytes), read
-    with a few C-level passes instead of a Python step per descriptor.
-    None when the table is laid out any other way; the descriptor-by-
-    descriptor walk then takes it (and finds what is wrong, if anything).
+    low RAM: (the table's bytes, addrs, lens, nread, readable bytes,
+    writable bytes), read with a few C-level passes over bytes instead of a
+    Python step per descriptor.  ``addrs`` and ``lens`` are None when the
+    bytes alone showed every buffer inside low RAM (the usual case), lists
+    when that took the exact check.  None when the table is laid out any
+    other way; the descriptor-by-descriptor walk then takes it (and finds
+    what is wrong, if anything).
 
-    Linux fills indirect tables this way.  Each field is read from guest
-    memory once and checked as read; the guest changing the table meanwhile
-    can only make the walk fall back or the request carry other (still
-    checked) buffers.  Accepts exactly the tables the walk accepts with this
-    layout: every entry used, NEXT on all but the last, ``next`` = i + 1,
-    readable before writable, no INDIRECT, each side under 4 GiB."""
-    match = _LINEAR.fullmatch(descs[12::DESC_SIZE].tobytes().translate(_KINDS))
-    if match is None or descs.cast("H")[7::8].tolist()[:-1] != _successors(entries):
+    Linux fills indirect tables this way.  The table is copied out of guest
+    memory once and every check and every later use is of that copy, so
+    the guest changing the table meanwhile changes nothing.  Accepts
+    exactly the tables the walk accepts with this layout: every entry used,
+    NEXT on all but the last, ``next`` = i + 1, readable before writable,
+    no INDIRECT, each side under 4 GiB."""
+    table = descs.tobytes()
+    match = _LINEAR.fullmatch(table[12::DESC_SIZE].translate(_KINDS))
+    if match is None:
         return None
-    addrs = descs.cast("Q")[0::2].tolist()
-    lens = descs.cast("I")[2::4].tolist()
-    # max + max bounds every end; only when it does not, add them up.
-    if max(addrs) + max(lens) > low_end and max(map(add, addrs, lens)) > low_end:
+    next_low, next_high = _successors(entries)
+    if table[14:-DESC_SIZE:DESC_SIZE] != next_low or table[15:-DESC_SIZE:DESC_SIZE] != next_high:
         return None
+    addrs = lens = None
+    if not memory.descriptors_in_low_ram(table):
+        view = memoryview(table)
+        addrs, lens = view.cast("Q")[0::2].tolist(), view.cast("I")[2::4].tolist()
+        if max(map(add, addrs, lens)) > memory.low_end:
+            return None
+    sizes = memoryview(table).cast("I")[2::4]
     nread = entries if match.start(1) < 0 else match.start(1)
-    total = sum(lens)
+    total = sum(sizes)
     if nread < entries // 2:
-        rlen = sum(lens[:nread])
+        rlen = sum(sizes[:nread])
         wlen = total - rlen
     else:
-        wlen = sum(lens[nread:])
+        wlen = sum(sizes[nread:])
         rlen = total - wlen
     if rlen > U32_MAX or wlen > U32_MAX:
         return None
-    return addrs, lens, nread, rlen, wlen
+    return table, addrs, lens, nread, rlen, wlen
 
 
 def _table_view(memory: GuestMemory, table: int, entries: int) -> memoryview:

@@ -4,6 +4,7 @@ carry guest-supplied addresses to preadv/pwritev as raw host pointers."""
 from __future__ import annotations
 
 import ctypes
+import struct
 from array import array
 
 import pytest
@@ -11,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmlite.arch.x86 import layout
-from kvmlite.vmm.memory import IOVEC_ALIGN, GuestMemory, GuestMemoryError
+from kvmlite.vmm.memory import DESC_TEST_LEN, IOVEC_ALIGN, GuestMemory, GuestMemoryError
 
 SMALL = GuestMemory(16 << 20)
 # Larger than the 32-bit hole: a low and a high region.  MAP_NORESERVE
 # makes this address space only; the tests touch a few pages.
 SPLIT = GuestMemory(layout.MMIO_HOLE_START + (64 << 20))
+ODD = GuestMemory((40 << 20) - (20 << 12))   # low RAM that ends off a 64 KiB boundary
 
 
 def host_address(memory: GuestMemory, addr: int) -> int:
@@ -151,3 +153,63 @@ def test_io_buffers_few_are_views_many_are_an_iovec() -> None:
     assert isinstance(many, array) and len(many) == 2 * (IOVEC_SHORT + 1)
     with pytest.raises(GuestMemoryError):
         SMALL.io_buffers([SMALL.size], [1])
+
+
+# --- descriptor tables (virtqueue descriptors straight to an iovec) ---------
+
+def descriptors(buffers: list[tuple[int, int]]) -> bytes:
+    """Virtqueue descriptors for ``buffers``, with flags and next set as a
+    driver would (they must not reach the iovec)."""
+    return b"".join(struct.pack("<QIHH", addr, length, 3, i + 1) for i, (addr, length) in enumerate(buffers))
+
+
+def test_descriptor_iovec_is_the_iovec_of_the_same_buffers() -> None:
+    buffers = [(0x10000 + 0x2000 * i, 4096) for i in range(254)] + [(0x40, 1)]
+    iov = SPLIT.descriptor_iovec(descriptors(buffers))
+
+    assert SPLIT.descriptors_in_low_ram(descriptors(buffers))
+    assert list(iov) == list(SPLIT.iovec([a for a, _ in buffers], [n for _, n in buffers]))
+
+
+def test_descriptor_bytes_show_low_ram_except_in_its_last_mib() -> None:
+    for memory in (SPLIT, GuestMemory(48 << 20)):
+        untested = (memory.low_end - DESC_TEST_LEN) >> 16 << 16   # the first address the bytes cannot place
+        assert memory.descriptors_in_low_ram(descriptors([(0, 1), (untested - 4096, DESC_TEST_LEN - 1)]))
+        assert not memory.descriptors_in_low_ram(descriptors([(untested, 1)]))   # still RAM: exact check
+        assert not memory.descriptors_in_low_ram(descriptors([(0x1000, DESC_TEST_LEN)]))
+        assert not memory.descriptors_in_low_ram(descriptors([(1 << 32, 1)]))
+        assert not memory.descriptors_in_low_ram(descriptors([(1 << 48, 1)]))
+        assert memory.descriptor_iovec(descriptors([(untested, 1)]))[0] == host_address(memory, untested)
+    assert not GuestMemory(1 << 20).descriptors_in_low_ram(descriptors([(0x1000, 1)]))  # too small to test
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.integers(0, (1 << 33)), st.integers((40 << 20) - (2 << 20), 40 << 20)),
+                          st.integers(0, 1 << 25) | st.integers(0, 3 << 19)), max_size=12),
+       st.sampled_from([SMALL, SPLIT, ODD]))
+def test_descriptor_iovec_agrees_with_iovec_for_any_buffers(buffers: list[tuple[int, int]],
+                                                            memory: GuestMemory) -> None:
+    """Random buffers, either memory: the byte test never claims a buffer
+    outside low RAM, and descriptor_iovec fails or succeeds exactly as
+    iovec does, with the same result."""
+    table = descriptors(buffers)
+    addrs, lens = [a for a, _ in buffers], [n for _, n in buffers]
+    if memory.descriptors_in_low_ram(table):
+        assert all(a + n <= memory.low_end for a, n in buffers)
+    try:
+        expected = list(memory.iovec(addrs, lens))
+    except GuestMemoryError:
+        with pytest.raises(GuestMemoryError):
+            memory.descriptor_iovec(table)
+        return
+    assert list(memory.descriptor_iovec(table)) == expected
+
+
+@pytest.mark.parametrize("limit", [1, 255, 256, 257, 0x1234, 0xFF00, 0xFFFF, 0x10000])
+def test_below_pattern_matches_exactly_the_16bit_values_below_its_limit(limit: int) -> None:
+    from kvmlite.vmm.memory import _below_pattern
+    pattern = _below_pattern(limit)
+    matched = [v for v in range(0x10000) if pattern.fullmatch(struct.pack("<H", v))]
+    assert matched == list(range(min(limit, 0x10000)))
+    assert pattern.fullmatch(struct.pack("<3H", 0, limit - 1, 0))
+    assert _below_pattern(0) is None

@@ -9,7 +9,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
-from kvmlite.devices.virtio.queue import U32_MAX, Queue, QueueError
+from kvmlite.devices.virtio.queue import U32_MAX, DescriptorChain, Queue, QueueError
+from kvmlite.vmm.memory import DESC_TEST_LEN
 from tests.unit.devices.virtio.fakedriver import RecordingMemory
 from tests.unit.devices.virtio.hostile import RAM, HostileRing, hostile_rings, install
 
@@ -57,6 +58,10 @@ def test_pop_random_hostile_ring_never_escapes_or_leaves_ram(ring: HostileRing, 
 # --- the whole-table path for indirect tables -------------------------------
 
 LINEAR_TABLE = 0x60000
+# Big enough for the byte test of GuestMemory.descriptors_in_low_ram, which
+# places buffers below BYTE_TESTED; those above take the exact check.
+BIG = RecordingMemory(64 << 20)
+BYTE_TESTED = (BIG.low_end - DESC_TEST_LEN) >> 16 << 16
 
 
 def linear_ish_tables() -> st.SearchStrategy[list[tuple[int, int, int, int]]]:
@@ -69,16 +74,17 @@ def linear_ish_tables() -> st.SearchStrategy[list[tuple[int, int, int, int]]]:
         descs = []
         for i in range(entries):
             flags = (0 if i < nread else 2) | (1 if i < entries - 1 else 0)
-            descs.append((draw(st.sampled_from([0x40000, 0x40040, RAM - 64])), draw(st.sampled_from([0, 1, 64])),
+            descs.append((draw(st.sampled_from([0x40000, 0x40040, BYTE_TESTED - 64, BYTE_TESTED + 64, BIG.size - 64])),
+                          draw(st.sampled_from([0, 1, 64])),
                           flags, i + 1 if i < entries - 1 else draw(st.integers(0, 0xFFFF))))
         for _ in range(draw(st.integers(0, 2))):        # damage some fields
             i = draw(st.integers(0, entries - 1))
             addr, length, flags, nxt = descs[i]
             field = draw(st.sampled_from(["addr", "len", "flags", "next"]))
             if field == "addr":
-                addr = draw(st.sampled_from([RAM - 1, RAM, 1 << 32, (1 << 64) - 16]))
+                addr = draw(st.sampled_from([BIG.size - 1, BIG.size, 1 << 32, (1 << 64) - 16]))
             elif field == "len":
-                length = draw(st.sampled_from([65, 0xFFFF_FFFF]))
+                length = draw(st.sampled_from([65, DESC_TEST_LEN - 64, DESC_TEST_LEN, 0xFFFF_FFFF]))
             elif field == "flags":
                 flags = draw(st.integers(0, 0xFFFF))
             else:
@@ -93,7 +99,7 @@ def pop_indirect(descs: list[tuple[int, int, int, int]], linear: bool) -> tuple 
     ``linear=False`` takes the walk even where the whole-table path applies."""
     from kvmlite.devices.virtio import queue as queue_module
     from tests.unit.devices.virtio.fakedriver import FakeDriver
-    memory = MEMORY
+    memory = BIG
     queue = Queue(16)
     driver = FakeDriver(memory, queue)
     for i, desc in enumerate(descs):
@@ -110,6 +116,15 @@ def pop_indirect(descs: list[tuple[int, int, int, int]], linear: bool) -> tuple 
         return exc
     finally:
         queue_module._linear_table = saved
+    return described(chain)
+
+
+def described(chain: DescriptorChain) -> tuple:
+    """What a chain says: its buffers, and how many and how much each way.
+    ``buffer(i)`` and, for a chain read whole, ``table`` must agree."""
+    assert [chain.buffer(i) for i in range(chain.count)] == list(zip(chain.addrs, chain.lens))
+    if chain.table is not None:
+        assert list(BIG.descriptor_iovec(chain.table)) == list(BIG.iovec(chain.addrs, chain.lens))
     return chain.addrs, chain.lens, chain.nread, chain.readable_len, chain.writable_len
 
 
@@ -117,15 +132,15 @@ def pop_indirect(descs: list[tuple[int, int, int, int]], linear: bool) -> tuple 
 @given(linear_ish_tables())
 def test_whole_table_path_agrees_with_the_walk(descs: list[tuple[int, int, int, int]]) -> None:
     from kvmlite.devices.virtio.queue import _linear_table
-    table = MEMORY.view(LINEAR_TABLE, 16 * len(descs))
+    table = BIG.view(LINEAR_TABLE, 16 * len(descs))
     for i, desc in enumerate(descs):
         table[16 * i:16 * i + 16] = struct.pack("<QIHH", *desc)
-    fast = _linear_table(table, len(descs), MEMORY.low_end)
+    fast = _linear_table(table, len(descs), BIG)
     walked = pop_indirect(descs, linear=False)
-    event("whole table" if fast is not None else "walk")
+    event("walk" if fast is None else "whole table, exact check" if fast[1] is not None else "whole table, bytes")
     if fast is not None:
         # Everything the fast path accepts, the walk accepts identically.
-        assert fast == walked
+        assert described(DescriptorChain(0, BIG, *fast[1:], table=fast[0])) == walked
     # And popping (which tries the fast path first) gives what the walk gives.
     popped = pop_indirect(descs, linear=True)
     if isinstance(walked, QueueError):
@@ -137,9 +152,10 @@ def test_whole_table_path_agrees_with_the_walk(descs: list[tuple[int, int, int, 
 def test_linux_shaped_table_takes_the_whole_table_path() -> None:
     from kvmlite.devices.virtio.queue import _linear_table
     descs = [(0x40000, 16, 1, 1)] + [(0x41000 + 0x1000 * i, 4096, 3, i + 2) for i in range(8)] + [(0x40100, 1, 2, 0)]
-    table = MEMORY.view(LINEAR_TABLE, 16 * len(descs))
+    table = BIG.view(LINEAR_TABLE, 16 * len(descs))
     for i, desc in enumerate(descs):
         table[16 * i:16 * i + 16] = struct.pack("<QIHH", *desc)
 
-    assert _linear_table(table, len(descs), MEMORY.low_end) == (
-        [d[0] for d in descs], [d[1] for d in descs], 1, 16, 8 * 4096 + 1)
+    assert _linear_table(table, len(descs), BIG) == (table.tobytes(), None, None, 1, 16, 8 * 4096 + 1)
+    chain = pop_indirect(descs, linear=True)
+    assert chain == ([d[0] for d in descs], [d[1] for d in descs], 1, 16, 8 * 4096 + 1)
