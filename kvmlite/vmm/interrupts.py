@@ -41,6 +41,7 @@ from kvmlite.kvm import uapi
 from kvmlite.kvm.ioctl import KvmError
 from kvmlite.kvm.structs import kvm_irq_routing_entry
 from kvmlite.kvm.vm import irqchip_route, msi_route
+from kvmlite.vmm import eventfd
 
 if TYPE_CHECKING:
     from kvmlite.kvm.vm import VmFd
@@ -60,13 +61,6 @@ class GsiExhausted(KvmliteError):
 
 def _eventfd() -> int:
     return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-
-
-def _drain(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
 
 
 class KvmIrqLine:
@@ -265,7 +259,7 @@ class KvmMsiVector:
         if self._routed is None:
             self._warn("message has no valid route; interrupt dropped")
             return
-        os.eventfd_write(self.fd, 1)
+        eventfd.signal(self.fd)
 
     def _warn(self, what: str) -> None:
         if not self._warned:
@@ -349,17 +343,17 @@ class KvmResampleIrqLine:
             raise_now = level and not self._level
             self._level = level
         if raise_now:
-            os.eventfd_write(self.fd, 1)
+            eventfd.signal(self.fd)
 
     def trigger(self) -> None:
-        os.eventfd_write(self.fd, 1)
+        eventfd.signal(self.fd)
 
     def on_resample(self) -> None:
-        _drain(self.resample_fd)
+        eventfd.drain(self.resample_fd)
         with self._lock:
             still_high = self._level
         if still_high:
-            os.eventfd_write(self.fd, 1)
+            eventfd.signal(self.fd)
 
     def close(self) -> None:
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from kvmlite.devices.interrupts import IoEventRegistrar
+from kvmlite.vmm import eventfd
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,8 @@ class QueueDoorbells:
 
     def _reader(self, index: int) -> Callable[[], None]:
         def fired() -> None:
-            try:
-                os.eventfd_read(self.fds[index])
-            except BlockingIOError:
-                return
-            self.on_notify(index)
+            if eventfd.drain(self.fds[index]):
+                self.on_notify(index)
         return fired
 
     def place(self, doorbells: list[Doorbell] | None) -> None:
