@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
-import re
 from array import array
 from dataclasses import dataclass
 from typing import Sequence
@@ -60,26 +59,6 @@ def x86_ram_ranges(size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _below_pattern(limit: int) -> re.Pattern[bytes] | None:
-    """A regular expression matching runs of little-endian 16-bit values
-    below ``limit`` (None when no value is)."""
-    if limit <= 0:
-        return None
-    if limit > 0xFFFF:
-        return re.compile(rb"(?s:..)*")
-    high, low = divmod(limit, 256)
-    choices = []
-    if high:
-        choices.append(rb"[\x00-\xff]" + _byte_range(0, high - 1))    # high byte below
-    if low:
-        choices.append(_byte_range(0, low - 1) + re.escape(bytes((high,))))   # equal, low byte below
-    return re.compile(rb"(?:" + rb"|".join(choices) + rb")*")
-
-
-def _byte_range(first: int, last: int) -> bytes:
-    return b"[" + re.escape(bytes((first,))) + b"-" + re.escape(bytes((last,))) + b"]"
-
-
 class GuestMemory:
     """The guest's RAM.
 
@@ -110,7 +89,12 @@ class GuestMemory:
         # host address is its guest address in the low 32 bits and this
         # constant in the high 32: iovec() builds arrays without arithmetic.
         self._iovec_high = self._low_host >> 32 if self._low_host % IOVEC_ALIGN == 0 else None
-        self._low_pairs = _below_pattern((self._low_end - DESC_TEST_LEN) >> 16)
+        # descriptors_in_low_ram: addresses in 64 KiB units must stay below
+        # this limit; the classes sort an address's bytes 3 and 2 against it.
+        self._low_limit = max(0, (self._low_end - DESC_TEST_LEN) >> 16)
+        high, low = divmod(self._low_limit, 256)
+        self._byte3_class = bytes(0 if v < high else 1 if v == high else 2 for v in range(256))
+        self._byte2_class = bytes(int(v >= low) for v in range(256))
 
     @staticmethod
     def _map(size: int, hugepages: bool) -> tuple[mmap.mmap, int]:
@@ -232,20 +216,28 @@ class GuestMemory:
         ``table`` (virtqueue descriptors: le64 addr, le32 len, le16 flags,
         le16 next, 16 bytes each) lies inside low RAM: each length below
         1 MiB (``DESC_TEST_LEN``), each address below 4 GiB and, counted in
-        64 KiB units, below ``(low_end - 1 MiB) >> 16`` (a regular
-        expression over the address's bytes 2 and 3), so each buffer ends
+        64 KiB units, below ``(low_end - 1 MiB) >> 16``, so each buffer ends
         inside low RAM.  False only means "not shown": a buffer of 1 MiB or
-        more, or in the last MiB of low RAM, needs the exact check.  No
-        Python step per descriptor."""
-        pairs = self._low_pairs
-        if pairs is None or len(table) % DESC_BYTES:
+        more, or in the last MiB of low RAM, needs the exact check.
+
+        No Python step per descriptor: the address's bytes 3 and 2 are
+        classed against the limit's with ``bytes.translate``, and the
+        entries whose byte 3 equals the limit's are picked out by ANDing
+        two class strings as integers."""
+        n, odd = divmod(len(table), DESC_BYTES)
+        if odd or not self._low_limit:
             return False
-        words = memoryview(table).cast("H")
-        return (not table[11::DESC_BYTES].translate(None, b"\0")
-                and not table[10::DESC_BYTES].translate(None, _LEN_BYTE_2)
-                and not words[2::8].tobytes().translate(None, b"\0")     # address bits 32..47
-                and not words[3::8].tobytes().translate(None, b"\0")     # address bits 48..63
-                and pairs.fullmatch(words[1::8].tobytes()) is not None)
+        high = memoryview(table).cast("I")[1::4].tobytes()          # address bits 32..63
+        if high.count(0) != len(high) or table[11::DESC_BYTES].count(0) != n \
+                or table[10::DESC_BYTES].translate(None, _LEN_BYTE_2):  # length below 1 MiB
+            return False
+        byte3 = table[3::DESC_BYTES].translate(self._byte3_class)     # 0 below, 1 equal, 2 above
+        if 2 in byte3:
+            return False
+        if 1 not in byte3:
+            return True
+        byte2 = table[2::DESC_BYTES].translate(self._byte2_class)     # 1 at or above
+        return not int.from_bytes(byte3, "little") & int.from_bytes(byte2, "little")
 
     def descriptor_iovec(self, table: bytes) -> array:
         """The ``struct iovec`` array for the buffers described by ``table``

@@ -1,15 +1,20 @@
 """virtio-blk (virtio 1.2 §5.2) over a raw image.
 
-One request queue.  ``queue_notify`` only kicks a per-device dispatcher
-thread, which pops requests; it serves small ones (up to ``INLINE_MAX``)
-itself and hands large ones to ``IO_THREADS`` I/O threads, after joining
-reads or writes of adjacent sectors into one transfer (up to ``MERGE_MAX``
-bytes and IOV_MAX buffers, as QEMU's virtio-blk does).  Either does the
-disk I/O between the image and guest memory and completes the request.
-A slow disk never stalls a vCPU or the shared I/O thread, and several
-requests are in flight at once, as with QEMU's ``aio=threads``
-(``preadv``/``pwritev`` release the GIL, so large copies run on several
-host CPUs).
+One request queue.  ``queue_notify`` pops the available requests on the
+thread that delivered the notification (the shared I/O thread, for an
+ioeventfd; a vCPU thread when the transport has none): popping only reads
+guest memory, it never waits.  The requests go to ``IO_THREADS`` I/O
+threads: each read or write over ``INLINE_MAX`` bytes as one unit, after
+reads or writes of adjacent sectors are joined into one transfer (up to
+``MERGE_MAX`` bytes and IOV_MAX buffers, as QEMU's virtio-blk does), and
+the smaller requests of one notification together, as one batch completed
+with one interrupt check.  An I/O thread does the disk I/O between the
+image and guest memory and completes the request.  A slow disk never
+stalls a vCPU or the shared I/O thread, and several requests are in flight
+at once, as with QEMU's ``aio=threads`` (``preadv``/``pwritev`` release the
+GIL, so large copies run on several host CPUs).  There is no thread
+between the notification and the I/O threads: each hand-off between
+Python threads costs a wake-up and a wait for the GIL.
 
 Ordering: requests complete in any order, as virtio allows.  A flush makes
 durable every write whose completion the driver saw before it submitted the
@@ -20,13 +25,13 @@ a write has returned from ``pwritev`` before the flush is even popped, and
 Threads and locks:
 
 * ``activate``/``queue_notify``/``reset`` come from the transport, under
-  its lock.
-* The dispatcher and the I/O threads hold the activation's ``lock`` only
-  while they touch the queue (pop, add_used); the disk I/O runs without
-  it, and they never hold it while they call the interrupt or
-  ``on_needs_reset``.  ``reset`` marks the activation stopped and waits,
-  under that lock, until no request is in flight: once it returns nothing
-  touches guest memory for that activation any more.
+  its lock, so popping never runs at the same time as a reset.
+* Popping and the I/O threads hold the activation's ``lock`` only while
+  they touch the queue (pop, add_used); the disk I/O runs without it, and
+  they never hold it while they call the interrupt or ``on_needs_reset``.
+  ``reset`` marks the activation stopped and waits, under that lock, until
+  no request is in flight: once it returns nothing touches guest memory
+  for that activation any more.
 
 Errors: a malformed request (bad sector, length, type, flags) completes
 with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; a malformed ring or a chain
@@ -50,7 +55,6 @@ from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, Buffers, RawDisk
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
-from kvmlite.devices.virtio.worker import Worker
 from kvmlite.vmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -82,8 +86,8 @@ MAX_DISCARD_SECTORS = 1 << 23                 # 4 GiB per segment
 MAX_DISCARD_SEG = 32
 DISCARD_ALIGNMENT = 8                         # sectors: 4 KiB, the usual filesystem block
 IO_THREADS = 8                                # large requests in flight per disk
-INLINE_MAX = 64 << 10                         # smaller requests run on the dispatcher itself
-BATCH = 32                                    # small requests popped, run and completed together
+INLINE_MAX = 64 << 10                         # smaller requests are run in batches
+BATCH = 32                                    # small requests run and completed together
 MERGE_MAX = 8 << 20                           # bytes in one merged transfer of adjacent requests
 
 
@@ -108,10 +112,8 @@ class _Activation:
     interrupt: VirtioInterrupt | None
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: bool = False
-    worker: Worker | None = None
     inflight: int = 0
-    requests: "queue_mod.SimpleQueue[DescriptorChain | list[_Transfer] | None]" = field(
-        default_factory=queue_mod.SimpleQueue)
+    requests: "queue_mod.SimpleQueue[_Unit | None]" = field(default_factory=queue_mod.SimpleQueue)
     io_threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -134,6 +136,14 @@ class _Transfer:
     @property
     def end(self) -> int:
         return self.sector + self.sectors
+
+
+class _Batch(list):
+    """Small requests to run one after the other and complete together."""
+
+
+# What an I/O thread runs: a request on its own, a run of joined transfers, a batch.
+_Unit = DescriptorChain | list[_Transfer] | _Batch
 
 
 def _usual_framing(chain: DescriptorChain) -> bool:
@@ -198,26 +208,22 @@ class VirtioBlock(VirtioDevice):
             self._stop_for_reset(active, exc)
             return
         name = f"virtio-blk:{os.path.basename(self.disk.path)}"
-        active.worker = Worker(name, lambda: self._dispatch(active))
         for i in range(IO_THREADS):
             thread = threading.Thread(target=self._io_thread, args=(active,), name=f"{name}:io{i}", daemon=True)
             active.io_threads.append(thread)
             thread.start()
-        active.worker.start()
-        active.worker.kick()
+        self._serve(active)
 
     def queue_notify(self, queue_index: int) -> None:
         active = self._active
-        if queue_index == 0 and active is not None and active.worker is not None:
+        if queue_index == 0 and active is not None and active.io_threads:
             self._count("notifications", 1)
-            active.worker.kick()
+            self._serve(active)
 
     def reset(self) -> None:
         active, self._active = self._active, None
         if active is None:
             return
-        if active.worker is not None:
-            active.worker.stop()
         with active.lock:   # waits for the requests in flight, if any
             active.stopped = True
             active.idle.wait_for(lambda: active.inflight == 0)
@@ -236,48 +242,48 @@ class VirtioBlock(VirtioDevice):
     # --- lifetime beyond the ABC ---
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every request the dispatcher was kicked for has completed."""
+        """Wait until every request popped so far has completed (requests
+        are popped by ``queue_notify`` itself)."""
         active = self._active
-        if active is None or active.worker is None:
+        if active is None:
             return True
-        if not active.worker.wait_idle(timeout):
-            return False
         with active.lock:
             return active.idle.wait_for(lambda: active.inflight == 0, timeout)
 
     def close(self) -> None:
-        """VM shutdown: stop the worker, then close (and unlock) the image.
-        Call without the transport lock held."""
+        """VM shutdown: stop the I/O threads, then close (and unlock) the
+        image.  Call without the transport lock held."""
         active = self._active
         self.reset()
-        if active is not None and active.worker is not None:
-            active.worker.join(timeout=10)
+        if active is not None:
             for thread in active.io_threads:
                 thread.join(timeout=10)
         self.disk.close()
 
-    # --- the dispatcher and the I/O threads ---
+    # --- popping (the notifying thread) and the I/O threads ---
 
-    def _dispatch(self, active: _Activation) -> None:
-        """Dispatcher thread: pop available requests in batches; run the
-        small ones here and complete them together (one interrupt check per
-        batch), queue the large ones for the I/O threads.  §2.7.13.3: after
-        re-enabling notifications, look again before going idle."""
+    def _serve(self, active: _Activation, io_thread: bool = False) -> None:
+        """Pop every available request and queue it for the I/O threads:
+        large ones as units of their own (adjacent ones joined), small ones
+        in batches, which an I/O thread serving the ring runs itself.
+        §2.7.13.3: after re-enabling notifications, look again before
+        returning."""
         while True:
             small, large, error, empty = self._pop_batch(active)
             for unit in self._merge(large):
                 active.requests.put(unit)
-            if small:
+            if small and io_thread:
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])
+            elif small:
+                active.requests.put(small)
             if error is not None:
                 self._stop_for_reset(active, error)
                 return
             if empty:
                 return
 
-    def _pop_batch(self, active: _Activation
-                   ) -> tuple[list[DescriptorChain], list[DescriptorChain], QueueError | None, bool]:
-        small: list[DescriptorChain] = []
+    def _pop_batch(self, active: _Activation) -> tuple[_Batch, list[DescriptorChain], QueueError | None, bool]:
+        small = _Batch()
         large: list[DescriptorChain] = []
         with active.lock:
             if active.stopped or active.memory is None or active.queue is None:
@@ -323,20 +329,28 @@ class VirtioBlock(VirtioDevice):
             self._stop_for_reset(active, error)
 
     def _io_thread(self, active: _Activation) -> None:
+        """Run units as they come.  After a batch of small requests, serve
+        the ring from here while the driver keeps adding them (no
+        notification, no hand-off for those), as a dispatcher thread would.
+        Not after a large request: its driver is rarely that quick, and
+        finding the ring empty re-enables notifications."""
         while (unit := active.requests.get()) is not None:
             if isinstance(unit, DescriptorChain):
                 self._complete(active, [(unit, *self._run(unit))])
+            elif isinstance(unit, _Batch):
+                self._complete(active, [(chain, *self._run(chain)) for chain in unit])
+                self._serve(active, io_thread=True)
             else:
                 self._complete(active, self._run_merged(unit))
 
-    # --- merging (dispatcher, no lock held) ---
+    # --- merging (the notifying thread, no lock held) ---
 
-    def _merge(self, chains: list[DescriptorChain]) -> list[DescriptorChain | list[_Transfer]]:
+    def _merge(self, chains: list[DescriptorChain]) -> list[_Unit]:
         """Large requests to run: reads and writes as runs of transfers, those
         of adjacent sectors joined (as QEMU's virtio-blk does: one system
         call and one hand-off instead of several); anything else as its
         chain, for _handle.  Each request's header is parsed once, here."""
-        units: list[DescriptorChain | list[_Transfer]] = []
+        units: list[_Unit] = []
         transfers = []
         for chain in chains:
             transfer = self._transfer_of(chain)
@@ -421,8 +435,6 @@ class VirtioBlock(VirtioDevice):
         """The driver broke the ring: stop serving and ask for a reset (no lock held)."""
         with active.lock:
             active.stopped = True
-        if active.worker is not None:
-            active.worker.stop()
         self._count("queue_errors", 1)
         self._errors.warning(f"virtio-blk {self.disk.path}: {error}; device needs reset")
         self.on_needs_reset(str(error))

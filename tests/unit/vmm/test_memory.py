@@ -205,11 +205,13 @@ def test_descriptor_iovec_agrees_with_iovec_for_any_buffers(buffers: list[tuple[
     assert list(memory.descriptor_iovec(table)) == expected
 
 
-@pytest.mark.parametrize("limit", [1, 255, 256, 257, 0x1234, 0xFF00, 0xFFFF, 0x10000])
-def test_below_pattern_matches_exactly_the_16bit_values_below_its_limit(limit: int) -> None:
-    from kvmlite.vmm.memory import _below_pattern
-    pattern = _below_pattern(limit)
-    matched = [v for v in range(0x10000) if pattern.fullmatch(struct.pack("<H", v))]
-    assert matched == list(range(min(limit, 0x10000)))
-    assert pattern.fullmatch(struct.pack("<3H", 0, limit - 1, 0))
-    assert _below_pattern(0) is None
+@pytest.mark.parametrize("size", [SPLIT.size, 48 << 20, (40 << 20) - (20 << 12), 2 << 20])
+def test_descriptor_bytes_place_addresses_exactly_to_64kib(size: int) -> None:
+    """Around the limit, and for every value of the address's bytes 2 and
+    3 near it, the byte test accepts exactly the 64 KiB units below it."""
+    memory = GuestMemory(size) if size != SPLIT.size else SPLIT
+    limit = (memory.low_end - DESC_TEST_LEN) >> 16
+    units = set(range(max(0, limit - 600), limit + 600)) | {u << 8 | 0xFF for u in range(256)} | {u << 8 for u in range(256)}
+    for unit in sorted(units):
+        table = descriptors([(0x1000, 4096), (unit << 16 | 0xFFFF, 1), (0x2000, 4096)])
+        assert memory.descriptors_in_low_ram(table) == (unit < limit), hex(unit)

@@ -78,9 +78,11 @@ def test_blk_random_hostile_ring_never_crashes(ring: HostileRing, raw_disk: RawD
     stats = device.stats()
     served = sum(v for k, v in stats.items() if k.endswith("_requests"))
     event(f"requests served: {min(served, 2)}+, errors: {bool(stats['errors'])}, reset: {bool(stats['queue_errors'])}")
-    worker = device._active.worker if device._active else None
+    threads = list(device._active.io_threads) if device._active else []
     device.reset()
-    assert worker is None or worker.join(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
     assert errors.records == []
 
 

@@ -393,15 +393,16 @@ def test_blk_bad_ring_address_at_activation_requests_reset(memory: GuestMemory, 
     harness.device.close()
 
 
-def test_blk_reset_stops_worker_thread(blk: BlockHarness) -> None:
+def test_blk_reset_stops_its_io_threads(blk: BlockHarness) -> None:
     active = blk.device._active
-    assert active is not None and active.worker is not None
-    thread = active.worker.thread
+    assert active is not None and active.io_threads
+    threads = list(active.io_threads)
 
     blk.device.reset()
 
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
 
 
 def test_blk_reactivate_after_reset_serves_requests(blk: BlockHarness) -> None:
@@ -464,7 +465,7 @@ def test_blk_reset_leaves_no_view_into_guest_memory(image: Path) -> None:
 
 # --- large requests: I/O threads, and merging adjacent ones ---
 # INLINE_MAX is lowered so that 4 KiB requests count as large (the image is
-# 64 KiB): they go through the dispatcher's merge step and the I/O threads.
+# 64 KiB): they go through the merge step and the I/O threads as units of their own.
 
 @pytest.fixture
 def large(blk: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
