@@ -4,12 +4,13 @@
 system call.  On the eventfds kvmlite uses (non-blocking, the irqfds and
 ioeventfds of the interrupt and notification paths) that call never
 blocks, so releasing gains nothing, and taking the GIL back means waiting
-until whichever thread took it meanwhile gives it up, which a thread
-running Python does only at the switch interval (5 ms).  That wait fell on
-every interrupt a completed request raises and on every queue
-notification, once per request in a busy virtio-blk, with I/O threads and
-a dispatcher all wanting the GIL.  These two calls go through a ctypes
-``PyDLL``, which holds the GIL during the call.
+until whichever thread took it meanwhile gives it up: when that thread
+blocks, or, if it keeps running Python, at the switch interval (5 ms).
+That wait fell on every interrupt a completed request raises and on every
+queue notification, about once per request in a busy virtio-blk whose I/O
+threads all want the GIL, and the interrupt's MSI vector lock was held
+across it.  These two calls go through a ctypes ``PyDLL``, which holds the
+GIL during the call.
 """
 
 from __future__ import annotations

@@ -331,7 +331,7 @@ class VirtioBlock(VirtioDevice):
     def _io_thread(self, active: _Activation) -> None:
         """Run units as they come.  After a batch of small requests, serve
         the ring from here while the driver keeps adding them (no
-        notification, no hand-off for those), as a dispatcher thread would.
+        notification, no hand-off for those).
         Not after a large request: its driver is rarely that quick, and
         finding the ring empty re-enables notifications."""
         while (unit := active.requests.get()) is not None:

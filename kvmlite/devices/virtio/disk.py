@@ -107,7 +107,7 @@ class RawDisk:
             os.close(self.fd)   # drops the flock too
             self.fd = -1
 
-    # --- I/O (worker thread) ---
+    # --- I/O (the disk's I/O threads) ---
 
     def read(self, buffers: Buffers, offset: int, total: int) -> None:
         """Fill ``buffers`` (``GuestMemory.io_buffers``: memoryviews or an

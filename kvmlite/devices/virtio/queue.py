@@ -38,7 +38,7 @@ access them with one 2-byte load or store, so the guest never sees a torn
 index.
 
 Threads: a queue belongs to one device, which serialises its calls (one
-I/O thread, or one worker thread, or under the device's lock).
+I/O thread, or under the device's lock).
 """
 
 from __future__ import annotations
