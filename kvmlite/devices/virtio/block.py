@@ -46,6 +46,7 @@ import os
 import queue as queue_mod
 import struct
 import threading
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -55,7 +56,8 @@ from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, Buffers, RawDisk
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.devices.virtio.uring import IORING_OP_NOP, IORING_OP_READV, IORING_OP_WRITEV, Uring
+from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ IO_THREADS = 8                                # large requests in flight per dis
 INLINE_MAX = 64 << 10                         # smaller requests are run in batches
 BATCH = 32                                    # small requests run and completed together
 MERGE_MAX = 8 << 20                           # bytes in one merged transfer of adjacent requests
+USE_IO_URING = True                           # large transfers through io_uring where the kernel allows
+URING_ENTRIES = 256                           # as many as a queue can have requests in flight
+STOP_TAG = 0                                  # the io_uring nop that ends the collector
 
 
 class ChainFramingError(QueueError):
@@ -115,6 +120,9 @@ class _Activation:
     inflight: int = 0
     requests: "queue_mod.SimpleQueue[_Unit | None]" = field(default_factory=queue_mod.SimpleQueue)
     io_threads: list[threading.Thread] = field(default_factory=list)
+    uring: Uring | None = None                  # large transfers, when the kernel allows
+    submitted: dict[int, list[_Transfer]] = field(default_factory=dict)   # by io_uring tag
+    next_tag: int = 1
 
     def __post_init__(self) -> None:
         self.idle = threading.Condition(self.lock)   # notified when inflight drops
@@ -212,6 +220,13 @@ class VirtioBlock(VirtioDevice):
             thread = threading.Thread(target=self._io_thread, args=(active,), name=f"{name}:io{i}", daemon=True)
             active.io_threads.append(thread)
             thread.start()
+        if USE_IO_URING:
+            active.uring = Uring.create(URING_ENTRIES)
+        if active.uring is not None:
+            thread = threading.Thread(target=self._collect, args=(active, active.uring),
+                                      name=f"{name}:uring", daemon=True)
+            active.io_threads.append(thread)
+            thread.start()
         self._serve(active)
 
     def queue_notify(self, queue_index: int) -> None:
@@ -228,8 +243,10 @@ class VirtioBlock(VirtioDevice):
             active.stopped = True
             active.idle.wait_for(lambda: active.inflight == 0)
             active.memory = active.queue = active.interrupt = None
-        for _ in active.io_threads:
+        for _ in range(IO_THREADS):
             active.requests.put(None)
+        if active.uring is not None:
+            active.uring.submit(IORING_OP_NOP, -1, None, 0, STOP_TAG)   # the collector closes it
 
     def stats(self) -> dict[str, int]:
         with self._stats_lock:
@@ -271,7 +288,8 @@ class VirtioBlock(VirtioDevice):
         while True:
             small, large, error, empty = self._pop_batch(active)
             for unit in self._merge(large):
-                active.requests.put(unit)
+                if not (active.uring is not None and isinstance(unit, list) and self._submit(active, unit)):
+                    active.requests.put(unit)
             if small and io_thread:
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])
             elif small:
@@ -311,7 +329,10 @@ class VirtioBlock(VirtioDevice):
             chain.release()
 
     def _complete(self, active: _Activation, done: list[tuple[DescriptorChain, int, QueueError | None]]) -> None:
-        """Put finished requests in the used ring; interrupt if the driver wants it."""
+        """Put finished requests in the used ring; interrupt if the driver
+        wants it.  A request that broke the ring stays in flight until the
+        device has asked for its reset, so whoever waits for the device to
+        be idle sees that request too."""
         notify, interrupt, error = False, None, None
         with active.lock:
             live = not active.stopped and active.queue is not None and active.memory is not None
@@ -321,12 +342,16 @@ class VirtioBlock(VirtioDevice):
                 error = error or failure
             if live:
                 notify, interrupt = active.queue.needs_notification(active.memory), active.interrupt
-            active.inflight -= len(done)
-            active.idle.notify_all()
+            if error is None:
+                active.inflight -= len(done)
+                active.idle.notify_all()
         if notify and interrupt is not None:
             interrupt.signal_used_queue(0)
         if error is not None:
             self._stop_for_reset(active, error)
+            with active.lock:
+                active.inflight -= len(done)
+                active.idle.notify_all()
 
     def _io_thread(self, active: _Activation) -> None:
         """Run units as they come.  After a batch of small requests, serve
@@ -396,14 +421,18 @@ class VirtioBlock(VirtioDevice):
     def _run_merged(self, run: list[_Transfer]) -> list[tuple[DescriptorChain, int, QueueError | None]]:
         """One transfer for a run of adjacent requests; if it fails, each
         request runs alone through _handle, so each gets its own status."""
-        memory = run[0].chain.memory
-        write = run[0].write
         total = sum(t.nbytes for t in run)
         try:
-            op = self.disk.write if write else self.disk.read
-            op(self._data_buffers(memory, run), run[0].sector * SECTOR_SIZE, total)
+            op = self.disk.write if run[0].write else self.disk.read
+            op(self._data_buffers(run[0].chain.memory, run), run[0].sector * SECTOR_SIZE, total)
         except OSError:
             return [(t.chain, *self._run(t.chain)) for t in run]
+        return self._transferred(run, total)
+
+    def _transferred(self, run: list[_Transfer], total: int) -> list[tuple[DescriptorChain, int, QueueError | None]]:
+        """A run whose ``total`` bytes all moved: each request is OK."""
+        write = run[0].write
+        memory = run[0].chain.memory
         done = []
         for t in run:
             memory.write_u8(t.chain.buffer(-1)[0], VIRTIO_BLK_S_OK)
@@ -416,11 +445,60 @@ class VirtioBlock(VirtioDevice):
             self._count("merged_requests", len(run))
         return done
 
+    # --- io_uring (large transfers) ---
+
+    def _submit(self, active: _Activation, run: list[_Transfer]) -> bool:
+        """Hand a run of transfers to io_uring (the notifying thread or an
+        I/O thread); False when it cannot take it, and an I/O thread must."""
+        uring = active.uring
+        assert uring is not None
+        memory = run[0].chain.memory
+        try:
+            iov = self._data_buffers(memory, run, iovec=True)
+        except GuestMemoryError:
+            return False            # _handle reports the bad buffer
+        assert isinstance(iov, array)
+        with active.lock:
+            tag = active.next_tag
+            active.next_tag += 1
+            active.submitted[tag] = run
+        try:
+            uring.submit(IORING_OP_WRITEV if run[0].write else IORING_OP_READV, self.disk.fd, iov,
+                         run[0].sector * SECTOR_SIZE, tag)
+        except OSError as exc:
+            with active.lock:
+                del active.submitted[tag]
+            self._errors.warning(f"virtio-blk {self.disk.path}: io_uring refused a transfer ({exc}); "
+                                 "using the I/O threads")
+            return False
+        return True
+
+    def _collect(self, active: _Activation, uring: Uring) -> None:
+        """The io_uring collector thread: complete finished transfers; one
+        that moved fewer bytes than asked, or failed, runs again on the I/O
+        path here (which finishes a short transfer, or gives each request its
+        own status).  Ends, closing the ring, at the reset's STOP_TAG."""
+        try:
+            while True:
+                for tag, result in uring.wait():
+                    if tag == STOP_TAG:
+                        return
+                    with active.lock:
+                        run = active.submitted.pop(tag)
+                    total = sum(t.nbytes for t in run)
+                    if result == total:
+                        self._complete(active, self._transferred(run, total))
+                    else:
+                        self._complete(active, self._run_merged(run))
+        finally:
+            uring.close()
+
     @staticmethod
-    def _data_buffers(memory: GuestMemory, run: list[_Transfer]) -> Buffers:
+    def _data_buffers(memory: GuestMemory, run: list[_Transfer], iovec: bool = False) -> Buffers:
         """The data buffers of a run of requests, in order, for one system
         call: straight from the descriptor tables' bytes when every request
-        was read whole from one (Linux's requests), else from the lists."""
+        was read whole from one (Linux's requests), else from the lists; an
+        iovec array when ``iovec`` (else whichever form is cheaper)."""
         tables = [t.chain.table for t in run]
         if None not in tables:
             return memory.descriptor_iovec(b"".join([table[DESC_SIZE:-DESC_SIZE] for table in tables]))
@@ -429,7 +507,7 @@ class VirtioBlock(VirtioDevice):
         for t in run:                   # list += list: a C-level copy, not a step per buffer
             addrs += t.chain.addrs[1:-1]
             lens += t.chain.lens[1:-1]
-        return memory.io_buffers(addrs, lens)
+        return memory.iovec(addrs, lens) if iovec else memory.io_buffers(addrs, lens)
 
     def _stop_for_reset(self, active: _Activation, error: QueueError) -> None:
         """The driver broke the ring: stop serving and ask for a reset (no lock held)."""

@@ -1,0 +1,146 @@
+"""A small io_uring (Linux 5.1+) through ctypes, for virtio-blk's large
+transfers.
+
+Why: with a thread pool every large request wakes a Python thread, which
+then waits for the GIL before it can call ``preadv`` and again after it.
+Submitted to io_uring with ``IOSQE_ASYNC``, the copy runs on one of the
+kernel's io-wq workers, which need no GIL; one Python thread collects the
+completions, several per wake-up when they come together.
+
+Only what virtio-blk needs: ``readv``/``writev`` at an offset from an
+iovec array and a ``nop`` (to wake the collector), one submission lock,
+completions read by one thread.  The rings are shared memory with the
+kernel: the submission tail is stored after the entry it publishes and the
+completion tail read before the entries it covers, which x86's ordering
+(TSO) keeps without fences, as in queue.py.
+
+:meth:`Uring.create` returns None where io_uring is refused (old kernel,
+seccomp, ``kernel.io_uring_disabled``); the device then uses its thread
+pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import struct
+import threading
+from array import array
+
+SYS_IO_URING_SETUP = 425
+SYS_IO_URING_ENTER = 426
+IORING_ENTER_GETEVENTS = 1
+IORING_OFF_SQ_RING = 0
+IORING_OFF_CQ_RING = 0x8000000
+IORING_OFF_SQES = 0x10000000
+IORING_OP_NOP = 0
+IORING_OP_READV = 1
+IORING_OP_WRITEV = 2
+IOSQE_ASYNC = 1 << 4
+
+_PARAMS = struct.Struct("<10I" + "8IQ" + "8IQ")   # io_uring_params: 10 u32, sq_off, cq_off
+_SQE = struct.Struct("<BBHiQQIIQ24x")             # opcode flags ioprio fd off addr len rw_flags user_data
+_CQE = struct.Struct("<QiI")                      # user_data res flags
+_CQE_SIZE = 16
+
+_libc = ctypes.CDLL(None, use_errno=True)         # CDLL: the GIL is released during the call
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+class Uring:
+    """One io_uring: ``submit`` from any thread, ``wait`` from one."""
+
+    def __init__(self, fd: int, params: tuple[int, ...]) -> None:
+        self.fd = fd
+        sq_entries, cq_entries = params[0], params[1]
+        sq_off, cq_off = params[10:19], params[19:28]
+        self._sq = mmap.mmap(fd, sq_off[6] + 4 * sq_entries, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                             offset=IORING_OFF_SQ_RING)
+        self._cq = mmap.mmap(fd, cq_off[5] + _CQE_SIZE * cq_entries, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                             offset=IORING_OFF_CQ_RING)
+        self._sqes = mmap.mmap(fd, _SQE.size * sq_entries, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                               offset=IORING_OFF_SQES)
+        self._sq_words = memoryview(self._sq).cast("I")
+        self._cq_words = memoryview(self._cq).cast("I")
+        self._sq_head, self._sq_tail = sq_off[0] // 4, sq_off[1] // 4
+        self._sq_mask = self._sq_words[sq_off[2] // 4]
+        self._sq_array = sq_off[6] // 4
+        self._cq_head, self._cq_tail = cq_off[0] // 4, cq_off[1] // 4
+        self._cq_mask = self._cq_words[cq_off[2] // 4]
+        self._cqes = cq_off[5]
+        self.entries = sq_entries
+        self._lock = threading.Lock()
+        self._pinned: dict[int, array] = {}   # iovec arrays the kernel may still read
+
+    @classmethod
+    def create(cls, entries: int = 256) -> "Uring | None":
+        """A ring of ``entries`` submissions, or None where io_uring is refused."""
+        raw = ctypes.create_string_buffer(_PARAMS.size)
+        fd = _syscall(SYS_IO_URING_SETUP, ctypes.c_uint(entries), raw)
+        if fd < 0:
+            return None
+        try:
+            return cls(fd, _PARAMS.unpack(raw.raw))
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+
+    def submit(self, opcode: int, fd: int, iov: array | None, offset: int, user_data: int) -> None:
+        """Queue one readv/writev (``iov``: host address, length pairs, kept
+        alive until its completion is collected) or a nop, and enter it."""
+        count = len(iov) // 2 if iov is not None else 0
+        address = iov.buffer_info()[0] if iov is not None else 0
+        with self._lock:
+            words = self._sq_words
+            tail = words[self._sq_tail]
+            if (tail - words[self._sq_head]) & 0xFFFF_FFFF >= self.entries:
+                raise OSError(errno.EBUSY, "io_uring submission queue full")
+            index = tail & self._sq_mask
+            flags = IOSQE_ASYNC if opcode != IORING_OP_NOP else 0
+            _SQE.pack_into(self._sqes, _SQE.size * index, opcode, flags, 0, fd, offset, address, count, 0, user_data)
+            words[self._sq_array + index] = index
+            if iov is not None:
+                self._pinned[user_data] = iov
+            words[self._sq_tail] = (tail + 1) & 0xFFFF_FFFF     # publishes the entry (stores stay in order)
+            self._enter(1, 0, 0)
+
+    def wait(self) -> list[tuple[int, int]]:
+        """Block until at least one completion; every completion there is,
+        as (user_data, result: bytes moved or -errno)."""
+        while True:
+            done = self._reap()
+            if done:
+                return done
+            self._enter(0, 1, IORING_ENTER_GETEVENTS)
+
+    def close(self) -> None:
+        for view in (self._sq_words, self._cq_words):
+            view.release()
+        for region in (self._sq, self._cq, self._sqes):
+            region.close()
+        os.close(self.fd)
+        self._pinned.clear()
+
+    def _reap(self) -> list[tuple[int, int]]:
+        words = self._cq_words
+        head, tail = words[self._cq_head], words[self._cq_tail]
+        done = []
+        while head != tail:
+            user_data, result, _flags = _CQE.unpack_from(self._cq, self._cqes + _CQE_SIZE * (head & self._cq_mask))
+            done.append((user_data, result))
+            head = (head + 1) & 0xFFFF_FFFF
+        words[self._cq_head] = head
+        with self._lock:
+            for user_data, _result in done:
+                self._pinned.pop(user_data, None)
+        return done
+
+    def _enter(self, to_submit: int, min_complete: int, flags: int) -> None:
+        while _syscall(SYS_IO_URING_ENTER, ctypes.c_uint(self.fd), ctypes.c_uint(to_submit),
+                       ctypes.c_uint(min_complete), ctypes.c_uint(flags), None, ctypes.c_size_t(0)) < 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINTR, errno.EAGAIN):
+                raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
