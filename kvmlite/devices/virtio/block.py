@@ -54,7 +54,7 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
                                            VIRTIO_ID_BLOCK, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, Buffers, RawDisk
 from kvmlite.devices.virtio.iov import Segments
-from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorChain, Queue, QueueError
+from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorAddressError, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.uring import IORING_OP_NOP, IORING_OP_READV, IORING_OP_WRITEV, Uring
 from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
@@ -246,7 +246,10 @@ class VirtioBlock(VirtioDevice):
         for _ in range(IO_THREADS):
             active.requests.put(None)
         if active.uring is not None:
-            active.uring.submit(IORING_OP_NOP, -1, None, 0, STOP_TAG)   # the collector closes it
+            try:
+                active.uring.submit(IORING_OP_NOP, -1, None, 0, STOP_TAG)   # the collector closes it
+            except OSError as exc:
+                log.warning("virtio-blk %s: cannot stop the io_uring collector: %s", self.disk.path, exc)
 
     def stats(self) -> dict[str, int]:
         with self._stats_lock:
@@ -325,6 +328,8 @@ class VirtioBlock(VirtioDevice):
             return self._handle(chain), None
         except QueueError as exc:
             return 0, exc
+        except GuestMemoryError as exc:     # buffers are checked at pop: a backstop
+            return 0, DescriptorAddressError(str(exc))
         finally:
             chain.release()
 
@@ -425,7 +430,7 @@ class VirtioBlock(VirtioDevice):
         try:
             op = self.disk.write if run[0].write else self.disk.read
             op(self._data_buffers(run[0].chain.memory, run), run[0].sector * SECTOR_SIZE, total)
-        except OSError:
+        except (OSError, GuestMemoryError):
             return [(t.chain, *self._run(t.chain)) for t in run]
         return self._transferred(run, total)
 
