@@ -3,35 +3,44 @@
 One request queue.  ``queue_notify`` pops the available requests on the
 thread that delivered the notification (the shared I/O thread, for an
 ioeventfd; a vCPU thread when the transport has none): popping only reads
-guest memory, it never waits.  The requests go to ``IO_THREADS`` I/O
-threads: each read or write over ``INLINE_MAX`` bytes as one unit, after
-reads or writes of adjacent sectors are joined into one transfer (up to
-``MERGE_MAX`` bytes and IOV_MAX buffers, as QEMU's virtio-blk does), and
-the smaller requests of one notification together, as one batch completed
-with one interrupt check.  An I/O thread does the disk I/O between the
-image and guest memory and completes the request.  A slow disk never
-stalls a vCPU or the shared I/O thread, and several requests are in flight
-at once, as with QEMU's ``aio=threads`` (``preadv``/``pwritev`` release the
-GIL, so large copies run on several host CPUs).  There is no thread
-between the notification and the I/O threads: each hand-off between
-Python threads costs a wake-up and a wait for the GIL.
+guest memory, it never waits.  Reads or writes of adjacent sectors are
+joined into one transfer (up to ``MERGE_MAX`` bytes and IOV_MAX buffers,
+as QEMU's virtio-blk does).  Each read over ``INLINE_MAX`` bytes goes to
+one of ``IO_THREADS`` I/O threads (``preadv`` releases the GIL, so large
+copies run on several host CPUs, as with QEMU's ``aio=threads``).  Each
+write over ``INLINE_MAX`` bytes is submitted right there to the disk's
+io_uring (:mod:`.uring`) and completed by the disk's collector thread:
+buffered writes to one file run one at a time in the kernel whoever issues
+them (the inode lock), and io_uring's workers queue them per file instead
+of eight I/O threads each waking to wait for that lock; where io_uring is
+refused, they go to the I/O threads too.  (Reads stay on the I/O threads:
+through io_uring each costs two wake-ups, the kernel worker's and the
+collector's, and measured slower.)  The smaller requests of one
+notification go together to one I/O thread, which runs them, completes
+them with one interrupt check, and keeps popping from the ring itself
+while the driver keeps adding requests.  A slow disk never stalls a vCPU
+or the shared I/O thread.  There is no thread between the notification
+and the work: each hand-off between Python threads costs a wake-up and a
+wait for the GIL.
 
 Ordering: requests complete in any order, as virtio allows.  A flush makes
 durable every write whose completion the driver saw before it submitted the
 flush (Linux's block layer waits for those before it issues a flush): such
-a write has returned from ``pwritev`` before the flush is even popped, and
-``fdatasync`` returns before the flush's used entry is written.
+a write has finished (``pwritev`` returned, or its io_uring completion
+arrived) before the flush is even popped, and ``fdatasync`` returns before
+the flush's used entry is written.
 
 Threads and locks:
 
 * ``activate``/``queue_notify``/``reset`` come from the transport, under
   its lock, so popping never runs at the same time as a reset.
-* Popping and the I/O threads hold the activation's ``lock`` only while
-  they touch the queue (pop, add_used); the disk I/O runs without it, and
-  they never hold it while they call the interrupt or ``on_needs_reset``.
-  ``reset`` marks the activation stopped and waits, under that lock, until
-  no request is in flight: once it returns nothing touches guest memory
-  for that activation any more.
+* Popping, the I/O threads and the collector hold the activation's
+  ``lock`` only while they touch the queue (pop, add_used) or the table of
+  submitted transfers; the disk I/O runs without it, and they never hold it
+  while they call the interrupt or ``on_needs_reset``.  ``reset`` marks the
+  activation stopped and waits, under that lock, until no request is in
+  flight (io_uring's included): once it returns nothing touches guest
+  memory for that activation any more.
 
 Errors: a malformed request (bad sector, length, type, flags) completes
 with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; a malformed ring or a chain
@@ -91,7 +100,7 @@ IO_THREADS = 8                                # large requests in flight per dis
 INLINE_MAX = 64 << 10                         # smaller requests are run in batches
 BATCH = 32                                    # small requests run and completed together
 MERGE_MAX = 8 << 20                           # bytes in one merged transfer of adjacent requests
-USE_IO_URING = True                           # large transfers through io_uring where the kernel allows
+USE_IO_URING = True                           # large writes through io_uring where the kernel allows
 URING_ENTRIES = 256                           # as many as a queue can have requests in flight
 STOP_TAG = 0                                  # the io_uring nop that ends the collector
 
@@ -291,7 +300,8 @@ class VirtioBlock(VirtioDevice):
         while True:
             small, large, error, empty = self._pop_batch(active)
             for unit in self._merge(large):
-                if not (active.uring is not None and isinstance(unit, list) and self._submit(active, unit)):
+                if not (active.uring is not None and isinstance(unit, list) and unit[0].write
+                        and self._submit(active, unit)):
                     active.requests.put(unit)
             if small and io_thread:
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])

@@ -1,11 +1,12 @@
 """A small io_uring (Linux 5.1+) through ctypes, for virtio-blk's large
-transfers.
+writes.
 
-Why: with a thread pool every large request wakes a Python thread, which
-then waits for the GIL before it can call ``preadv`` and again after it.
-Submitted to io_uring with ``IOSQE_ASYNC``, the copy runs on one of the
-kernel's io-wq workers, which need no GIL; one Python thread collects the
-completions, several per wake-up when they come together.
+Why: buffered writes to one file run one at a time in the kernel (the
+inode lock).  From a thread pool, every large write wakes a Python thread
+that then waits for the GIL and for that lock.  Submitted to io_uring with
+``IOSQE_ASYNC``, the write runs on one of the kernel's io-wq workers, which
+queue writes to one file themselves and need no GIL; one Python thread
+collects the completions, several per wake-up when they come together.
 
 Only what virtio-blk needs: ``readv``/``writev`` at an offset from an
 iovec array and a ``nop`` (to wake the collector), one submission lock,

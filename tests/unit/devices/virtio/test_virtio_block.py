@@ -466,8 +466,8 @@ def test_blk_reset_leaves_no_view_into_guest_memory(image: Path) -> None:
 
 # --- large requests: I/O threads or io_uring, and merging adjacent ones ---
 # INLINE_MAX is lowered so that 4 KiB requests count as large (the image is
-# 64 KiB): they go through the merge step, then to the I/O threads or to
-# io_uring; every test below runs with each.
+# 64 KiB): they go through the merge step, then to the I/O threads, or,
+# writes, to io_uring; every test below runs with io_uring and without.
 
 @pytest.fixture(params=["threads", "io_uring"])
 def large(request: pytest.FixtureRequest, blk: BlockHarness,
@@ -601,12 +601,11 @@ def test_blk_short_io_uring_transfer_is_finished_by_the_io_path(
     monkeypatch.setattr(Uring, "wait", lambda self: [(tag, result // 2 if tag else result)
                                                      for tag, result in real_wait(self)])
     blk.activate()              # a collector that waits through the patched call
-    results = post_all(blk, [(VIRTIO_BLK_T_IN, 8 * i, b"", 4096) for i in range(2)])
+    results = post_all(blk, [(VIRTIO_BLK_T_OUT, 8 * i, bytes([0x70 + i]) * 4096, 0) for i in range(2)])
 
-    assert [(status, used) for status, used, _ in results] == [(VIRTIO_BLK_S_OK, 4097)] * 2
-    assert large == [("read", 0, 8192), ("read", 0, 8192)]     # io_uring, then the disk
-    image = pattern(SECTORS * 512)
-    assert [blk.driver.read(posted.writable[0]) for _, _, posted in results] == [image[:4096], image[4096:8192]]
+    assert [(status, used) for status, used, _ in results] == [(VIRTIO_BLK_S_OK, 1)] * 2
+    assert large == [("write", 0, 8192), ("write", 0, 8192)]     # io_uring, then the disk
+    assert blk.path.read_bytes()[:8192] == b"\x70" * 4096 + b"\x71" * 4096
 
 
 def test_blk_read_only_large_writes_are_not_merged_and_fail(
@@ -618,3 +617,37 @@ def test_blk_read_only_large_writes_are_not_merged_and_fail(
 
     assert [status for status, _, _ in results] == [VIRTIO_BLK_S_IOERR] * 2
     assert blk_ro.path.read_bytes() == before
+
+
+def test_blk_buffer_refused_at_the_last_check_resets_without_losing_a_thread(
+        blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffers were checked at pop; should the check before the system
+    call still refuse one, the request is a ring error (reset), and the
+    thread that ran it lives on."""
+    from kvmlite.vmm.memory import GuestMemoryError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise GuestMemoryError("guest address range refused")
+
+    for name in ("iovec", "io_buffers", "descriptor_iovec"):
+        monkeypatch.setattr(blk.memory, name, refuse)
+    blk.driver.add([header(VIRTIO_BLK_T_IN, 0)], [4096, 1])
+    blk.device.queue_notify(0)
+
+    assert blk.device.wait_idle(timeout=10)
+    assert blk.resets.reasons and "refused" in blk.resets.reasons[0]
+    active = blk.device._active
+    assert active is not None and all(thread.is_alive() for thread in active.io_threads)
+
+
+@pytest.mark.parametrize("large", ["io_uring"], indirect=True)
+def test_blk_with_io_uring_large_writes_are_submitted_and_reads_stay_on_the_io_threads(
+        blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    submitted: list[int] = []
+    real_submit = Uring.submit
+    monkeypatch.setattr(Uring, "submit", lambda self, op, fd, iov, offset, tag:
+                        (submitted.append(op), real_submit(self, op, fd, iov, offset, tag)))
+    post_all(blk, [(VIRTIO_BLK_T_OUT, 0, b"w" * 4096, 0), (VIRTIO_BLK_T_IN, 16, b"", 4096)])
+
+    assert submitted == [IORING_OP_WRITEV]
+    assert sorted(large) == [("read", 8192, 4096), ("write", 0, 4096)]
