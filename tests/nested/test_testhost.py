@@ -115,3 +115,33 @@ def test_collect_soft_lockup_kills_and_reports_stall(tmp_path) -> None:
     # Assert: abandoned at once, not after the timeout
     assert result.stalled and not result.timed_out
     assert time.monotonic() - start < 10
+
+
+def test_collect_silent_console_is_a_stall_not_a_timeout(tmp_path, monkeypatch) -> None:
+    # Arrange: a stand-in for QEMU whose test host says one line, then freezes without a word
+    import subprocess
+    import time
+
+    from . import testhost
+
+    monkeypatch.setattr(testhost, "SILENT_STALL", 2)
+    proc = subprocess.Popen(["sh", "-c", "echo '@@TESTHOST READY uptime=2.5 kvm=yes'; sleep 60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    start = time.monotonic()
+    # Act
+    result = testhost._collect(proc, tmp_path / "log", 30, None)
+    # Assert: abandoned after the silence, long before the timeout, and the output kept
+    assert result.stalled and not result.timed_out
+    assert 2 <= time.monotonic() - start < 15
+    assert "READY" in result.console
+
+
+def test_collect_deadline_is_a_timeout(tmp_path) -> None:
+    import subprocess
+
+    from .testhost import _collect
+
+    proc = subprocess.Popen(["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    result = _collect(proc, tmp_path / "log", 2, None)
+    assert result.timed_out and not result.stalled and "tick" in result.console

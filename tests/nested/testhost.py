@@ -61,6 +61,7 @@ DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)
 SECTION = re.compile(r"^@@BEGIN (\S+)\n(.*?)^@@END \1 rc=(\d+)$", re.M | re.S)
 SCRIPT_DIR = ".testhost"
 SOFT_LOCKUP = b"watchdog: BUG: soft lockup"
+SILENT_STALL = 300          # seconds without a byte on the console: frozen without a word
 STALL_ATTEMPTS = 2
 
 HOST_INIT = r"""#!/bin/sh
@@ -140,7 +141,7 @@ class RunResult:
     boot_seconds: float | None = None       # until @@TESTHOST READY (wall time)
     script_rc: int | None = None
     sections: dict[str, Section] = field(default_factory=dict)
-    stalled: bool = False                   # the emulated test host froze (soft lockup)
+    stalled: bool = False                   # the emulated test host froze (soft lockup or silence)
 
     def section(self, name: str) -> Section:
         """The section, or an AssertionError naming the console log."""
@@ -266,7 +267,8 @@ class TestHost:
             result = _collect(proc, log_path, max(1.0, deadline - time.monotonic()), echo)
             if not result.stalled:
                 return result
-            print(f"testhost: the emulated test host stalled (soft lockup); {result.where()}; "
+            print(f"testhost: the emulated test host stalled (a soft lockup, or {SILENT_STALL} s of silence); "
+                  f"{result.where()}; "
                   f"{'retrying' if attempt < STALL_ATTEMPTS else 'giving up'}", file=sys.stderr)
         return result
 
@@ -277,7 +279,8 @@ class TestHost:
 
 class _Reader:
     """Copies QEMU's output to the log (and ``echo``), noting when READY shows
-    and killing QEMU when the test host's kernel reports a soft lockup.
+    and when the last byte came, and killing QEMU when the test host's
+    kernel reports a soft lockup.
 
     Multi-threaded TCG with nested SVM occasionally freezes the whole test
     host (every emulated CPU "stuck" for minutes, seen about once in a
@@ -288,6 +291,7 @@ class _Reader:
     def __init__(self, proc: subprocess.Popen[bytes], log: Path, echo: TextIO | None) -> None:
         self.chunks: list[bytes] = []
         self.ready_at: float | None = None
+        self.last_output = time.monotonic()
         self.stalled = False
         self._proc = proc
         self._tail = b""
@@ -300,6 +304,7 @@ class _Reader:
             for chunk in iter(lambda: proc.stdout.read1(65536), b""):   # type: ignore[attr-defined,union-attr]
                 out.write(chunk)
                 out.flush()
+                self.last_output = time.monotonic()
                 self.chunks.append(chunk)
                 self._note_ready(chunk)
                 self._note_stall(chunk)
@@ -327,15 +332,27 @@ class _Reader:
 
 
 def _collect(proc: subprocess.Popen[bytes], log_path: Path, timeout: float, echo: TextIO | None) -> RunResult:
+    """Wait for QEMU to end, the deadline, a soft lockup (the reader kills
+    QEMU) or ``SILENT_STALL`` seconds of silence, which a test host that
+    froze without a word shows: no section prints nothing for that long."""
     start = time.monotonic()
+    deadline = start + timeout
     reader = _Reader(proc, log_path, echo)
     timed_out = False
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, 9)
-        proc.wait()
+    while True:
+        try:
+            proc.wait(max(0.1, min(5.0, deadline - time.monotonic())))
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                timed_out = True
+            elif time.monotonic() - reader.last_output > SILENT_STALL:
+                reader.stalled = True
+            else:
+                continue
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            break
     console = reader.join()
     script_rc, sections = parse_console(console)
     boot = reader.ready_at - start if reader.ready_at is not None else None
