@@ -31,6 +31,13 @@ _LEN_BYTE_2 = bytes(range(DESC_TEST_LEN >> 16))   # values of a length's byte 2 
 IOVEC_SHORT = 8            # io_buffers: up to this many, memoryviews are the quicker form
 
 
+def descriptor_lists(table: bytes) -> tuple[list[int], list[int]]:
+    """The addresses and the lengths of virtqueue descriptors (``table``:
+    le64 addr, le32 len, le16 flags, le16 next, 16 bytes each), as lists."""
+    view = memoryview(table)
+    return view.cast("Q")[0::2].tolist(), view.cast("I")[2::4].tolist()
+
+
 class GuestMemoryError(ValueError):
     """An access to guest-physical memory outside RAM."""
 
@@ -261,8 +268,7 @@ class GuestMemory:
             return iov
         if len(table) % DESC_BYTES:
             raise ValueError(f"descriptor table of {len(table)} bytes is not whole descriptors")
-        view = memoryview(table)
-        return self.iovec(view.cast("Q")[0::2].tolist(), view.cast("I")[2::4].tolist())
+        return self.iovec(*descriptor_lists(table))
 
     def io_buffers(self, addrs: Sequence[int], lens: Sequence[int]) -> list[memoryview] | array:
         """The guest buffers ``addrs[i]``/``lens[i]`` in the cheapest form for

@@ -55,7 +55,6 @@ import os
 import queue as queue_mod
 import struct
 import threading
-from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -65,7 +64,7 @@ from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, Buffers, RawDisk
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorAddressError, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
-from kvmlite.devices.virtio.uring import IORING_OP_NOP, IORING_OP_READV, IORING_OP_WRITEV, Uring
+from kvmlite.devices.virtio.uring import IORING_OP_NOP, IORING_OP_WRITEV, Uring
 from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ class _Activation:
     inflight: int = 0
     requests: "queue_mod.SimpleQueue[_Unit | None]" = field(default_factory=queue_mod.SimpleQueue)
     io_threads: list[threading.Thread] = field(default_factory=list)
-    uring: Uring | None = None                  # large transfers, when the kernel allows
+    uring: Uring | None = None                  # large writes, when the kernel allows
     submitted: dict[int, list[_Transfer]] = field(default_factory=dict)   # by io_uring tag
     next_tag: int = 1
 
@@ -301,7 +300,7 @@ class VirtioBlock(VirtioDevice):
             small, large, error, empty = self._pop_batch(active)
             for unit in self._merge(large):
                 if not (active.uring is not None and isinstance(unit, list) and unit[0].write
-                        and self._submit(active, unit)):
+                        and self._submit_write(active, unit)):
                     active.requests.put(unit)
             if small and io_thread:
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])
@@ -460,26 +459,23 @@ class VirtioBlock(VirtioDevice):
             self._count("merged_requests", len(run))
         return done
 
-    # --- io_uring (large transfers) ---
+    # --- io_uring (large writes) ---
 
-    def _submit(self, active: _Activation, run: list[_Transfer]) -> bool:
-        """Hand a run of transfers to io_uring (the notifying thread or an
-        I/O thread); False when it cannot take it, and an I/O thread must."""
+    def _submit_write(self, active: _Activation, run: list[_Transfer]) -> bool:
+        """Hand a run of writes to io_uring (the notifying thread or an I/O
+        thread); False when it cannot take it, and an I/O thread must."""
         uring = active.uring
         assert uring is not None
-        memory = run[0].chain.memory
         try:
-            iov = self._data_buffers(memory, run, iovec=True)
+            iov = self._data_buffers(run[0].chain.memory, run, iovec=True)
         except GuestMemoryError:
-            return False            # _handle reports the bad buffer
-        assert isinstance(iov, array)
+            return False            # the I/O path makes it a ring error
         with active.lock:
             tag = active.next_tag
             active.next_tag += 1
             active.submitted[tag] = run
-        try:
-            uring.submit(IORING_OP_WRITEV if run[0].write else IORING_OP_READV, self.disk.fd, iov,
-                         run[0].sector * SECTOR_SIZE, tag)
+        try:        # iovec=True: an array
+            uring.submit(IORING_OP_WRITEV, self.disk.fd, iov, run[0].sector * SECTOR_SIZE, tag)  # type: ignore
         except OSError as exc:
             with active.lock:
                 del active.submitted[tag]

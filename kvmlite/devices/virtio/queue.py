@@ -51,7 +51,7 @@ from operator import add
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from kvmlite.devices.virtio.iov import Segments
-from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
+from kvmlite.vmm.memory import DESC_BYTES, GuestMemory, GuestMemoryError, descriptor_lists
 
 # §2.7.5: struct virtq_desc flags
 VIRTQ_DESC_F_NEXT = 1
@@ -62,7 +62,7 @@ VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 # §2.7.8: struct virtq_used flags
 VIRTQ_USED_F_NO_NOTIFY = 1
 
-DESC_SIZE = 16                # §2.7.5: le64 addr, le32 len, le16 flags, le16 next
+DESC_SIZE = DESC_BYTES        # §2.7.5: le64 addr, le32 len, le16 flags, le16 next
 USED_ELEM_SIZE = 8            # §2.7.8: le32 id, le32 len
 # §2.7 "Queue Alignment": descriptor table 16, available ring 2, used ring 4.
 DESC_TABLE_ALIGN = 16
@@ -194,9 +194,7 @@ class DescriptorChain:
         return self._lens
 
     def _from_table(self) -> None:
-        view = memoryview(self.table)
-        self._addrs = view.cast("Q")[0::2].tolist()
-        self._lens = view.cast("I")[2::4].tolist()
+        self._addrs, self._lens = descriptor_lists(self.table)
 
     def buffer(self, index: int) -> tuple[int, int]:
         """Buffer ``index`` (negative counts from the end): (address, length)."""
@@ -484,8 +482,7 @@ def _linear_table(descs: memoryview, entries: int, memory: GuestMemory
         return None
     addrs = lens = None
     if not memory.descriptors_in_low_ram(table):
-        view = memoryview(table)
-        addrs, lens = view.cast("Q")[0::2].tolist(), view.cast("I")[2::4].tolist()
+        addrs, lens = descriptor_lists(table)
         if max(map(add, addrs, lens)) > memory.low_end:
             return None
     sizes = memoryview(table).cast("I")[2::4]
