@@ -89,7 +89,8 @@ class DeviceManager:
         from kvmlite.devices.virtio.rng import VirtioRng
 
         for i, disk in enumerate(config.disks):
-            devices.append((f"virtio-blk{i}", VirtioBlock(RawDisk.open(disk.path, read_only=disk.read_only))))
+            devices.append((f"virtio-blk{i}", VirtioBlock(RawDisk.open(disk.path, read_only=disk.read_only),
+                                                                 loop=self.vm.event_loop)))
         if config.console == "virtio":
             console = VirtioConsole(self.console_output or (lambda data: None))
             self.console_input, self.console_break = console.enqueue_input, None

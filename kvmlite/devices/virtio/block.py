@@ -5,23 +5,21 @@ thread that delivered the notification (the shared I/O thread, for an
 ioeventfd; a vCPU thread when the transport has none): popping only reads
 guest memory, it never waits.  Reads or writes of adjacent sectors are
 joined into one transfer (up to ``MERGE_MAX`` bytes and IOV_MAX buffers,
-as QEMU's virtio-blk does).  Each read over ``INLINE_MAX`` bytes goes to
-one of ``IO_THREADS`` I/O threads (``preadv`` releases the GIL, so large
-copies run on several host CPUs, as with QEMU's ``aio=threads``).  Each
-write over ``INLINE_MAX`` bytes is submitted right there to the disk's
-io_uring (:mod:`.uring`) and completed by the disk's collector thread:
-buffered writes to one file run one at a time in the kernel whoever issues
-them (the inode lock), and io_uring's workers queue them per file instead
-of eight I/O threads each waking to wait for that lock; where io_uring is
-refused, they go to the I/O threads too.  (Reads stay on the I/O threads:
-through io_uring each costs two wake-ups, the kernel worker's and the
-collector's, and measured slower.)  The smaller requests of one
-notification go together to one I/O thread, which runs them, completes
-them with one interrupt check, and keeps popping from the ring itself
-while the driver keeps adding requests.  A slow disk never stalls a vCPU
-or the shared I/O thread.  There is no thread between the notification
-and the work: each hand-off between Python threads costs a wake-up and a
-wait for the GIL.
+as QEMU's virtio-blk does).  Each transfer over ``INLINE_MAX`` bytes is
+submitted right there to the disk's io_uring (:mod:`.uring`): the kernel's
+io-wq workers do the copies, several at once, with no Python thread woken
+and no GIL wanted, and buffered writes to one file (which run one at a
+time anyway, under the inode lock) queue there per file.  Completions
+signal an eventfd served by the VMM's event loop (``loop``; a device made
+without one runs its own), which completes every finished request of one
+wake-up together.  Where io_uring is refused, large transfers go to
+``IO_THREADS`` I/O threads (``preadv`` releases the GIL, as with QEMU's
+``aio=threads``).  The smaller requests of one notification go together
+to one I/O thread, which runs them, completes them with one interrupt
+check, and keeps popping from the ring itself while the driver keeps
+adding requests.  A slow disk never stalls a vCPU or the shared I/O
+thread.  There is no thread between the notification and the work: each
+hand-off between Python threads costs a wake-up and a wait for the GIL.
 
 Ordering: requests complete in any order, as virtio allows.  A flush makes
 durable every write whose completion the driver saw before it submitted the
@@ -34,13 +32,14 @@ Threads and locks:
 
 * ``activate``/``queue_notify``/``reset`` come from the transport, under
   its lock, so popping never runs at the same time as a reset.
-* Popping, the I/O threads and the collector hold the activation's
+* Popping, the I/O threads and the io_uring reaper hold the activation's
   ``lock`` only while they touch the queue (pop, add_used) or the table of
   submitted transfers; the disk I/O runs without it, and they never hold it
   while they call the interrupt or ``on_needs_reset``.  ``reset`` marks the
-  activation stopped and waits, under that lock, until no request is in
-  flight (io_uring's included): once it returns nothing touches guest
-  memory for that activation any more.
+  activation stopped and waits until no request is in flight (io_uring's
+  included, which it reaps itself while it waits: the event loop may have
+  stopped already): once it returns nothing touches guest memory for that
+  activation any more.  ``reap_lock`` lets one thread at a time reap.
 
 Errors: a malformed request (bad sector, length, type, flags) completes
 with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; a malformed ring or a chain
@@ -53,6 +52,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as queue_mod
+import select
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -64,7 +64,9 @@ from kvmlite.devices.virtio.disk import IOV_MAX, SECTOR_SIZE, Buffers, RawDisk
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorAddressError, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
-from kvmlite.devices.virtio.uring import IORING_OP_NOP, IORING_OP_WRITEV, Uring
+from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
+from kvmlite.vmm import eventfd
+from kvmlite.vmm.eventloop import EventLoop
 from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -99,9 +101,9 @@ IO_THREADS = 8                                # large requests in flight per dis
 INLINE_MAX = 64 << 10                         # smaller requests are run in batches
 BATCH = 32                                    # small requests run and completed together
 MERGE_MAX = 8 << 20                           # bytes in one merged transfer of adjacent requests
-USE_IO_URING = True                           # large writes through io_uring where the kernel allows
+USE_IO_URING = True                           # large transfers through io_uring where the kernel allows
 URING_ENTRIES = 256                           # as many as a queue can have requests in flight
-STOP_TAG = 0                                  # the io_uring nop that ends the collector
+RESET_POLL = 0.02                             # seconds between reaps while a reset waits for io_uring
 
 
 class ChainFramingError(QueueError):
@@ -128,7 +130,11 @@ class _Activation:
     inflight: int = 0
     requests: "queue_mod.SimpleQueue[_Unit | None]" = field(default_factory=queue_mod.SimpleQueue)
     io_threads: list[threading.Thread] = field(default_factory=list)
-    uring: Uring | None = None                  # large writes, when the kernel allows
+    uring: Uring | None = None                  # large transfers, when the kernel allows
+    completions: int = -1                       # the eventfd io_uring signals per completion
+    loop: EventLoop | None = None               # where completions are reaped
+    own_loop: bool = False                      # the device started ``loop`` (none was given)
+    reap_lock: threading.Lock = field(default_factory=threading.Lock)
     submitted: dict[int, list[_Transfer]] = field(default_factory=dict)   # by io_uring tag
     next_tag: int = 1
 
@@ -172,9 +178,10 @@ def _usual_framing(chain: DescriptorChain) -> bool:
 class VirtioBlock(VirtioDevice):
     device_type = VIRTIO_ID_BLOCK
 
-    def __init__(self, disk: RawDisk, queue_size: int = 256) -> None:
+    def __init__(self, disk: RawDisk, queue_size: int = 256, loop: EventLoop | None = None) -> None:
         super().__init__()
         self.disk = disk
+        self.loop = loop            # reaps io_uring completions; without one, the device runs its own
         self.queue_max_sizes = (queue_size,)
         self._config = self._build_config(queue_size)
         self._active: _Activation | None = None
@@ -229,12 +236,7 @@ class VirtioBlock(VirtioDevice):
             active.io_threads.append(thread)
             thread.start()
         if USE_IO_URING:
-            active.uring = Uring.create(URING_ENTRIES)
-        if active.uring is not None:
-            thread = threading.Thread(target=self._collect, args=(active, active.uring),
-                                      name=f"{name}:uring", daemon=True)
-            active.io_threads.append(thread)
-            thread.start()
+            self._open_uring(active, name)
         self._serve(active)
 
     def queue_notify(self, queue_index: int) -> None:
@@ -247,17 +249,19 @@ class VirtioBlock(VirtioDevice):
         active, self._active = self._active, None
         if active is None:
             return
-        with active.lock:   # waits for the requests in flight, if any
+        with active.lock:
             active.stopped = True
-            active.idle.wait_for(lambda: active.inflight == 0)
-            active.memory = active.queue = active.interrupt = None
+        while True:         # wait for the requests in flight, if any
+            with active.lock:
+                if active.idle.wait_for(lambda: active.inflight == 0, RESET_POLL if active.uring else None):
+                    active.memory = active.queue = active.interrupt = None
+                    break
+            # Reap here too: the event loop may be stopped (VM shutdown) or busy.
+            select.select([active.completions], [], [], RESET_POLL)
+            self._reap(active)
         for _ in range(IO_THREADS):
             active.requests.put(None)
-        if active.uring is not None:
-            try:
-                active.uring.submit(IORING_OP_NOP, -1, None, 0, STOP_TAG)   # the collector closes it
-            except OSError as exc:
-                log.warning("virtio-blk %s: cannot stop the io_uring collector: %s", self.disk.path, exc)
+        self._close_uring(active)
 
     def stats(self) -> dict[str, int]:
         with self._stats_lock:
@@ -299,8 +303,7 @@ class VirtioBlock(VirtioDevice):
         while True:
             small, large, error, empty = self._pop_batch(active)
             for unit in self._merge(large):
-                if not (active.uring is not None and isinstance(unit, list) and unit[0].write
-                        and self._submit_write(active, unit)):
+                if not (active.uring is not None and isinstance(unit, list) and self._submit(active, unit)):
                     active.requests.put(unit)
             if small and io_thread:
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])
@@ -459,11 +462,47 @@ class VirtioBlock(VirtioDevice):
             self._count("merged_requests", len(run))
         return done
 
-    # --- io_uring (large writes) ---
+    # --- io_uring (large transfers) ---
 
-    def _submit_write(self, active: _Activation, run: list[_Transfer]) -> bool:
-        """Hand a run of writes to io_uring (the notifying thread or an I/O
-        thread); False when it cannot take it, and an I/O thread must."""
+    def _open_uring(self, active: _Activation, name: str) -> None:
+        """Give the activation an io_uring whose completions signal an
+        eventfd reaped on the event loop (the device's own when it was
+        given none); leave ``active.uring`` None where the kernel refuses."""
+        uring = Uring.create(URING_ENTRIES)
+        if uring is None:
+            return
+        completions = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            uring.register_eventfd(completions)
+        except OSError as exc:
+            log.info("virtio-blk %s: io_uring without eventfd (%s); using the I/O threads", self.disk.path, exc)
+            uring.close()
+            os.close(completions)
+            return
+        loop = self.loop
+        if loop is None:
+            loop = EventLoop(f"{name}:uring")
+            loop.start()
+            active.own_loop = True
+        active.uring, active.completions, active.loop = uring, completions, loop
+        loop.add_reader(completions, lambda: self._reap(active))
+
+    def _close_uring(self, active: _Activation) -> None:
+        """After the last completion: stop reaping and close the ring."""
+        loop, uring = active.loop, active.uring
+        if uring is None or loop is None:
+            return
+        with active.reap_lock:      # a reap under way finishes first; later ones see no ring
+            active.uring = None
+        loop.remove_reader(active.completions)
+        uring.close()
+        os.close(active.completions)
+        if active.own_loop:
+            loop.close()
+
+    def _submit(self, active: _Activation, run: list[_Transfer]) -> bool:
+        """Hand a run of reads or writes to io_uring (the notifying thread or
+        an I/O thread); False when it cannot take it, and an I/O thread must."""
         uring = active.uring
         assert uring is not None
         try:
@@ -474,8 +513,9 @@ class VirtioBlock(VirtioDevice):
             tag = active.next_tag
             active.next_tag += 1
             active.submitted[tag] = run
+        opcode = IORING_OP_WRITEV if run[0].write else IORING_OP_READV
         try:        # iovec=True: an array
-            uring.submit(IORING_OP_WRITEV, self.disk.fd, iov, run[0].sector * SECTOR_SIZE, tag)  # type: ignore
+            uring.submit(opcode, self.disk.fd, iov, run[0].sector * SECTOR_SIZE, tag)  # type: ignore
         except OSError as exc:
             with active.lock:
                 del active.submitted[tag]
@@ -484,25 +524,32 @@ class VirtioBlock(VirtioDevice):
             return False
         return True
 
-    def _collect(self, active: _Activation, uring: Uring) -> None:
-        """The io_uring collector thread: complete finished transfers; one
-        that moved fewer bytes than asked, or failed, runs again on the I/O
-        path here (which finishes a short transfer, or gives each request its
-        own status).  Ends, closing the ring, at the reset's STOP_TAG."""
-        try:
-            while True:
-                for tag, result in uring.wait():
-                    if tag == STOP_TAG:
-                        return
-                    with active.lock:
-                        run = active.submitted.pop(tag)
-                    total = sum(t.nbytes for t in run)
-                    if result == total:
-                        self._complete(active, self._transferred(run, total))
-                    else:
-                        self._complete(active, self._run_merged(run))
-        finally:
-            uring.close()
+    def _reap(self, active: _Activation) -> None:
+        """Complete the transfers io_uring finished (the event loop, or a
+        reset waiting for them), with one interrupt check for all.  One that
+        moved fewer bytes than asked, or failed, goes to the I/O threads, to
+        run again through the disk (which finishes a short transfer, or
+        gives each request its own status): the event loop never waits for
+        the disk."""
+        with active.reap_lock:
+            uring = active.uring
+            if uring is None:
+                return
+            eventfd.drain(active.completions)
+            finished = uring.reap()
+            if not finished:
+                return
+            with active.lock:
+                runs = [(active.submitted.pop(tag), result) for tag, result in finished]
+        done = []
+        for run, result in runs:
+            total = sum(t.nbytes for t in run)
+            if result == total:
+                done += self._transferred(run, total)
+            else:
+                active.requests.put(run)
+        if done:
+            self._complete(active, done)
 
     @staticmethod
     def _data_buffers(memory: GuestMemory, run: list[_Transfer], iovec: bool = False) -> Buffers:

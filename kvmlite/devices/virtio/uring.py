@@ -1,16 +1,19 @@
 """A small io_uring (Linux 5.1+) through ctypes, for virtio-blk's large
-writes.
+reads and writes.
 
-Why: buffered writes to one file run one at a time in the kernel (the
-inode lock).  From a thread pool, every large write wakes a Python thread
-that then waits for the GIL and for that lock.  Submitted to io_uring with
-``IOSQE_ASYNC``, the write runs on one of the kernel's io-wq workers, which
-queue writes to one file themselves and need no GIL; one Python thread
-collects the completions, several per wake-up when they come together.
+Why: a large transfer handed to a Python I/O thread costs that thread's
+wake-up and two waits for the GIL, before and after its system call.
+Submitted to io_uring with ``IOSQE_ASYNC``, the transfer runs on one of
+the kernel's io-wq workers, which need no GIL (and queue buffered writes
+to one file themselves: those run one at a time anyway, under the inode
+lock).  Each completion signals an eventfd that the VMM's event loop
+waits on with everything else; one wake-up reaps every completion there
+is.
 
 Only what virtio-blk needs: ``readv``/``writev`` at an offset from an
-iovec array and a ``nop`` (to wake the collector), one submission lock,
-completions read by one thread.  The rings are shared memory with the
+iovec array and a ``nop``, one submission lock, completions signalled
+through an eventfd (so an epoll loop waits for them with everything else)
+and reaped by one thread at a time.  The rings are shared memory with the
 kernel: the submission tail is stored after the entry it publishes and the
 completion tail read before the entries it covers, which x86's ordering
 (TSO) keeps without fences, as in queue.py.
@@ -32,7 +35,10 @@ from array import array
 
 SYS_IO_URING_SETUP = 425
 SYS_IO_URING_ENTER = 426
+SYS_IO_URING_REGISTER = 427
+IORING_REGISTER_EVENTFD = 4
 IORING_ENTER_GETEVENTS = 1
+IORING_SQ_CQ_OVERFLOW = 1 << 1
 IORING_OFF_SQ_RING = 0
 IORING_OFF_CQ_RING = 0x8000000
 IORING_OFF_SQES = 0x10000000
@@ -49,6 +55,11 @@ _CQE_SIZE = 16
 _libc = ctypes.CDLL(None, use_errno=True)         # CDLL: the GIL is released during the call
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# Entering submissions only (no GETEVENTS) never blocks: IOSQE_ASYNC hands
+# the work to io-wq.  Through PyDLL the GIL stays held, so the submitting
+# thread does not wait to get it back (see vmm/eventfd.py).
+_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall_gil.restype = ctypes.c_long
 
 
 class Uring:
@@ -68,6 +79,7 @@ class Uring:
         self._cq_words = memoryview(self._cq).cast("I")
         self._sq_head, self._sq_tail = sq_off[0] // 4, sq_off[1] // 4
         self._sq_mask = self._sq_words[sq_off[2] // 4]
+        self._sq_flags = sq_off[4] // 4
         self._sq_array = sq_off[6] // 4
         self._cq_head, self._cq_tail = cq_off[0] // 4, cq_off[1] // 4
         self._cq_mask = self._cq_words[cq_off[2] // 4]
@@ -106,16 +118,16 @@ class Uring:
             if iov is not None:
                 self._pinned[user_data] = iov
             words[self._sq_tail] = (tail + 1) & 0xFFFF_FFFF     # publishes the entry (stores stay in order)
-            self._enter(1, 0, 0)
+            self._enter(1, 0, 0, _syscall_gil)
 
-    def wait(self) -> list[tuple[int, int]]:
-        """Block until at least one completion; every completion there is,
-        as (user_data, result: bytes moved or -errno)."""
-        while True:
-            done = self._reap()
-            if done:
-                return done
-            self._enter(0, 1, IORING_ENTER_GETEVENTS)
+    def register_eventfd(self, fd: int) -> None:
+        """Have the kernel signal eventfd ``fd`` whenever a completion is
+        posted, so an event loop can wait for completions with epoll."""
+        value = ctypes.c_int32(fd)
+        if _syscall(SYS_IO_URING_REGISTER, ctypes.c_uint(self.fd), ctypes.c_uint(IORING_REGISTER_EVENTFD),
+                    ctypes.byref(value), ctypes.c_uint(1)) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"io_uring_register(EVENTFD): {os.strerror(err)}")
 
     def close(self) -> None:
         for view in (self._sq_words, self._cq_words):
@@ -125,7 +137,19 @@ class Uring:
         os.close(self.fd)
         self._pinned.clear()
 
-    def _reap(self) -> list[tuple[int, int]]:
+    def reap(self) -> list[tuple[int, int]]:
+        """Every completion there is, without waiting (one thread at a time),
+        as (user_data, result: bytes moved or -errno)."""
+        done = self._reap_ring()
+        # More completions than the ring holds wait in the kernel's overflow
+        # list (not with virtio-blk: it never has more submissions in flight
+        # than the ring has entries); entering with GETEVENTS moves them in.
+        while self._sq_words[self._sq_flags] & IORING_SQ_CQ_OVERFLOW:
+            self._enter(0, 0, IORING_ENTER_GETEVENTS)
+            done += self._reap_ring()
+        return done
+
+    def _reap_ring(self) -> list[tuple[int, int]]:
         words = self._cq_words
         head, tail = words[self._cq_head], words[self._cq_tail]
         done = []
@@ -139,8 +163,8 @@ class Uring:
                 self._pinned.pop(user_data, None)
         return done
 
-    def _enter(self, to_submit: int, min_complete: int, flags: int) -> None:
-        while _syscall(SYS_IO_URING_ENTER, ctypes.c_uint(self.fd), ctypes.c_uint(to_submit),
+    def _enter(self, to_submit: int, min_complete: int, flags: int, syscall=_syscall) -> None:
+        while syscall(SYS_IO_URING_ENTER, ctypes.c_uint(self.fd), ctypes.c_uint(to_submit),
                        ctypes.c_uint(min_complete), ctypes.c_uint(flags), None, ctypes.c_size_t(0)) < 0:
             err = ctypes.get_errno()
             if err not in (errno.EINTR, errno.EAGAIN):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +21,7 @@ from kvmlite.devices.virtio.block import (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLU
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1
 from kvmlite.devices.virtio.disk import RawDisk
 from kvmlite.devices.virtio.queue import Queue
-from kvmlite.devices.virtio.uring import IORING_OP_WRITEV, Uring
+from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
 from kvmlite.vmm.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt
 
@@ -43,10 +44,10 @@ def pattern(size: int) -> bytes:
 class BlockHarness:
     """A driver, a device and an image, wired as the transport would."""
 
-    def __init__(self, memory: GuestMemory, path: Path, read_only: bool = False) -> None:
+    def __init__(self, memory: GuestMemory, path: Path, read_only: bool = False, loop=None) -> None:
         self.path = path
         self.memory = memory
-        self.device = VirtioBlock(RawDisk.open(str(path), read_only), queue_size=QUEUE)
+        self.device = VirtioBlock(RawDisk.open(str(path), read_only), queue_size=QUEUE, loop=loop)
         self.interrupt = RecordingInterrupt()
         self.resets = NeedsResetRecorder()
         self.device.on_needs_reset = self.resets
@@ -466,8 +467,15 @@ def test_blk_reset_leaves_no_view_into_guest_memory(image: Path) -> None:
 
 # --- large requests: I/O threads or io_uring, and merging adjacent ones ---
 # INLINE_MAX is lowered so that 4 KiB requests count as large (the image is
-# 64 KiB): they go through the merge step, then to the I/O threads, or,
-# writes, to io_uring; every test below runs with io_uring and without.
+# 64 KiB): they go through the merge step, then to io_uring or, where it is
+# refused, the I/O threads; every test below runs with io_uring and without.
+
+def needs_io_uring() -> None:
+    probe = Uring.create(8)
+    if probe is None:
+        pytest.skip("this kernel refuses io_uring (io_uring_setup failed)")
+    probe.close()
+
 
 @pytest.fixture(params=["threads", "io_uring"])
 def large(request: pytest.FixtureRequest, blk: BlockHarness,
@@ -489,10 +497,7 @@ def large(request: pytest.FixtureRequest, blk: BlockHarness,
     monkeypatch.setattr(blk.device.disk, "read", read)
     monkeypatch.setattr(blk.device.disk, "write", write)
     if request.param == "io_uring":
-        probe = Uring.create(8)
-        if probe is None:
-            pytest.skip("this kernel refuses io_uring (io_uring_setup failed)")
-        probe.close()
+        needs_io_uring()
         real_submit = Uring.submit
 
         def submit(self: Uring, opcode: int, fd: int, iov, offset: int, user_data: int) -> None:
@@ -577,7 +582,7 @@ def test_blk_failed_merged_transfer_retries_each_request(
     monkeypatch.setattr(blk.device.disk, "write", refuse_merged)
     active = blk.device._active
     if active is not None and active.uring is not None:
-        # io_uring fails it too (a bad file descriptor); the collector then
+        # io_uring fails it too (a bad file descriptor); an I/O thread then
         # runs the transfer through the disk, which refuses it merged.
         real_submit = Uring.submit
         monkeypatch.setattr(Uring, "submit", lambda self, op, fd, iov, offset, tag:
@@ -593,19 +598,31 @@ def test_blk_failed_merged_transfer_retries_each_request(
 
 
 @pytest.mark.parametrize("large", ["io_uring"], indirect=True)
-def test_blk_short_io_uring_transfer_is_finished_by_the_io_path(
+def test_blk_short_io_uring_write_is_finished_by_the_io_path(
         blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
     """A completion that moved fewer bytes than asked (allowed for a read
     or write) is not reported done: the transfer runs again, whole."""
-    real_wait = Uring.wait
-    monkeypatch.setattr(Uring, "wait", lambda self: [(tag, result // 2 if tag else result)
-                                                     for tag, result in real_wait(self)])
-    blk.activate()              # a collector that waits through the patched call
+    real_reap = Uring.reap
+    monkeypatch.setattr(Uring, "reap", lambda self: [(tag, result // 2) for tag, result in real_reap(self)])
     results = post_all(blk, [(VIRTIO_BLK_T_OUT, 8 * i, bytes([0x70 + i]) * 4096, 0) for i in range(2)])
 
     assert [(status, used) for status, used, _ in results] == [(VIRTIO_BLK_S_OK, 1)] * 2
     assert large == [("write", 0, 8192), ("write", 0, 8192)]     # io_uring, then the disk
     assert blk.path.read_bytes()[:8192] == b"\x70" * 4096 + b"\x71" * 4096
+
+
+@pytest.mark.parametrize("large", ["io_uring"], indirect=True)
+def test_blk_short_io_uring_read_is_finished_by_the_io_path(
+        blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_reap = Uring.reap
+    monkeypatch.setattr(Uring, "reap", lambda self: [(tag, result // 2) for tag, result in real_reap(self)])
+    results = post_all(blk, [(VIRTIO_BLK_T_IN, 8 * i, b"", 4096) for i in (1, 2)])
+
+    assert large == [("read", 4096, 8192), ("read", 4096, 8192)]  # io_uring, then the disk
+    image = pattern(SECTORS * 512)
+    for (status, used, posted), i in zip(results, (1, 2)):
+        assert (status, used) == (VIRTIO_BLK_S_OK, 4097)
+        assert blk.driver.read(posted.writable[0]) == image[4096 * i:4096 * (i + 1)]
 
 
 def test_blk_read_only_large_writes_are_not_merged_and_fail(
@@ -641,7 +658,7 @@ def test_blk_buffer_refused_at_the_last_check_resets_without_losing_a_thread(
 
 
 @pytest.mark.parametrize("large", ["io_uring"], indirect=True)
-def test_blk_with_io_uring_large_writes_are_submitted_and_reads_stay_on_the_io_threads(
+def test_blk_with_io_uring_large_reads_and_writes_are_submitted_not_run_by_threads(
         blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
     submitted: list[int] = []
     real_submit = Uring.submit
@@ -649,5 +666,85 @@ def test_blk_with_io_uring_large_writes_are_submitted_and_reads_stay_on_the_io_t
                         (submitted.append(op), real_submit(self, op, fd, iov, offset, tag)))
     post_all(blk, [(VIRTIO_BLK_T_OUT, 0, b"w" * 4096, 0), (VIRTIO_BLK_T_IN, 16, b"", 4096)])
 
-    assert submitted == [IORING_OP_WRITEV]
-    assert sorted(large) == [("read", 8192, 4096), ("write", 0, 4096)]
+    assert sorted(submitted) == [IORING_OP_READV, IORING_OP_WRITEV]
+    assert sorted(large) == [("read", 8192, 4096), ("write", 0, 4096)]     # recorded at submission only
+    assert blk.path.read_bytes()[:4096] == b"w" * 4096
+
+
+def test_blk_io_uring_completions_are_reaped_on_the_given_event_loop(image: Path) -> None:
+    """In a VM the device reaps io_uring completions on the VMM's event
+    loop (no thread of its own); a reset takes the ring off the loop."""
+    from kvmlite.vmm.eventloop import EventLoop
+
+    needs_io_uring()
+    loop = EventLoop("test-io")
+    loop.start()
+    reapers: list[str] = []
+    memory = GuestMemory(1 << 20)
+    harness = BlockHarness(memory, image, loop=loop)
+    real_reap = Uring.reap
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(block, "INLINE_MAX", 1024)
+            mp.setattr(Uring, "reap", lambda self: (reapers.append(threading.current_thread().name),
+                                                    real_reap(self))[1])
+            active = harness.device._active
+            assert active is not None and active.uring is not None and active.loop is loop
+            assert not active.own_loop
+            status, used, data = harness.request(VIRTIO_BLK_T_IN, sector=8, in_len=4096)
+
+        assert (status, used, data) == (VIRTIO_BLK_S_OK, 4097, pattern(SECTORS * 512)[4096:8192])
+        assert reapers and set(reapers) == {"test-io"}
+        completions = active.completions
+        assert completions in loop._callbacks
+        harness.device.reset()
+        assert completions not in loop._callbacks and active.uring is None
+    finally:
+        harness.device.close()
+        loop.close()
+        memory.close()
+
+
+def test_blk_reset_reaps_io_uring_itself_when_the_event_loop_is_stopped(image: Path) -> None:
+    """VM shutdown stops the event loop before it closes the devices: a
+    reset with transfers in flight still waits for them, reaping them
+    itself, and returns."""
+    from kvmlite.vmm.eventloop import EventLoop
+
+    needs_io_uring()
+    loop = EventLoop("stopped")             # never started: nothing reaps but the reset
+    memory = GuestMemory(1 << 20)
+    harness = BlockHarness(memory, image, loop=loop)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(block, "INLINE_MAX", 1024)
+            posted = harness.driver.add([header(VIRTIO_BLK_T_IN, 16)], [8192, 1])
+            harness.device.queue_notify(0)
+            active = harness.device._active
+            assert active is not None and active.uring is not None and active.inflight == 1
+            resetting = threading.Thread(target=harness.device.reset)
+            resetting.start()
+            resetting.join(timeout=10)
+
+        assert not resetting.is_alive(), "reset did not return with io_uring transfers in flight"
+        assert active.inflight == 0 and active.uring is None
+        assert harness.driver.read(posted.writable[0]) == pattern(SECTORS * 512)[8192:16384]   # it did run
+    finally:
+        harness.device.close()
+        loop.close()
+        memory.close()
+
+
+def test_blk_where_the_io_uring_eventfd_is_refused_the_io_threads_do_it(
+        blk: BlockHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Uring, fd: int) -> None:
+        raise OSError(errno.EINVAL, "io_uring_register(EVENTFD): Invalid argument")
+
+    monkeypatch.setattr(Uring, "register_eventfd", refuse)
+    monkeypatch.setattr(block, "INLINE_MAX", 1024)
+    blk.activate()
+    active = blk.device._active
+    assert active is not None and active.uring is None
+
+    assert blk.request(VIRTIO_BLK_T_OUT, sector=0, out=b"t" * 4096)[0] == VIRTIO_BLK_S_OK
+    assert blk.request(VIRTIO_BLK_T_IN, sector=0, in_len=4096)[::2] == (VIRTIO_BLK_S_OK, b"t" * 4096)
