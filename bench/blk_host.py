@@ -32,6 +32,7 @@ from bench.common import REPO
 
 SCENARIOS = {   # name: (write, qd, buffers per request, buffer size, requests)
     "read-1MiB-linux": (False, 8, 254, 4096, 6000),
+    "read-1MiB-4seg": (False, 8, 4, 256 << 10, 6000),    # the nested guest's: its pages mostly contiguous
     "write-1MiB-linux": (True, 8, 254, 4096, 6000),
     "read-4KiB": (False, 32, 1, 4096, 60000),
     "write-4KiB": (True, 32, 1, 4096, 60000),

@@ -32,6 +32,7 @@ import os
 import struct
 import threading
 from array import array
+from typing import Sequence
 
 SYS_IO_URING_SETUP = 425
 SYS_IO_URING_ENTER = 426
@@ -48,6 +49,9 @@ IORING_OP_WRITEV = 2
 IOSQE_ASYNC = 1 << 4
 
 _PARAMS = struct.Struct("<10I" + "8IQ" + "8IQ")   # io_uring_params: 10 u32, sq_off, cq_off
+# (opcode, fd, iovec array or None, file offset, user_data)
+Entry = tuple[int, int, "array | None", int, int]
+
 _SQE = struct.Struct("<BBHiQQIIQ24x")             # opcode flags ioprio fd off addr len rw_flags user_data
 _CQE = struct.Struct("<QiI")                      # user_data res flags
 _CQE_SIZE = 16
@@ -103,22 +107,31 @@ class Uring:
 
     def submit(self, opcode: int, fd: int, iov: array | None, offset: int, user_data: int) -> None:
         """Queue one readv/writev (``iov``: host address, length pairs, kept
-        alive until its completion is collected) or a nop, and enter it."""
-        count = len(iov) // 2 if iov is not None else 0
-        address = iov.buffer_info()[0] if iov is not None else 0
+        alive until its completion is reaped) or a nop, and enter it."""
+        self.submit_all([(opcode, fd, iov, offset, user_data)])
+
+    def submit_all(self, entries: Sequence[Entry]) -> None:
+        """Queue ``entries`` (each as for :meth:`submit`) and enter them with
+        one system call; none is queued when the ring has no room for all."""
         with self._lock:
             words = self._sq_words
             tail = words[self._sq_tail]
-            if (tail - words[self._sq_head]) & 0xFFFF_FFFF >= self.entries:
+            if (tail - words[self._sq_head]) & 0xFFFF_FFFF > self.entries - len(entries):
                 raise OSError(errno.EBUSY, "io_uring submission queue full")
-            index = tail & self._sq_mask
-            flags = IOSQE_ASYNC if opcode != IORING_OP_NOP else 0
-            _SQE.pack_into(self._sqes, _SQE.size * index, opcode, flags, 0, fd, offset, address, count, 0, user_data)
-            words[self._sq_array + index] = index
-            if iov is not None:
-                self._pinned[user_data] = iov
-            words[self._sq_tail] = (tail + 1) & 0xFFFF_FFFF     # publishes the entry (stores stay in order)
-            self._enter(1, 0, 0, _syscall_gil)
+            for opcode, fd, iov, offset, user_data in entries:
+                index = tail & self._sq_mask
+                if iov is None:
+                    address = count = 0
+                else:
+                    address, count = iov.buffer_info()[0], len(iov) // 2
+                    self._pinned[user_data] = iov
+                flags = IOSQE_ASYNC if opcode != IORING_OP_NOP else 0
+                _SQE.pack_into(self._sqes, _SQE.size * index, opcode, flags, 0, fd, offset, address, count, 0,
+                               user_data)
+                words[self._sq_array + index] = index
+                tail = (tail + 1) & 0xFFFF_FFFF
+            words[self._sq_tail] = tail     # publishes the entries (stores stay in order)
+            self._enter(len(entries), 0, 0, _syscall_gil)
 
     def register_eventfd(self, fd: int) -> None:
         """Have the kernel signal eventfd ``fd`` whenever a completion is

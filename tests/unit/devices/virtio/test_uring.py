@@ -129,3 +129,22 @@ def test_a_full_submission_queue_is_an_error_not_an_overwrite(ring: Ring, monkey
         ring.uring.submit(IORING_OP_NOP, -1, None, 0, tag)
     with pytest.raises(OSError, match="full"):
         ring.uring.submit(IORING_OP_NOP, -1, None, 0, 1000)
+
+
+def test_submit_all_enters_every_entry_and_refuses_all_when_there_is_no_room(
+        ring: Ring, fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    buffers = [ctypes.create_string_buffer(512) for _ in range(3)]
+    ring.uring.submit_all([(IORING_OP_READV, fd, iovec(b), 512 * i, 10 + i) for i, b in enumerate(buffers)])
+    done: list[tuple[int, int]] = []
+    while len(done) < 3:
+        done += ring.wait()
+
+    assert sorted(done) == [(10, 512), (11, 512), (12, 512)]
+    data = bytes(range(256)) * 64
+    assert [b.raw for b in buffers] == [data[512 * i:512 * (i + 1)] for i in range(3)]
+
+    monkeypatch.setattr(ring.uring, "_enter", lambda *args: None)     # nothing reaches the kernel
+    ring.uring.submit_all([(IORING_OP_NOP, -1, None, 0, tag) for tag in range(ring.uring.entries - 2)])
+    with pytest.raises(OSError, match="full"):
+        ring.uring.submit_all([(IORING_OP_NOP, -1, None, 0, tag) for tag in range(3)])
+    ring.uring.submit_all([(IORING_OP_NOP, -1, None, 0, tag) for tag in range(2)])      # the room that was left

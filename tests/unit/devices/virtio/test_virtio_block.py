@@ -498,14 +498,15 @@ def large(request: pytest.FixtureRequest, blk: BlockHarness,
     monkeypatch.setattr(blk.device.disk, "write", write)
     if request.param == "io_uring":
         needs_io_uring()
-        real_submit = Uring.submit
+        real_submit = Uring.submit_all
 
-        def submit(self: Uring, opcode: int, fd: int, iov, offset: int, user_data: int) -> None:
-            if iov is not None:
-                calls.append(("write" if opcode == IORING_OP_WRITEV else "read", offset, sum(iov[1::2])))
-            real_submit(self, opcode, fd, iov, offset, user_data)
+        def submit_all(self: Uring, entries) -> None:
+            for opcode, _fd, iov, offset, _user_data in entries:
+                if iov is not None:
+                    calls.append(("write" if opcode == IORING_OP_WRITEV else "read", offset, sum(iov[1::2])))
+            real_submit(self, entries)
 
-        monkeypatch.setattr(Uring, "submit", submit)
+        monkeypatch.setattr(Uring, "submit_all", submit_all)
     else:
         monkeypatch.setattr(block, "USE_IO_URING", False)
     blk.activate()              # again, with the engine chosen
@@ -584,10 +585,10 @@ def test_blk_failed_merged_transfer_retries_each_request(
     if active is not None and active.uring is not None:
         # io_uring fails it too (a bad file descriptor); an I/O thread then
         # runs the transfer through the disk, which refuses it merged.
-        real_submit = Uring.submit
-        monkeypatch.setattr(Uring, "submit", lambda self, op, fd, iov, offset, tag:
-                            real_submit(self, op, -1 if iov is not None and sum(iov[1::2]) > 4096 else fd,
-                                        iov, offset, tag))
+        real_submit = Uring.submit_all
+        monkeypatch.setattr(Uring, "submit_all", lambda self, entries: real_submit(self, [
+            (op, -1 if iov is not None and sum(iov[1::2]) > 4096 else fd, iov, offset, tag)
+            for op, fd, iov, offset, tag in entries]))
     results = post_all(blk, [(VIRTIO_BLK_T_OUT, 8 * i, bytes([0x61 + i]) * 4096, 0) for i in range(3)])
 
     assert [status for status, _, _ in results] == [VIRTIO_BLK_S_OK] * 3
@@ -660,13 +661,13 @@ def test_blk_buffer_refused_at_the_last_check_resets_without_losing_a_thread(
 @pytest.mark.parametrize("large", ["io_uring"], indirect=True)
 def test_blk_with_io_uring_large_reads_and_writes_are_submitted_not_run_by_threads(
         blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
-    submitted: list[int] = []
-    real_submit = Uring.submit
-    monkeypatch.setattr(Uring, "submit", lambda self, op, fd, iov, offset, tag:
-                        (submitted.append(op), real_submit(self, op, fd, iov, offset, tag)))
+    submitted: list[list[int]] = []
+    real_submit = Uring.submit_all
+    monkeypatch.setattr(Uring, "submit_all", lambda self, entries:
+                        (submitted.append([entry[0] for entry in entries]), real_submit(self, entries)))
     post_all(blk, [(VIRTIO_BLK_T_OUT, 0, b"w" * 4096, 0), (VIRTIO_BLK_T_IN, 16, b"", 4096)])
 
-    assert sorted(submitted) == [IORING_OP_READV, IORING_OP_WRITEV]
+    assert submitted == [[IORING_OP_READV, IORING_OP_WRITEV]]       # popped together: one system call
     assert sorted(large) == [("read", 8192, 4096), ("write", 0, 4096)]     # recorded at submission only
     assert blk.path.read_bytes()[:4096] == b"w" * 4096
 
@@ -748,3 +749,27 @@ def test_blk_where_the_io_uring_eventfd_is_refused_the_io_threads_do_it(
 
     assert blk.request(VIRTIO_BLK_T_OUT, sector=0, out=b"t" * 4096)[0] == VIRTIO_BLK_S_OK
     assert blk.request(VIRTIO_BLK_T_IN, sector=0, in_len=4096)[::2] == (VIRTIO_BLK_S_OK, b"t" * 4096)
+
+
+
+@pytest.mark.parametrize("large", ["io_uring"], indirect=True)
+def test_blk_an_io_uring_completion_pops_what_the_driver_added_meanwhile(
+        blk: BlockHarness, large: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reaping a completion looks at the ring again: a request the driver
+    added while a transfer was in flight starts then, before its own
+    notification is served (which then finds the ring empty)."""
+    gate = threading.Event()
+    real_reap = VirtioBlock._reap
+    monkeypatch.setattr(VirtioBlock, "_reap", lambda self, active: (gate.wait(10), real_reap(self, active))[1])
+    first = blk.driver.add([header(VIRTIO_BLK_T_IN, 0)], [4096, 1])
+    blk.device.queue_notify(0)              # popped and submitted; its completion waits at the gate
+    second = blk.driver.add([header(VIRTIO_BLK_T_IN, 8)], [4096, 1])      # no notification
+    gate.set()
+    for _ in range(1000):
+        if blk.driver.used_idx() == 2:
+            break
+        threading.Event().wait(0.01)
+
+    assert sorted(head for head, _ in blk.driver.used()) == sorted([first.head, second.head])
+    assert blk.driver.read(second.writable[0]) == pattern(SECTORS * 512)[4096:8192]
+    assert blk.device.stats()["notifications"] == 1
