@@ -299,8 +299,8 @@ class VirtioBlock(VirtioDevice):
         """Pop every available request and queue it for the I/O threads:
         large ones as units of their own (adjacent ones joined), small ones
         in batches, which an I/O thread serving the ring runs itself.
-        §2.7.13.3: after re-enabling notifications (:meth:`_rearm`), look
-        again before returning."""
+        §2.7.13.3: after re-enabling notifications, look again before
+        returning."""
         while True:
             small, large, error, empty = self._pop_batch(active)
             if large:
@@ -313,29 +313,11 @@ class VirtioBlock(VirtioDevice):
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])
             elif small:
                 active.requests.put(small)
-            more = False
-            if empty and error is None:
-                error, more = self._rearm(active)
             if error is not None:
                 self._stop_for_reset(active, error)
                 return
-            if empty and not more:
+            if empty:
                 return
-
-    def _rearm(self, active: _Activation) -> tuple[QueueError | None, bool]:
-        """The ring is empty: ask the driver to notify about its next
-        request; (ring error, whether requests arrived meanwhile: pop again).
-        (Asking for no notification while io_uring transfers are in flight,
-        since each completion pops the ring anyway, measured slower for
-        sequential reads in a nested guest: requests waited for the next
-        completion instead of starting at once.)"""
-        with active.lock:
-            if active.stopped or active.memory is None or active.queue is None:
-                return None, False
-            try:
-                return None, active.queue.enable_notification(active.memory)
-            except QueueError as exc:
-                return exc, False
 
     def _pop_batch(self, active: _Activation) -> tuple[_Batch, list[DescriptorChain], QueueError | None, bool]:
         small = _Batch()
@@ -347,6 +329,10 @@ class VirtioBlock(VirtioDevice):
                 while len(small) < BATCH:
                     chain = active.queue.pop(active.memory)
                     if chain is None:
+                        # Re-enabled here, before anything is handed to an I/O thread:
+                        # once woken, it waits for the GIL while this thread runs on.
+                        if active.queue.enable_notification(active.memory):
+                            continue
                         return small, large, None, True
                     active.inflight += 1
                     (small if chain.readable_len + chain.writable_len <= INLINE_MAX else large).append(chain)
