@@ -258,7 +258,10 @@ class VirtioBlock(VirtioDevice):
                     active.memory = active.queue = active.interrupt = None
                     break
             # Reap here too: the event loop may be stopped (VM shutdown) or busy.
-            select.select([active.completions], [], [], RESET_POLL)
+            # (poll, not select: the eventfd may be numbered past FD_SETSIZE.)
+            ready = select.poll()
+            ready.register(active.completions, select.POLLIN)
+            ready.poll(RESET_POLL * 1000)
             self._reap(active)
         for _ in range(IO_THREADS):
             active.requests.put(None)

@@ -67,7 +67,8 @@ _syscall_gil.restype = ctypes.c_long
 
 
 class Uring:
-    """One io_uring: ``submit`` from any thread, ``wait`` from one."""
+    """One io_uring: ``submit``/``submit_all`` from any thread, ``reap``
+    from one at a time."""
 
     def __init__(self, fd: int, params: tuple[int, ...]) -> None:
         self.fd = fd

@@ -706,16 +706,39 @@ def test_blk_io_uring_completions_are_reaped_on_the_given_event_loop(image: Path
         memory.close()
 
 
-def test_blk_reset_reaps_io_uring_itself_when_the_event_loop_is_stopped(image: Path) -> None:
+@pytest.mark.parametrize("high_fd", [False, True], ids=["eventfd", "eventfd-past-FD_SETSIZE"])
+def test_blk_reset_reaps_io_uring_itself_when_the_event_loop_is_stopped(
+        image: Path, high_fd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """VM shutdown stops the event loop before it closes the devices: a
     reset with transfers in flight still waits for them, reaping them
-    itself, and returns."""
+    itself, and returns; also when the completion eventfd is numbered past
+    what select() takes (a VMM with many disks and taps)."""
+    import resource
+
     from kvmlite.vmm.eventloop import EventLoop
 
     needs_io_uring()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if high_fd:
+        soft, hard = limits
+        if hard != resource.RLIM_INFINITY and hard < 4096:
+            pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} is below 4096")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+        real_eventfd = os.eventfd
+
+        def eventfd_at_4000(*args: int) -> int:
+            fd = real_eventfd(*args)
+            os.dup2(fd, 4000)
+            os.close(fd)
+            return 4000
+
+        monkeypatch.setattr(os, "eventfd", eventfd_at_4000)
     loop = EventLoop("stopped")             # never started: nothing reaps but the reset
     memory = GuestMemory(1 << 20)
     harness = BlockHarness(memory, image, loop=loop)
+    monkeypatch.undo()
+    if high_fd:
+        assert harness.device._active is not None and harness.device._active.completions == 4000
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(block, "INLINE_MAX", 1024)
@@ -734,6 +757,7 @@ def test_blk_reset_reaps_io_uring_itself_when_the_event_loop_is_stopped(image: P
         harness.device.close()
         loop.close()
         memory.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
 
 def test_blk_where_the_io_uring_eventfd_is_refused_the_io_threads_do_it(
