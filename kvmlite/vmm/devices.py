@@ -31,6 +31,7 @@ from kvmlite.arch.x86 import layout
 from kvmlite.arch.x86.acpi import AcpiConfig, VirtioMmioDevice, build_acpi_tables
 from kvmlite.arch.x86.mptable import MpTableConfig, build_mptable
 from kvmlite.errors import ConfigError
+from kvmlite.vmm.eventloop import EventLoop
 from kvmlite.vmm.exitcodes import EndReason
 from kvmlite.vmm.interrupts import IrqRouter, KvmIoEventRegistrar, KvmIrqLine, KvmMsiAllocator
 
@@ -57,6 +58,7 @@ class DeviceManager:
         self.console_break: Callable[[], None] | None = None
         self.pci = None
         self.virtio: list = []          # (name, device, transport)
+        self.disk_loops: list[EventLoop] = []   # one per virtio-blk device: its own I/O thread
         self._pci_slots: list[int] = []
         self._mmio_devices: list[tuple[int, int]] = []     # (base, gsi)
 
@@ -89,8 +91,13 @@ class DeviceManager:
         from kvmlite.devices.virtio.rng import VirtioRng
 
         for i, disk in enumerate(config.disks):
-            devices.append((f"virtio-blk{i}", VirtioBlock(RawDisk.open(disk.path, read_only=disk.read_only),
-                                                                 loop=self.vm.event_loop)))
+            image = RawDisk.open(disk.path, read_only=disk.read_only)
+            # Each disk gets its own event loop: it serves the disk's notifications and io_uring
+            # completions, and runs its small reads and writes itself, so a disk that stalls
+            # stalls nothing but itself.
+            loop = EventLoop(f"virtio-blk{i}")
+            self.disk_loops.append(loop)
+            devices.append((f"virtio-blk{i}", VirtioBlock(image, loop=loop)))
         if config.console == "virtio":
             console = VirtioConsole(self.console_output or (lambda data: None))
             self.console_input, self.console_break = console.enqueue_input, None
@@ -110,7 +117,7 @@ class DeviceManager:
         for index, (name, device) in enumerate(devices):
             if vm.config.virtio_transport == "pci":
                 transport = VirtioPciTransport(device, vm.memory, self._msi, ioevents=self._ioevents,
-                                               loop=vm.event_loop, name=name)
+                                               loop=self._loop_of(device), name=name)
                 self._pci_slots.append(self.pci.add(transport))
             else:
                 if index >= layout.VIRTIO_MMIO_MAX or layout.IRQ_VIRTIO_MMIO_FIRST + index >= layout.IOAPIC_PINS:
@@ -119,12 +126,17 @@ class DeviceManager:
                 base = layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE
                 gsi = layout.IRQ_VIRTIO_MMIO_FIRST + index
                 transport = VirtioMmioTransport(device, vm.memory, self._irq(gsi), ioevents=self._ioevents,
-                                                loop=vm.event_loop, name=name)
+                                                loop=self._loop_of(device), name=name)
                 transport.attach(vm.mmio_bus, base)
                 self._mmio_devices.append((base, gsi))
                 if self._acpi_off():
                     self._cmdline.append(cmdline_device(base, gsi))
             self.virtio.append((name, device, transport))
+
+    def _loop_of(self, device: object) -> EventLoop:
+        """Where a device's queue notifications are served: its own loop
+        (a disk's), else the VM's."""
+        return getattr(device, "loop", None) or self.vm.event_loop
 
     def _irq(self, gsi: int) -> KvmIrqLine:
         return KvmIrqLine(self.vm.vm_fd, gsi)
@@ -206,16 +218,20 @@ class DeviceManager:
     # --- lifetime ---------------------------------------------------------------
 
     def start(self) -> None:
-        pass
+        for loop in self.disk_loops:
+            loop.start()
 
     def stop(self) -> None:
-        """The vCPUs have stopped: log what the devices did (debug level)."""
+        """The vCPUs have stopped: stop the disks' loops (a reset reaps what
+        is still in flight itself) and log what the devices did (debug level)."""
+        for loop in self.disk_loops:
+            loop.stop()
         if log.isEnabledFor(logging.DEBUG):
             for name, stats in self.stats().items():
                 log.debug("%s: %s", name, stats)
 
     def close(self) -> None:
-        """Release device resources (after every vCPU and the I/O thread stopped)."""
+        """Release device resources (after every vCPU and the I/O threads stopped)."""
         for name, device, transport in self.virtio:
             try:
                 transport.close()
@@ -224,6 +240,9 @@ class DeviceManager:
             except Exception:  # closing must go on for the other devices
                 log.exception("closing %s failed", name)
         self.virtio.clear()
+        for loop in self.disk_loops:
+            loop.close()
+        self.disk_loops.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
         out = {f"com{i + 1}": s.stats() for i, s in enumerate(self.serial)}

@@ -30,6 +30,7 @@ class EventLoop:
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._runner: int | None = None           # ident of the thread in run_forever
 
     # --- registration (any thread) ---
 
@@ -75,7 +76,12 @@ class EventLoop:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
+    def on_loop_thread(self) -> bool:
+        """Whether the caller is the thread running this loop's callbacks."""
+        return threading.get_ident() == self._runner
+
     def run_forever(self) -> None:
+        self._runner = threading.get_ident()
         while not self._stopping:
             try:
                 events = self._epoll.poll()

@@ -1,25 +1,31 @@
 """virtio-blk (virtio 1.2 §5.2) over a raw image.
 
 One request queue.  ``queue_notify`` pops the available requests on the
-thread that delivered the notification (the shared I/O thread, for an
-ioeventfd; a vCPU thread when the transport has none): popping only reads
-guest memory, it never waits.  Reads or writes of adjacent sectors are
-joined into one transfer (up to ``MERGE_MAX`` bytes and IOV_MAX buffers,
-as QEMU's virtio-blk does).  Each transfer over ``INLINE_MAX`` bytes is
-submitted right there to the disk's io_uring (:mod:`.uring`): the kernel's
-io-wq workers do the copies, several at once, with no Python thread woken
-and no GIL wanted, and buffered writes to one file (which run one at a
-time anyway, under the inode lock) queue there per file.  Completions
-signal an eventfd served by the VMM's event loop (``loop``; a device made
+thread that delivered the notification (the disk's own event loop,
+``loop``, for an ioeventfd; a vCPU thread when the transport has none):
+popping only reads guest memory, it never waits.  Reads or writes of
+adjacent sectors are joined into one transfer (up to ``MERGE_MAX`` bytes
+and IOV_MAX buffers, as QEMU's virtio-blk does).  Each transfer over
+``INLINE_MAX`` bytes is submitted right there to the disk's io_uring
+(:mod:`.uring`): the kernel's io-wq workers do the copies, several at once,
+with no Python thread woken and no GIL wanted, and buffered writes to one
+file (which run one at a time anyway, under the inode lock) queue there per
+file.  Completions signal an eventfd served by the same loop (a device made
 without one runs its own), which completes every finished request of one
 wake-up together.  Where io_uring is refused, large transfers go to
 ``IO_THREADS`` I/O threads (``preadv`` releases the GIL, as with QEMU's
-``aio=threads``).  The smaller requests of one notification go together
-to one I/O thread, which runs them, completes them with one interrupt
-check, and keeps popping from the ring itself while the driver keeps
-adding requests.  A slow disk never stalls a vCPU or the shared I/O
-thread.  There is no thread between the notification and the work: each
-hand-off between Python threads costs a wake-up and a wait for the GIL.
+``aio=threads``).
+
+Smaller requests: on the disk's loop thread, each plain read or write that
+needs no device I/O (``RawDisk.try_read``/``try_write``: ``RWF_NOWAIT``, or
+a file in memory) is done right there: a copy of a few KiB costs less than
+handing it to another Python thread (a wake-up, then a wait for the GIL).
+The rest (a flush, a discard, data not in the page cache, an unusual
+framing), and every small request popped on a vCPU thread, go together to
+one I/O thread, which runs them, completes them with one interrupt check,
+and keeps popping from the ring itself while the driver keeps adding
+requests.  A slow disk never stalls a vCPU or another device: the loop
+is the disk's own.
 
 Ordering: requests complete in any order, as virtio allows.  A flush makes
 durable every write whose completion the driver saw before it submitted the
@@ -68,7 +74,7 @@ from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
 from kvmlite.vmm import eventfd
 from kvmlite.vmm.eventloop import EventLoop
-from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
+from kvmlite.vmm.memory import IOVEC_SHORT, GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +188,9 @@ class VirtioBlock(VirtioDevice):
     def __init__(self, disk: RawDisk, queue_size: int = 256, loop: EventLoop | None = None) -> None:
         super().__init__()
         self.disk = disk
-        self.loop = loop            # reaps io_uring completions; without one, the device runs its own
+        # The disk's own event loop: its doorbell (the transport's), its io_uring completions (without
+        # one, the device runs a loop of its own for those) and its small reads and writes.
+        self.loop = loop
         self.queue_max_sizes = (queue_size,)
         self._config = self._build_config(queue_size)
         self._active: _Activation | None = None
@@ -314,6 +322,12 @@ class VirtioBlock(VirtioDevice):
                     active.requests.put(unit)
             if small and io_thread:
                 self._complete(active, [(chain, *self._run(chain)) for chain in small])
+            elif small and self._on_loop(active):
+                done, rest = self._run_inline(small)
+                if done:
+                    self._complete(active, done)
+                if rest:
+                    active.requests.put(rest)
             elif small:
                 active.requests.put(small)
             if error is not None:
@@ -342,6 +356,42 @@ class VirtioBlock(VirtioDevice):
             except QueueError as exc:
                 return small, large, exc, True
         return small, large, None, False
+
+    def _on_loop(self, active: _Activation) -> bool:
+        """Whether this is the disk's event loop thread (which may run small
+        reads and writes itself), not a vCPU or an I/O thread."""
+        loop = self.loop or active.loop
+        return loop is not None and loop.on_loop_thread()
+
+    def _run_inline(self, chains: _Batch) -> tuple[list[tuple[DescriptorChain, int, QueueError | None]], _Batch]:
+        """On the disk's event loop: run the plain reads and writes among
+        ``chains`` that need no device I/O (``RawDisk.try_read``/
+        ``try_write``: page-cache copies), and return them done, with the
+        rest (any other request, data not cached, a short or failed
+        transfer) for an I/O thread, which runs each through _handle."""
+        reads: list[_Transfer] = []
+        writes: list[_Transfer] = []
+        rest = _Batch()
+        try_read, try_write = self.disk.try_read, self.disk.try_write
+        for chain in chains:
+            t = self._transfer_of(chain)
+            if t is None or t.buffers > IOVEC_SHORT:
+                rest.append(chain)
+                continue
+            try:
+                views = chain.memory.io_buffers(chain.addrs[1:-1], chain.lens[1:-1])
+                n = (try_write if t.write else try_read)(views, t.sector * SECTOR_SIZE)  # type: ignore[arg-type]
+            except (OSError, GuestMemoryError):
+                n = None
+            if n != t.nbytes:
+                rest.append(chain)
+            else:
+                (writes if t.write else reads).append(t)
+        done = []
+        for run in (reads, writes):
+            if run:
+                done += self._transferred(run, sum(t.nbytes for t in run), merged=False)
+        return done, rest
 
     def _run(self, chain: DescriptorChain) -> tuple[int, QueueError | None]:
         """Do one request's I/O (no lock held): (bytes written, ring error)."""
@@ -455,8 +505,10 @@ class VirtioBlock(VirtioDevice):
             return [(t.chain, *self._run(t.chain)) for t in run]
         return self._transferred(run, total)
 
-    def _transferred(self, run: list[_Transfer], total: int) -> list[tuple[DescriptorChain, int, QueueError | None]]:
-        """A run whose ``total`` bytes all moved: each request is OK."""
+    def _transferred(self, run: list[_Transfer], total: int,
+                     merged: bool = True) -> list[tuple[DescriptorChain, int, QueueError | None]]:
+        """Reads or writes (a run joined into one transfer when ``merged``)
+        whose ``total`` bytes all moved: each request is OK."""
         write = run[0].write
         memory = run[0].chain.memory
         done = []
@@ -469,7 +521,7 @@ class VirtioBlock(VirtioDevice):
             stats = self._stats
             stats[requests] += len(run)
             stats[nbytes] += total
-            if len(run) > 1:
+            if merged and len(run) > 1:
                 stats["merged_requests"] += len(run)
         return done
 

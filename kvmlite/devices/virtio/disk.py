@@ -42,11 +42,16 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
 _ZERO_CHUNK = 1 << 20
+_MEMORY_FS = (0x01021994, 0x858458F6, 0x958458F6)   # f_type of tmpfs, ramfs, hugetlbfs
+_STATFS_SIZE = 120                                  # struct statfs on 64-bit Linux; f_type first
 Buffers = Union[list[memoryview], array]   # GuestMemory.io_buffers
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate64 if hasattr(_libc, "fallocate64") else _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_fstatfs.restype = ctypes.c_int
 # preadv/pwritev through ctypes take the iovec array as it is (os.preadv
 # wants a Python buffer object per element); ctypes releases the GIL.
 _preadv = _libc.preadv64 if hasattr(_libc, "preadv64") else _libc.preadv
@@ -67,8 +72,8 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 class RawDisk:
     """An open raw image: sector ``n`` is at byte ``512 * n`` of the file.
 
-    Threads: the virtio-blk worker does all I/O; :meth:`close` runs after
-    that worker stopped.
+    Threads: the disk's event loop (``try_read``/``try_write``) and its I/O
+    threads do the I/O; :meth:`close` runs after they stopped.
     """
 
     def __init__(self, fd: int, path: str, read_only: bool, size: int, serial: bytes) -> None:
@@ -78,6 +83,12 @@ class RawDisk:
         self.size = size - size % SECTOR_SIZE
         self.capacity = self.size // SECTOR_SIZE
         self.serial = serial
+        self.memory_backed = _memory_backed(fd)
+        # preadv/pwritev flags for try_read/try_write: RWF_NOWAIT until the
+        # file refuses it; then 0 (a plain call: it never waits for a
+        # device) or None (never try: the I/O threads do those).
+        nowait = getattr(os, "RWF_NOWAIT", None)
+        self._nowait: list[int | None] = [nowait, nowait]     # [reads, writes]
 
     @classmethod
     def open(cls, path: str, read_only: bool = False) -> "RawDisk":
@@ -135,6 +146,41 @@ class RawDisk:
             total -= n
             if total > 0:
                 buffers = advance(buffers, n)
+
+    # --- I/O that must not wait (the disk's event loop) ---
+
+    def try_read(self, views: list[memoryview], offset: int) -> int | None:
+        """Read into ``views`` at ``offset`` only if that needs no device
+        I/O: the bytes read (possibly short), or None when it would wait
+        (the data is not in the page cache, or this file cannot tell)."""
+        return self._try(False, views, offset)
+
+    def try_write(self, views: list[memoryview], offset: int) -> int | None:
+        """Write ``views`` at ``offset`` unless that would wait for a
+        device: the bytes written (possibly short), or None.  A buffered
+        write is a copy into the page cache: where the filesystem cannot
+        say whether it would wait (no ``RWF_NOWAIT`` for buffered writes, as
+        on ext4), it is made anyway; it waits only when the kernel throttles
+        a writer with too many dirty pages."""
+        return self._try(True, views, offset)
+
+    def _try(self, write: bool, views: list[memoryview], offset: int) -> int | None:
+        flags = self._nowait[write]
+        if flags is None:
+            return None
+        try:
+            return (os.pwritev if write else os.preadv)(self.fd, views, offset, flags)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not flags:
+                raise
+        # RWF_NOWAIT refused: decide once for this file.
+        fallback = 0 if write or self.memory_backed else None
+        self._nowait[write] = fallback
+        log.debug("disk %s: no RWF_NOWAIT %ss; %s", self.path, "write" if write else "read",
+                  "they never wait for a device" if fallback == 0 else "they go to the I/O threads")
+        return self._try(write, views, offset)
 
     def _vectored(self, op: Any, iov: array, offset: int) -> int:
         while True:
@@ -208,6 +254,15 @@ def advance(buffers: Buffers, n: int) -> Buffers:
     if views and n:
         views[0] = views[0][n:]
     return views
+
+
+def _memory_backed(fd: int) -> bool:
+    """Whether the file lives in memory (tmpfs, ramfs, hugetlbfs): its
+    reads and writes are copies, never device I/O."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _fstatfs(fd, buf) != 0:
+        return False
+    return int.from_bytes(buf.raw[:8], "little") in _MEMORY_FS
 
 
 def image_serial(st: os.stat_result) -> bytes:

@@ -27,3 +27,14 @@ def split_memory() -> Iterator[GuestMemory]:
     assert len(mem.regions) == 2
     yield mem
     mem.close()
+
+
+@pytest.fixture(scope="module")
+def disk_loop() -> Iterator["EventLoop"]:
+    """A running event loop standing in for a disk's own (``vmm/devices.py``)."""
+    from kvmlite.vmm.eventloop import EventLoop
+
+    loop = EventLoop("test-disk-loop")
+    loop.start()
+    yield loop
+    loop.close()

@@ -214,3 +214,19 @@ class RecordingMemory(GuestMemory):
         assert any(r.guest_addr <= addr and addr + length <= r.end for r in self.regions), (addr, length)
         self.views.append((addr, length))
         return result
+
+
+
+def call_on_loop(loop, call, timeout: float = 10.0) -> None:
+    """Run ``call()`` on ``loop``'s thread, as a doorbell (ioeventfd) served
+    there runs a device's ``queue_notify``, and wait until it returns."""
+    returned = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        finally:
+            returned.set()
+
+    loop.call_soon(run)
+    assert returned.wait(timeout), "the event loop did not run the call"

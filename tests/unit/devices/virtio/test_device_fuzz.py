@@ -21,7 +21,7 @@ from kvmlite.devices.virtio.disk import RawDisk
 from kvmlite.devices.virtio.queue import Queue
 from kvmlite.devices.virtio.rng import VirtioRng
 from tests.unit.devices.virtio.fakedriver import NeedsResetRecorder, RecordingInterrupt, RecordingMemory
-from tests.unit.devices.virtio.fakedriver import FakeDriver
+from tests.unit.devices.virtio.fakedriver import FakeDriver, call_on_loop
 from tests.unit.devices.virtio.hostile import (RAM, BlkRequest, HostileRing, blk_requests, descriptors,
                                                hostile_rings, install, post_blk)
 
@@ -66,13 +66,30 @@ def hostile_queue(ring: HostileRing) -> Queue:
 @settings(max_examples=200, deadline=None)
 @given(ring=hostile_rings())
 def test_blk_random_hostile_ring_never_crashes(ring: HostileRing, raw_disk: RawDisk, errors: ErrorRecords) -> None:
+    hostile_ring(ring, raw_disk, errors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ring=hostile_rings())
+def test_blk_random_hostile_ring_on_the_disk_loop_never_crashes(ring: HostileRing, raw_disk: RawDisk,
+                                                                 errors: ErrorRecords, disk_loop) -> None:
+    hostile_ring(ring, raw_disk, errors, disk_loop)
+
+
+def hostile_ring(ring: HostileRing, raw_disk: RawDisk, errors: ErrorRecords, loop=None) -> None:
     errors.records.clear()
-    device = VirtioBlock(raw_disk, queue_size=16)
+    device = VirtioBlock(raw_disk, queue_size=16, loop=loop)
     device.on_needs_reset = NeedsResetRecorder()
     queue = hostile_queue(ring)
 
-    device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
-    device.queue_notify(0)
+    def start() -> None:    # activation pops what the hostile ring already holds
+        device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
+        device.queue_notify(0)
+
+    if loop is None:
+        start()
+    else:
+        call_on_loop(loop, start)
 
     assert device.wait_idle(timeout=10)
     stats = device.stats()
@@ -92,19 +109,40 @@ def test_blk_random_hostile_ring_never_crashes(ring: HostileRing, raw_disk: RawD
 def test_blk_hostile_requests_complete_with_a_status_or_reset(requests: list[BlkRequest],
                                                               corruption: tuple[int, tuple[int, int, int, int]] | None,
                                                               raw_disk: RawDisk, errors: ErrorRecords) -> None:
+    hostile_requests(requests, corruption, raw_disk, errors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests=st.lists(blk_requests(), min_size=1, max_size=4),
+       corruption=st.none() | st.tuples(st.integers(0, 15), descriptors(16)))
+def test_blk_hostile_requests_on_the_disk_loop_complete_with_a_status_or_reset(
+        requests: list[BlkRequest], corruption: tuple[int, tuple[int, int, int, int]] | None,
+        raw_disk: RawDisk, errors: ErrorRecords, disk_loop) -> None:
+    """The same, notified on the disk's event loop, whose thread runs the
+    small reads and writes itself."""
+    hostile_requests(requests, corruption, raw_disk, errors, disk_loop)
+
+
+def hostile_requests(requests: list[BlkRequest], corruption: tuple[int, tuple[int, int, int, int]] | None,
+                     raw_disk: RawDisk, errors: ErrorRecords, loop=None) -> None:
     errors.records.clear()
-    device = VirtioBlock(raw_disk, queue_size=16)
+    device = VirtioBlock(raw_disk, queue_size=16, loop=loop)
     resets = NeedsResetRecorder()
     device.on_needs_reset = resets
     queue = Queue(16)
     driver = FakeDriver(MEMORY, queue)
+    if loop is not None:        # activated first, so the loop's notification pops the requests
+        device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
     for request in requests:
         post_blk(driver, request)
     if corruption is not None:
         driver.write_desc(driver.desc_table, corruption[0], *corruption[1])
 
-    device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
-    device.queue_notify(0)
+    if loop is None:
+        device.activate(MEMORY, [queue], device.device_features(), RecordingInterrupt())
+        device.queue_notify(0)
+    else:
+        call_on_loop(loop, lambda: device.queue_notify(0))
     assert device.wait_idle(timeout=10)
     device.reset()
 
@@ -160,8 +198,7 @@ def test_blk_hostile_large_requests_complete_with_a_status_or_reset(
     step and the I/O threads."""
     saved, block.INLINE_MAX = block.INLINE_MAX, 0
     try:
-        test_blk_hostile_requests_complete_with_a_status_or_reset.hypothesis.inner_test(
-            requests=requests, corruption=corruption, raw_disk=raw_disk, errors=errors)
+        hostile_requests(requests, corruption, raw_disk, errors)
     finally:
         block.INLINE_MAX = saved
 

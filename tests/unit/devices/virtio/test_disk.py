@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import subprocess
@@ -249,3 +250,85 @@ def test_read_past_end_of_file_raises_os_error(tmp_path: Path) -> None:
         memory = GuestMemory(1 << 20)
         disk.read(memory.iovec([0x1000], [512]), 1024, 512)
     disk.close()
+
+
+# --- I/O that must not wait (the disk's event loop) ---
+
+def shm_dir() -> Path:
+    path = Path("/dev/shm")
+    if not path.is_dir() or not os.access(path, os.W_OK):
+        pytest.skip("no writable /dev/shm (tmpfs) on this machine")
+    return path
+
+
+def test_image_in_memory_reads_and_writes_without_nowait(tmp_path: Path) -> None:
+    """tmpfs refuses RWF_NOWAIT, but nothing there waits for a device: the
+    loop thread may read and write it all the same."""
+    shm = shm_dir()
+    path = make_image(Path(tmp_path), 8192)
+    target = shm / f"kvmlite-test-{os.getpid()}.img"
+    target.write_bytes(path.read_bytes())
+    disk = RawDisk.open(str(target))
+    try:
+        buf = bytearray(4096)
+        assert disk.memory_backed
+        assert disk.try_read([memoryview(buf)], 4096) == 4096
+        assert disk.try_write([memoryview(b"\x07" * 512)], 0) == 512
+        assert disk.try_read([memoryview(buf)], 4096) == 4096        # the choice is remembered
+    finally:
+        disk.close()
+        data = target.read_bytes()
+        target.unlink()
+    assert bytes(buf) == path.read_bytes()[4096:]
+    assert data[:512] == b"\x07" * 512
+
+
+def test_image_on_disk_read_not_cached_would_wait(tmp_path: Path) -> None:
+    """On a filesystem that answers RWF_NOWAIT, cached data is read at once
+    and data the page cache dropped is refused (None): it needs the device."""
+    disk = RawDisk.open(str(make_image(tmp_path, 1 << 20)))
+    try:
+        if disk.memory_backed:
+            pytest.skip(f"{tmp_path} is memory-backed: no read there waits for a device")
+        buf = bytearray(4096)
+        assert disk.try_read([memoryview(buf)], 0) == 4096
+        os.fsync(disk.fd)
+        os.posix_fadvise(disk.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert disk.try_read([memoryview(buf)], 512 << 10) is None
+    finally:
+        disk.close()
+    assert bytes(buf[:16]) == bytes(i % 251 for i in range(16))
+
+
+def test_filesystem_refusing_nowait_reads_leaves_them_to_the_io_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that is not in memory and refuses RWF_NOWAIT (a network
+    or FUSE one may) cannot tell a cached read from a slow one: try_read
+    answers None from then on, without asking again; a buffered write is
+    still made (a copy into the page cache)."""
+    disk = RawDisk.open(str(make_image(tmp_path, 8192)))
+    calls = []
+    real_preadv, real_pwritev = os.preadv, os.pwritev
+
+    def refusing(real):
+        def call(fd, buffers, offset, flags=0):
+            calls.append(flags)
+            if flags & os.RWF_NOWAIT:
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            return real(fd, buffers, offset, flags)
+        return call
+
+    monkeypatch.setattr(disk_module.os, "preadv", refusing(real_preadv))
+    monkeypatch.setattr(disk_module.os, "pwritev", refusing(real_pwritev))
+    disk.memory_backed = False
+    try:
+        buf = bytearray(512)
+        assert disk.try_read([memoryview(buf)], 0) is None
+        assert disk.try_read([memoryview(buf)], 0) is None
+        assert disk.try_write([memoryview(b"\x01" * 512)], 512) == 512
+        assert disk.try_write([memoryview(b"\x02" * 512)], 1024) == 512
+    finally:
+        disk.close()
+    assert calls == [os.RWF_NOWAIT, os.RWF_NOWAIT, 0, 0]
+    data = (tmp_path / "disk.img").read_bytes()
+    assert data[512:1024] == b"\x01" * 512 and data[1024:1536] == b"\x02" * 512

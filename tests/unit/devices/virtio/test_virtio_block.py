@@ -23,7 +23,7 @@ from kvmlite.devices.virtio.disk import RawDisk
 from kvmlite.devices.virtio.queue import Queue
 from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
 from kvmlite.vmm.memory import GuestMemory
-from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt
+from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt, call_on_loop
 
 SECTORS = 128                      # 64 KiB image
 QUEUE = 16
@@ -44,9 +44,11 @@ def pattern(size: int) -> bytes:
 class BlockHarness:
     """A driver, a device and an image, wired as the transport would."""
 
-    def __init__(self, memory: GuestMemory, path: Path, read_only: bool = False, loop=None) -> None:
+    def __init__(self, memory: GuestMemory, path: Path, read_only: bool = False, loop=None,
+                 doorbell: bool = False) -> None:
         self.path = path
         self.memory = memory
+        self.doorbell = doorbell
         self.device = VirtioBlock(RawDisk.open(str(path), read_only), queue_size=QUEUE, loop=loop)
         self.interrupt = RecordingInterrupt()
         self.resets = NeedsResetRecorder()
@@ -61,7 +63,10 @@ class BlockHarness:
         self.device.activate(self.memory, [self.queue], features, self.interrupt)
 
     def run(self) -> list[tuple[int, int]]:
-        self.device.queue_notify(0)
+        if self.doorbell:       # an ioeventfd served on the disk's loop: its thread may run the I/O
+            call_on_loop(self.device.loop, lambda: self.device.queue_notify(0))
+        else:                   # a notify that trapped: on the vCPU thread, which must not do I/O
+            self.device.queue_notify(0)
         assert self.device.wait_idle(timeout=10)
         return self.driver.used()
 
@@ -84,16 +89,23 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(params=["trap", "doorbell"])
+def notified(request: pytest.FixtureRequest, disk_loop) -> dict:
+    """Where notifications arrive: on the notifying (vCPU) thread, or on the
+    disk's event loop, whose thread runs small reads and writes itself."""
+    return {"doorbell": True, "loop": disk_loop} if request.param == "doorbell" else {}
+
+
 @pytest.fixture
-def blk(memory: GuestMemory, image: Path) -> Iterator[BlockHarness]:
-    harness = BlockHarness(memory, image)
+def blk(memory: GuestMemory, image: Path, notified: dict) -> Iterator[BlockHarness]:
+    harness = BlockHarness(memory, image, **notified)
     yield harness
     harness.device.close()
 
 
 @pytest.fixture
-def blk_ro(memory: GuestMemory, image: Path) -> Iterator[BlockHarness]:
-    harness = BlockHarness(memory, image, read_only=True)
+def blk_ro(memory: GuestMemory, image: Path, notified: dict) -> Iterator[BlockHarness]:
+    harness = BlockHarness(memory, image, read_only=True, **notified)
     yield harness
     harness.device.close()
 
@@ -272,6 +284,80 @@ def test_blk_short_header_reports_ioerr(blk: BlockHarness) -> None:
     blk.run()
 
     assert blk.driver.read(posted.writable[0]) == bytes([VIRTIO_BLK_S_IOERR])
+
+
+# --- where small requests run ---
+
+def record_threads(harness: BlockHarness, *names: str) -> list[tuple[str, str]]:
+    """Wrap the disk's ``names`` methods: each call appends (method, thread name)."""
+    calls: list[tuple[str, str]] = []
+    for name in names:
+        method = getattr(harness.device.disk, name)
+
+        def wrapper(*args, _method=method, _name=name):
+            calls.append((_name, threading.current_thread().name))
+            return _method(*args)
+        setattr(harness.device.disk, name, wrapper)
+    return calls
+
+
+def test_blk_small_reads_and_writes_run_on_the_disk_loop_and_flush_on_an_io_thread(
+        memory: GuestMemory, image: Path, disk_loop) -> None:
+    """Notified on the disk's loop, a small read or write whose data needs
+    no device I/O is done by the loop thread itself; a flush is not."""
+    harness = BlockHarness(memory, image, loop=disk_loop, doorbell=True)
+    try:
+        calls = record_threads(harness, "try_read", "try_write", "read", "write", "flush")
+        assert harness.request(VIRTIO_BLK_T_OUT, 2, out=b"\x5a" * 1024)[0] == VIRTIO_BLK_S_OK
+        status, _used, data = harness.request(VIRTIO_BLK_T_IN, 2, in_len=1024)
+        assert harness.request(VIRTIO_BLK_T_FLUSH)[0] == VIRTIO_BLK_S_OK
+    finally:
+        harness.device.close()
+
+    assert status == VIRTIO_BLK_S_OK and data == b"\x5a" * 1024
+    assert image.read_bytes()[1024:2048] == b"\x5a" * 1024
+    assert calls[:2] == [("try_write", disk_loop.name), ("try_read", disk_loop.name)]
+    assert len(calls) == 3 and calls[2][0] == "flush" and ":io" in calls[2][1]
+
+
+def test_blk_requests_notified_off_the_loop_never_do_io_on_the_notifying_thread(
+        memory: GuestMemory, image: Path, disk_loop) -> None:
+    """A trapped notify arrives on a vCPU thread: it pops, but the I/O
+    happens elsewhere."""
+    blk = BlockHarness(memory, image, loop=disk_loop)
+    try:
+        calls = record_threads(blk, "try_read", "try_write", "read", "write")
+        blk.request(VIRTIO_BLK_T_OUT, 1, out=b"\x11" * 512)
+        blk.request(VIRTIO_BLK_T_IN, 1, in_len=512)
+    finally:
+        blk.device.close()
+
+    assert [name for name, _thread in calls] == ["write", "read"]
+    assert all(thread != threading.current_thread().name for _name, thread in calls)
+
+
+def test_blk_small_read_not_in_the_page_cache_goes_to_an_io_thread(
+        memory: GuestMemory, tmp_path: Path, disk_loop) -> None:
+    """On a filesystem that answers RWF_NOWAIT (ext4, xfs, btrfs), a read
+    whose data is not cached would wait for the device: the loop thread
+    hands it to an I/O thread, which reads the right bytes."""
+    path = tmp_path / "cold.img"
+    path.write_bytes(pattern(SECTORS * 512))
+    harness = BlockHarness(memory, path, loop=disk_loop, doorbell=True)
+    try:
+        if harness.device.disk.memory_backed:
+            pytest.skip(f"{tmp_path} is memory-backed: no read there waits for a device")
+        fd = harness.device.disk.fd
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)     # out of the page cache
+        calls = record_threads(harness, "try_read", "read")
+        status, _used, data = harness.request(VIRTIO_BLK_T_IN, 16, in_len=4096)
+    finally:
+        harness.device.close()
+
+    assert status == VIRTIO_BLK_S_OK and data == pattern(SECTORS * 512)[16 * 512:16 * 512 + 4096]
+    assert calls[0] == ("try_read", disk_loop.name)
+    assert calls[1][0] == "read" and ":io" in calls[1][1]
 
 
 # --- discard and write zeroes (§5.2.6) ---
