@@ -147,7 +147,8 @@ class Vm:
 
     def _create_vcpu(self, index: int, supported: list[kvm_cpuid_entry2]) -> Vcpu:
         fd = self.vm_fd.create_vcpu(index)
-        fd.set_cpuid2(vcpu_cpuid(supported, index, self.config.cpus))
+        fd.set_cpuid2(vcpu_cpuid(supported, index, self.config.cpus,
+                                 tsc_deadline=bool(self.kvm.check_extension(uapi.KVM_CAP_TSC_DEADLINE_TIMER))))
         self._set_boot_msrs(fd)
         lapic = fd.get_lapic()
         regs = x86regs.lapic_lint_setup(bytearray(bytes(lapic)))

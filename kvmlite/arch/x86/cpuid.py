@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kvmlite.kvm.structs import kvm_cpuid_entry2
 
+LEAF1_ECX_TSC_DEADLINE = 1 << 24
 LEAF1_ECX_HYPERVISOR = 1 << 31
 LEAF1_EDX_HTT = 1 << 28
 LEAF_EXT_TOPOLOGY = 0x0B
@@ -33,8 +34,13 @@ def vendor(entries: list[kvm_cpuid_entry2]) -> str:
     return ""
 
 
-def vcpu_cpuid(supported: list[kvm_cpuid_entry2], vcpu_id: int, num_vcpus: int) -> list[kvm_cpuid_entry2]:
-    """CPUID entries for vCPU ``vcpu_id`` of ``num_vcpus``."""
+def vcpu_cpuid(supported: list[kvm_cpuid_entry2], vcpu_id: int, num_vcpus: int,
+               tsc_deadline: bool = False) -> list[kvm_cpuid_entry2]:
+    """CPUID entries for vCPU ``vcpu_id`` of ``num_vcpus``.  ``tsc_deadline``:
+    KVM's LAPIC emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER),
+    which KVM_GET_SUPPORTED_CPUID leaves to the VMM to announce.  A guest
+    then arms its timer with one WRMSR instead of an APIC register write
+    that KVM must decode and emulate."""
     out = []
     amd = vendor(supported) == "AuthenticAMD"
     for src in supported:
@@ -43,6 +49,8 @@ def vcpu_cpuid(supported: list[kvm_cpuid_entry2], vcpu_id: int, num_vcpus: int) 
             # EBX: [31:24] initial APIC ID, [23:16] logical processors, [15:8] CLFLUSH size/8
             e.ebx = (vcpu_id << 24) | (min(num_vcpus, 255) << 16) | (8 << 8) | (e.ebx & 0xFF)
             e.ecx |= LEAF1_ECX_HYPERVISOR
+            if tsc_deadline:
+                e.ecx |= LEAF1_ECX_TSC_DEADLINE
             if num_vcpus > 1:
                 e.edx |= LEAF1_EDX_HTT
             else:

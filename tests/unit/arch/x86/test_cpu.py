@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import struct
 
 from kvmlite.arch.x86 import cpuid, gdt, layout, paging, regs
@@ -63,6 +65,15 @@ def test_vcpu_cpuid_leaf1_carries_apic_id_and_hypervisor_bit() -> None:
     assert leaf1.ebx >> 24 == 3 and (leaf1.ebx >> 16) & 0xFF == 4
     assert leaf1.ecx & cpuid.LEAF1_ECX_HYPERVISOR and leaf1.edx & cpuid.LEAF1_EDX_HTT
     assert supported[1].ebx == 0xFF, "the supported list must not be modified"
+
+
+@pytest.mark.parametrize("deadline", [False, True])
+def test_vcpu_cpuid_announces_the_tsc_deadline_timer_when_kvm_emulates_it(deadline: bool) -> None:
+    supported = [_entry(0, ebx=0x68747541, edx=0x69746E65, ecx=0x444D4163), _entry(1, ecx=0x1)]
+    out = cpuid.vcpu_cpuid(supported, vcpu_id=0, num_vcpus=1, tsc_deadline=deadline)
+    leaf1 = next(e for e in out if e.function == 1)
+    assert bool(leaf1.ecx & cpuid.LEAF1_ECX_TSC_DEADLINE) is deadline
+    assert leaf1.ecx & 0x1, "the other supported bits stay"
 
 
 def test_vcpu_cpuid_leaf_b_reports_core_level_and_x2apic_id() -> None:
