@@ -43,7 +43,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 
 _ZERO_CHUNK = 1 << 20
 _MEMORY_FS = (0x01021994, 0x858458F6, 0x958458F6)   # f_type of tmpfs, ramfs, hugetlbfs
-_STATFS_SIZE = 120                                  # struct statfs on 64-bit Linux; f_type first
+_STATFS_SIZE = 256                                  # room for struct statfs (120 bytes on x86-64; f_type first)
 Buffers = Union[list[memoryview], array]   # GuestMemory.io_buffers
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate64 if hasattr(_libc, "fallocate64") else _libc.fallocate
