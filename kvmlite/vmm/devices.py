@@ -80,9 +80,10 @@ class DeviceManager:
         self._ioevents = KvmIoEventRegistrar(vm.vm_fd)
         self.pci = PciRoot(vm.mmio_bus, vm.io_bus, [self._irq(g) for g in layout.IRQ_PCI_INTX])
 
-    def _virtio_devices(self) -> list[tuple[str, object]]:
+    def _virtio_devices(self) -> list[tuple[str, object, EventLoop]]:
+        """(name, device, the loop serving its queue notifications) each."""
         config = self.vm.config
-        devices: list[tuple[str, object]] = []
+        devices: list[tuple[str, object, EventLoop]] = []
         if not (config.disks or config.console == "virtio" or config.rng):
             return devices
         from kvmlite.devices.virtio.block import VirtioBlock
@@ -97,13 +98,13 @@ class DeviceManager:
             # stalls nothing but itself.
             loop = EventLoop(f"virtio-blk{i}")
             self.disk_loops.append(loop)
-            devices.append((f"virtio-blk{i}", VirtioBlock(image, loop=loop)))
+            devices.append((f"virtio-blk{i}", VirtioBlock(image, loop=loop), loop))
         if config.console == "virtio":
             console = VirtioConsole(self.console_output or (lambda data: None))
             self.console_input, self.console_break = console.enqueue_input, None
-            devices.append(("virtio-console", console))
+            devices.append(("virtio-console", console, self.vm.event_loop))
         if config.rng:
-            devices.append(("virtio-rng", VirtioRng()))
+            devices.append(("virtio-rng", VirtioRng(), self.vm.event_loop))
         return devices
 
     def _create_virtio(self) -> None:
@@ -114,10 +115,10 @@ class DeviceManager:
         from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
 
         vm = self.vm
-        for index, (name, device) in enumerate(devices):
+        for index, (name, device, loop) in enumerate(devices):
             if vm.config.virtio_transport == "pci":
                 transport = VirtioPciTransport(device, vm.memory, self._msi, ioevents=self._ioevents,
-                                               loop=self._loop_of(device), name=name)
+                                               loop=loop, name=name)
                 self._pci_slots.append(self.pci.add(transport))
             else:
                 if index >= layout.VIRTIO_MMIO_MAX or layout.IRQ_VIRTIO_MMIO_FIRST + index >= layout.IOAPIC_PINS:
@@ -126,17 +127,12 @@ class DeviceManager:
                 base = layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE
                 gsi = layout.IRQ_VIRTIO_MMIO_FIRST + index
                 transport = VirtioMmioTransport(device, vm.memory, self._irq(gsi), ioevents=self._ioevents,
-                                                loop=self._loop_of(device), name=name)
+                                                loop=loop, name=name)
                 transport.attach(vm.mmio_bus, base)
                 self._mmio_devices.append((base, gsi))
                 if self._acpi_off():
                     self._cmdline.append(cmdline_device(base, gsi))
             self.virtio.append((name, device, transport))
-
-    def _loop_of(self, device: object) -> EventLoop:
-        """Where a device's queue notifications are served: its own loop
-        (a disk's), else the VM's."""
-        return getattr(device, "loop", None) or self.vm.event_loop
 
     def _irq(self, gsi: int) -> KvmIrqLine:
         return KvmIrqLine(self.vm.vm_fd, gsi)

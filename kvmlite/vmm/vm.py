@@ -107,7 +107,8 @@ class Vm:
         rsdp = self.devices.write_firmware_tables(self.memory)
         self.boot: BootLayout = self._load_kernel(rsdp)
         supported = self.kvm.supported_cpuid()
-        self.vcpus = [self._create_vcpu(i, supported) for i in range(config.cpus)]
+        tsc_deadline = bool(self.kvm.check_extension(uapi.KVM_CAP_TSC_DEADLINE_TIMER))
+        self.vcpus = [self._create_vcpu(i, supported, tsc_deadline) for i in range(config.cpus)]
         self.control = VmControl(self)
 
     # --- construction ---
@@ -145,10 +146,9 @@ class Vm:
             initrd = read_file(self.config.initrd, "initrd", MAX_INITRD_SIZE)
         return setup_boot(self.memory, kernel, self.cmdline(), initrd, rsdp)
 
-    def _create_vcpu(self, index: int, supported: list[kvm_cpuid_entry2]) -> Vcpu:
+    def _create_vcpu(self, index: int, supported: list[kvm_cpuid_entry2], tsc_deadline: bool) -> Vcpu:
         fd = self.vm_fd.create_vcpu(index)
-        fd.set_cpuid2(vcpu_cpuid(supported, index, self.config.cpus,
-                                 tsc_deadline=bool(self.kvm.check_extension(uapi.KVM_CAP_TSC_DEADLINE_TIMER))))
+        fd.set_cpuid2(vcpu_cpuid(supported, index, self.config.cpus, tsc_deadline=tsc_deadline))
         self._set_boot_msrs(fd)
         lapic = fd.get_lapic()
         regs = x86regs.lapic_lint_setup(bytearray(bytes(lapic)))
