@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from array import array
 from pathlib import Path
 
@@ -47,13 +48,54 @@ def test_open_image_smaller_than_a_sector_raises_config_error(tmp_path: Path, si
         RawDisk.open(str(path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="needs a non-root user: root reads files whatever their mode")
-def test_open_unreadable_image_raises_config_error(tmp_path: Path) -> None:
-    path = make_image(tmp_path)
-    path.chmod(0)
+NOBODY = 65534
+# Opens argv[1] as a user the file's mode applies to (root reads and writes
+# files whatever their mode, so as root it first becomes nobody) and prints
+# what RawDisk.open said.  Exit 0: a ConfigError; 3: this root cannot switch
+# users; 4: the directory is unreachable (the test would prove nothing).
+_OPEN_AS_USER = f"""
+import os, sys
+from kvmlite.devices.virtio.disk import RawDisk
+from kvmlite.errors import ConfigError
+if os.geteuid() == 0:
+    try:
+        os.setgroups([])
+        os.setresgid({NOBODY}, {NOBODY}, {NOBODY})
+        os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
+    except PermissionError:
+        sys.exit(3)
+try:
+    os.listdir(os.path.dirname(sys.argv[1]))
+except PermissionError:
+    sys.exit(4)
+try:
+    RawDisk.open(sys.argv[1], sys.argv[2] == "ro")
+except ConfigError as exc:
+    print(exc)
+    sys.exit(0)
+print("opened")
+sys.exit(1)
+"""
 
-    with pytest.raises(ConfigError, match="permission denied"):
-        RawDisk.open(str(path))
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_open_unreadable_image_raises_config_error(read_only: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="kvmlite-mode-") as tmp:
+        os.chmod(tmp, 0o755)            # reachable by anyone; only the image's mode denies
+        path = make_image(Path(tmp))
+        path.chmod(0)
+        repo = Path(disk_module.__file__).resolve().parents[3]
+        done = subprocess.run([sys.executable, "-c", _OPEN_AS_USER, str(path), "ro" if read_only else "rw"],
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(repo)))
+    if done.returncode == 3:
+        pytest.skip("needs a non-root user, or a root that may switch to nobody: root reads files "
+                    "whatever their mode")
+    assert done.returncode != 4, f"the temporary directory {tmp} is not reachable by uid {NOBODY}"
+    assert done.returncode == 0, done.stdout + done.stderr
+    message = done.stdout.strip()
+    assert message.endswith("permission denied") and str(path) in message
+    assert ("(add ',ro' for read-only)" in message) is not read_only
 
 
 # --- locking ---
