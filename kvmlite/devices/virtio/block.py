@@ -146,7 +146,7 @@ class _Activation:
     next_tag: int = 1
 
     def __post_init__(self) -> None:
-        self.idle = threading.Condition(self.lock)   # notified when inflight drops
+        self.idle = threading.Condition(self.lock)   # notified when inflight drops to 0
 
 
 @dataclass
@@ -420,14 +420,16 @@ class VirtioBlock(VirtioDevice):
                 notify, interrupt = active.queue.needs_notification(active.memory), active.interrupt
             if error is None:
                 active.inflight -= len(done)
-                active.idle.notify_all()
+                if not active.inflight:
+                    active.idle.notify_all()
         if notify and interrupt is not None:
             interrupt.signal_used_queue(0)
         if error is not None:
             self._stop_for_reset(active, error)
             with active.lock:
                 active.inflight -= len(done)
-                active.idle.notify_all()
+                if not active.inflight:
+                    active.idle.notify_all()
 
     def _io_thread(self, active: _Activation) -> None:
         """Run units as they come.  After a batch of small requests, serve
