@@ -271,7 +271,7 @@ class VirtioBlock(VirtioDevice):
             ready.register(active.completions, select.POLLIN)
             ready.poll(RESET_POLL * 1000)
             self._reap(active)
-        for _ in range(IO_THREADS):
+        for _ in active.io_threads:     # one stop marker per thread started
             active.requests.put(None)
         self._close_uring(active)
 
