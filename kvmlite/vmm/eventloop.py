@@ -82,18 +82,23 @@ class EventLoop:
 
     def run_forever(self) -> None:
         self._runner = threading.get_ident()
-        while not self._stopping:
-            try:
-                events = self._epoll.poll()
-            except InterruptedError:
-                continue
-            for fd, _mask in events:
-                if fd == self._wake_r:
-                    self._drain_wakeups()
+        try:
+            while not self._stopping:
+                try:
+                    events = self._epoll.poll()
+                except InterruptedError:
                     continue
-                callback = self._callbacks.get(fd)
-                if callback is not None:
-                    self._run_callback(fd, callback)
+                for fd, _mask in events:
+                    if fd == self._wake_r:
+                        self._drain_wakeups()
+                        continue
+                    callback = self._callbacks.get(fd)
+                    if callback is not None:
+                        self._run_callback(fd, callback)
+        finally:
+            # Thread idents are reused once a thread ends: a later thread
+            # must not pass for this loop's.
+            self._runner = None
 
     def _drain_wakeups(self) -> None:
         try:

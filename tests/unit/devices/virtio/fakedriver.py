@@ -216,7 +216,6 @@ class RecordingMemory(GuestMemory):
         return result
 
 
-
 def call_on_loop(loop, call, timeout: float = 10.0) -> None:
     """Run ``call()`` on ``loop``'s thread, as a doorbell (ioeventfd) served
     there runs a device's ``queue_notify``, and wait until it returns."""
