@@ -58,9 +58,9 @@ def scenario(write: bool, qd: int, buffers: int, size: int, requests: int) -> di
     from kvmlite.devices.virtio.disk import RawDisk
     from kvmlite.devices.virtio.queue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Queue,
                                               vring_need_event)
-    from kvmlite.vmm.eventloop import EventLoop
+    from kvmlite.base.eventloop import EventLoop
     try:    # the interrupt path's own eventfd calls (the interrupt stands in for the transport's)
-        from kvmlite.vmm.eventfd import drain, signal
+        from kvmlite.base.eventfd import drain, signal
     except ImportError:     # an older kvmlite, for a before/after comparison
         def signal(fd: int) -> None:
             os.eventfd_write(fd, 1)
@@ -70,7 +70,7 @@ def scenario(write: bool, qd: int, buffers: int, size: int, requests: int) -> di
                 return bool(os.eventfd_read(fd))
             except BlockingIOError:
                 return False
-    from kvmlite.vmm.memory import GuestMemory
+    from kvmlite.base.memory import GuestMemory
 
     desc = struct.Struct("<QIHH")
     memory = GuestMemory(512 << 20)

@@ -31,12 +31,12 @@ from kvmlite.arch.x86 import layout
 from kvmlite.arch.x86.acpi import AcpiConfig, VirtioMmioDevice, build_acpi_tables
 from kvmlite.arch.x86.mptable import MpTableConfig, build_mptable
 from kvmlite.errors import ConfigError
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.base.eventloop import EventLoop
 from kvmlite.vmm.exitcodes import EndReason
 from kvmlite.vmm.interrupts import IrqRouter, KvmIoEventRegistrar, KvmIrqLine, KvmMsiAllocator
 
 if TYPE_CHECKING:
-    from kvmlite.vmm.memory import GuestMemory
+    from kvmlite.base.memory import GuestMemory
     from kvmlite.vmm.vm import Vm
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from kvmlite.kvm import uapi
 from kvmlite.kvm.ioctl import KvmError
 
 if TYPE_CHECKING:
-    from kvmlite.vmm.memory import GuestMemory
+    from kvmlite.base.memory import GuestMemory
     from kvmlite.vmm.vcpu import Vcpu
 
 PVM_MODULE = "/sys/module/kvm_pvm"

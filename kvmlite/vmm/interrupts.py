@@ -41,7 +41,7 @@ from kvmlite.kvm import uapi
 from kvmlite.kvm.ioctl import KvmError
 from kvmlite.kvm.structs import kvm_irq_routing_entry
 from kvmlite.kvm.vm import irqchip_route, msi_route
-from kvmlite.vmm import eventfd
+from kvmlite.base import eventfd
 
 if TYPE_CHECKING:
     from kvmlite.kvm.vm import VmFd

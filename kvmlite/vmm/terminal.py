@@ -44,7 +44,7 @@ import threading
 from types import FrameType
 from typing import Any, Callable, Union
 
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.base.eventloop import EventLoop
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ Start-up, in order (kvmtool's init lists, flattened):
 
 Threads: the caller's thread (``wait``), the control server's thread and
 its workers (:mod:`kvmlite.control.server`), one thread per
-vCPU (:mod:`kvmlite.vmm.vcpu`), the I/O thread (:mod:`kvmlite.vmm.eventloop`),
+vCPU (:mod:`kvmlite.vmm.vcpu`), the I/O thread (:mod:`kvmlite.base.eventloop`),
 and any device workers.  ``_end`` may be called from any of them; the first
 call decides the VM's exit status.
 """
@@ -38,9 +38,9 @@ from kvmlite.kvm.vcpu import VcpuFd
 from kvmlite.loader.kernel import read_file, read_kernel
 from kvmlite.vmm import diagnose
 from kvmlite.vmm.config import VmConfig
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.base.eventloop import EventLoop
 from kvmlite.vmm.exitcodes import DEFAULT_CODES, EndReason
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from kvmlite.vmm.control import VmControl
 from kvmlite.vmm.vcpu import Request, Vcpu, install_kick_handler
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.arch.x86 import e820
-from kvmlite.vmm.memory import x86_ram_ranges
+from kvmlite.base.memory import x86_ram_ranges
 from tests.kvm.conftest import REPO, assert_one_line_error, kvmlite_env
 
 pytestmark = pytest.mark.kvm

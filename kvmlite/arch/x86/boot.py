@@ -17,7 +17,7 @@ from kvmlite.errors import ConfigError
 from kvmlite.loader.bzimage import STARTUP_64_OFFSET, BzImage
 from kvmlite.loader.elf import ElfImage
 from kvmlite.loader.kernel import KernelFile
-from kvmlite.vmm.memory import GuestMemory, GuestMemoryError
+from kvmlite.base.memory import GuestMemory, GuestMemoryError
 
 PAGE = 0x1000
 PVH_INITRD_ADDR_MAX = 0xFFFFFFFF

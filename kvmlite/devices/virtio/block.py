@@ -72,9 +72,9 @@ from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.queue import DESC_SIZE, DescriptorAddressError, DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
-from kvmlite.vmm import eventfd
-from kvmlite.vmm.eventloop import EventLoop
-from kvmlite.vmm.memory import IOVEC_SHORT, GuestMemory, GuestMemoryError
+from kvmlite.base import eventfd
+from kvmlite.base.eventloop import EventLoop
+from kvmlite.base.memory import IOVEC_SHORT, GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.serve import Served, serve_queue
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 log = logging.getLogger(__name__)
 

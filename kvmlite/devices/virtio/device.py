@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from kvmlite.devices.virtio.queue import Queue
-    from kvmlite.vmm.memory import GuestMemory
+    from kvmlite.base.memory import GuestMemory
 
 # virtio 1.2 §5: device IDs
 VIRTIO_ID_NET = 1

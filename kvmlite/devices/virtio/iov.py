@@ -15,7 +15,7 @@ bytes of headers and status, with ``GuestMemory.read``/``write``.
 
 from __future__ import annotations
 
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 
 class Segments:

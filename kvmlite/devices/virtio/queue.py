@@ -4,7 +4,7 @@ A :class:`Queue` holds only what the device needs to remember between
 calls (the ring addresses the transport set, and its own ``next_avail`` /
 ``next_used`` positions); every operation takes the guest memory as an
 argument, as rust-vmm's virtio-queue does, so a fake driver over a plain
-:class:`~kvmlite.vmm.memory.GuestMemory` drives the tests.
+:class:`~kvmlite.base.memory.GuestMemory` drives the tests.
 
 Everything in the rings is written by the guest and is hostile: each value
 is copied out of guest memory once, checked, and only then used.  A
@@ -51,7 +51,7 @@ from operator import add
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from kvmlite.devices.virtio.iov import Segments
-from kvmlite.vmm.memory import DESC_BYTES, GuestMemory, GuestMemoryError, descriptor_lists
+from kvmlite.base.memory import DESC_BYTES, GuestMemory, GuestMemoryError, descriptor_lists
 
 # §2.7.5: struct virtq_desc flags
 VIRTQ_DESC_F_NEXT = 1

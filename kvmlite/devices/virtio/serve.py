@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 #: handle(chain) -> bytes written into the chain's writable buffers
 Handler = Callable[[DescriptorChain], int]

@@ -61,7 +61,7 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 # Entering submissions only (no GETEVENTS) never blocks: IOSQE_ASYNC hands
 # the work to io-wq.  Through PyDLL the GIL stays held, so the submitting
-# thread does not wait to get it back (see vmm/eventfd.py).
+# thread does not wait to get it back (see base/eventfd.py).
 _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
 _syscall_gil.restype = ctypes.c_long
 

@@ -16,7 +16,7 @@ from typing import IO, Callable, Iterator
 
 import pytest
 
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.base.eventloop import EventLoop
 from kvmlite.vmm.terminal import (HELP_TEXT, Command, EscapeParser, HostConsole, OutputSink,
                                   RawMode)
 

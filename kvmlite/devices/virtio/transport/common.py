@@ -22,7 +22,7 @@ from kvmlite.devices.virtio.device import (STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEE
 
 if TYPE_CHECKING:
     from kvmlite.devices.virtio.queue import Queue
-    from kvmlite.vmm.memory import GuestMemory
+    from kvmlite.base.memory import GuestMemory
 
 log = logging.getLogger(__name__)
 

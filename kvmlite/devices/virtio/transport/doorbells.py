@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from kvmlite.devices.interrupts import IoEventRegistrar
-from kvmlite.vmm import eventfd
+from kvmlite.base import eventfd
 
 log = logging.getLogger(__name__)
 
 
 class ReaderLoop(Protocol):
-    """What this module needs of :class:`kvmlite.vmm.eventloop.EventLoop`."""
+    """What this module needs of :class:`kvmlite.base.eventloop.EventLoop`."""
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
 

@@ -35,7 +35,7 @@ from kvmlite.devices.virtio.transport.common import QueueFactory, VirtioTranspor
 from kvmlite.devices.virtio.transport.doorbells import Doorbell, ReaderLoop, make_doorbells
 
 if TYPE_CHECKING:
-    from kvmlite.vmm.memory import GuestMemory
+    from kvmlite.base.memory import GuestMemory
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 from kvmlite.arch.x86 import boot, layout
 from kvmlite.loader.bzimage import parse_bzimage
 from kvmlite.loader.kernel import KernelFile
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.guests.build import setup_sectors
 
 MiB = 1 << 20

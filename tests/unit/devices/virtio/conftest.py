@@ -5,7 +5,7 @@ from typing import Iterator
 import pytest
 
 from kvmlite.arch.x86 import layout
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 SMALL_RAM = 1 << 20
 
@@ -32,7 +32,7 @@ def split_memory() -> Iterator[GuestMemory]:
 @pytest.fixture(scope="module")
 def disk_loop() -> Iterator["EventLoop"]:
     """A running event loop standing in for a disk's own (``vmm/devices.py``)."""
-    from kvmlite.vmm.eventloop import EventLoop
+    from kvmlite.base.eventloop import EventLoop
 
     loop = EventLoop("test-disk-loop")
     loop.start()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from kvmlite.devices.virtio.queue import Queue
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver
 
 RAM = 1 << 20

@@ -17,7 +17,7 @@ import pytest
 from kvmlite.devices.virtio import disk as disk_module
 from kvmlite.devices.virtio.disk import IOV_MAX, SERIAL_LEN, RawDisk, advance
 from kvmlite.errors import ConfigError
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 
 def make_image(tmp_path: Path, size: int = 4096, name: str = "disk.img") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmlite.devices.virtio.iov import Segments
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 MEMORY = GuestMemory(1 << 20)
 

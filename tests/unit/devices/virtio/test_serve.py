@@ -5,7 +5,7 @@ from __future__ import annotations
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX
 from kvmlite.devices.virtio.queue import DescriptorChain, DescriptorIndexError, Queue
 from kvmlite.devices.virtio.serve import serve_queue
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver
 
 

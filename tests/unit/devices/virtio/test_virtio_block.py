@@ -22,7 +22,7 @@ from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_
 from kvmlite.devices.virtio.disk import RawDisk
 from kvmlite.devices.virtio.queue import Queue
 from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt, call_on_loop
 
 SECTORS = 128                      # 64 KiB image
@@ -728,7 +728,7 @@ def test_blk_buffer_refused_at_the_last_check_resets_without_losing_a_thread(
     """The buffers were checked at pop; should the check before the system
     call still refuse one, the request is a ring error (reset), and the
     thread that ran it lives on."""
-    from kvmlite.vmm.memory import GuestMemoryError
+    from kvmlite.base.memory import GuestMemoryError
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise GuestMemoryError("guest address range refused")
@@ -761,7 +761,7 @@ def test_blk_with_io_uring_large_reads_and_writes_are_submitted_not_run_by_threa
 def test_blk_io_uring_completions_are_reaped_on_the_given_event_loop(image: Path) -> None:
     """In a VM the device reaps io_uring completions on the VMM's event
     loop (no thread of its own); a reset takes the ring off the loop."""
-    from kvmlite.vmm.eventloop import EventLoop
+    from kvmlite.base.eventloop import EventLoop
 
     needs_io_uring()
     loop = EventLoop("test-io")
@@ -801,7 +801,7 @@ def test_blk_reset_reaps_io_uring_itself_when_the_event_loop_is_stopped(
     what select() takes (a VMM with many disks and taps)."""
     import resource
 
-    from kvmlite.vmm.eventloop import EventLoop
+    from kvmlite.base.eventloop import EventLoop
 
     needs_io_uring()
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)

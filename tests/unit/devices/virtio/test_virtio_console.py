@@ -9,7 +9,7 @@ import pytest
 
 from kvmlite.devices.virtio.console import RECEIVEQ, TRANSMITQ, VirtioConsole
 from kvmlite.devices.virtio.queue import Queue
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt
 
 QUEUE = 8

@@ -6,7 +6,7 @@ import pytest
 
 from kvmlite.devices.virtio.queue import Queue
 from kvmlite.devices.virtio.rng import VirtioRng
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver, NeedsResetRecorder, RecordingInterrupt
 
 

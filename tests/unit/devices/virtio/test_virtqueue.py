@@ -8,7 +8,7 @@ from tests.unit.devices.virtio.fakedriver import FakeDriver
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from kvmlite.devices.virtio.queue import (NO_VECTOR, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
                                           VIRTQ_DESC_F_WRITE, Queue, vring_need_event)
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 ALL_FEATURES = VIRTIO_F_EVENT_IDX | VIRTIO_F_INDIRECT_DESC
 

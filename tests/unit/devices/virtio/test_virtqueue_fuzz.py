@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from kvmlite.devices.virtio.queue import U32_MAX, DescriptorChain, Queue, QueueError
-from kvmlite.vmm.memory import DESC_TEST_LEN
+from kvmlite.base.memory import DESC_TEST_LEN
 from tests.unit.devices.virtio.fakedriver import RecordingMemory
 from tests.unit.devices.virtio.hostile import RAM, HostileRing, hostile_rings, install
 

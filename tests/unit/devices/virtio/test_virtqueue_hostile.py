@@ -13,7 +13,7 @@ from kvmlite.devices.virtio.queue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NE
                                           AvailIndexError, ChainLengthError, ChainLoopError, DescriptorAddressError,
                                           DescriptorIndexError, DescriptorOrderError, IndirectTableError,
                                           NestedIndirectError, Queue, QueueError, RingAddressError)
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 ALL_FEATURES = VIRTIO_F_EVENT_IDX | VIRTIO_F_INDIRECT_DESC
 RAM = 1 << 20

@@ -16,8 +16,8 @@ from kvmlite.devices.pci.root import PciRoot
 from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.transport.mmio import VirtioMmioTransport
 from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
-from kvmlite.vmm.eventloop import EventLoop
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.eventloop import EventLoop
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.pci.pciguest import PciGuest
 from tests.unit.devices.virtio.transport.fakes import FakeDevice
 from tests.unit.devices.virtio.transport.pcidriver import VirtioPciDriver

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_BLOCK, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.queue import Queue
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 
 FEATURE_A = 1 << 0
 FEATURE_HIGH = 1 << 40

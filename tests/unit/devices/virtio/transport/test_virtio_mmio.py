@@ -11,8 +11,8 @@ from kvmlite.devices.virtio.device import VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK
 from kvmlite.devices.virtio.queue import Queue
 from kvmlite.devices.virtio.rng import VirtioRng
 from kvmlite.devices.virtio.transport.mmio import cmdline_device
-from kvmlite.vmm.eventloop import EventLoop
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.eventloop import EventLoop
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver
 from tests.unit.devices.virtio.transport.conftest import MMIO_BASE, MmioRig, make_mmio_rig
 from tests.unit.devices.virtio.transport.fakes import CONFIG, FEATURE_A, OFFERED

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmlite.arch.x86 import layout
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.transport.conftest import MMIO_BASE, MmioRig, make_mmio_rig
 from tests.unit.devices.virtio.transport.mmiodriver import (
     ACKNOWLEDGE, CONFIG, DRIVER, DRIVER_OK, MAGIC, QUEUE_DESC_LOW, QUEUE_NOTIFY, QUEUE_NUM,

@@ -16,8 +16,8 @@ from kvmlite.devices.virtio.queue import Queue
 from kvmlite.devices.virtio.rng import VirtioRng
 from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
 from kvmlite.devices.virtio.transport.pci_layout import NOTIFY_OFF_MULTIPLIER
-from kvmlite.vmm.eventloop import EventLoop
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.eventloop import EventLoop
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.fakedriver import FakeDriver
 from tests.unit.devices.virtio.transport.conftest import PciRig, make_pci_rig
 from tests.unit.devices.virtio.transport.fakes import (CONFIG, FEATURE_A, FEATURE_HIGH, OFFERED,

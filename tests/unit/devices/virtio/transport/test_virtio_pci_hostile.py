@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmlite.devices.virtio.device import VIRTIO_F_VERSION_1
-from kvmlite.vmm.memory import GuestMemory
+from kvmlite.base.memory import GuestMemory
 from tests.unit.devices.virtio.transport.conftest import PciRig, make_pci_rig
 from tests.unit.devices.virtio.transport.fakes import FEATURE_A, FakeDevice
 from tests.unit.devices.virtio.transport.pcidriver import (

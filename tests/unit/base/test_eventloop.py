@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.base.eventloop import EventLoop
 
 
 def test_on_loop_thread_only_while_the_thread_runs_the_loop() -> None:

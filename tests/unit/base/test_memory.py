@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmlite.arch.x86 import layout
-from kvmlite.vmm.memory import DESC_TEST_LEN, IOVEC_ALIGN, GuestMemory, GuestMemoryError
+from kvmlite.base.memory import DESC_TEST_LEN, IOVEC_ALIGN, GuestMemory, GuestMemoryError
 
 SMALL = GuestMemory(16 << 20)
 # Larger than the 32-bit hole: a low and a high region.  MAP_NORESERVE
@@ -144,7 +144,7 @@ def test_iovec_matches_view_for_any_buffers(buffers: list[tuple[int, int]]) -> N
 
 
 def test_io_buffers_few_are_views_many_are_an_iovec() -> None:
-    from kvmlite.vmm.memory import IOVEC_SHORT
+    from kvmlite.base.memory import IOVEC_SHORT
     few = SMALL.io_buffers([0x1000, 0x2000], [16, 32])
     many = SMALL.io_buffers([0x1000 + 64 * i for i in range(IOVEC_SHORT + 1)], [16] * (IOVEC_SHORT + 1))
 

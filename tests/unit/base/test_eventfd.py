@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kvmlite.vmm import eventfd
+from kvmlite.base import eventfd
 
 
 @pytest.fixture
