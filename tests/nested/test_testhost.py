@@ -10,20 +10,35 @@ isa-debug-exit (status (7 << 1) | 1 = 15 for ``exit 7``).
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from kvmlite.guest.initscript import READY_MARKER
 
-from .testhost import REPO, RunResult, Section, TestHost, guest_qemu_command, parse_console
+from . import testhost as harness
+from .testhost import (REPO, RunResult, Section, Share, TestHost, TestHostUnavailable, guest_qemu_command,
+                       parse_console, plan_shares)
 
 BOOT_TIMEOUT = 900   # TCG on two cores; a normal run takes well under a minute
 
 
 @pytest.fixture(scope="module")
-def smoke(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+def under_tmp() -> Iterator[Path]:
+    """A directory under /tmp, which the test host covers with a tmpfs: it
+    must come back as a share (as a checkout cloned under /tmp does)."""
+    path = Path(tempfile.mkdtemp(prefix="kvmlite-share-", dir="/tmp"))
+    (path / "marker.txt").write_text("shared from under /tmp\n")
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def smoke(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory, under_tmp: Path) -> RunResult:
     workdir = tmp_path_factory.mktemp("testhost-smoke")
     python = shlex.quote(sys.executable)
     qemu = guest_qemu_command(testhost.files.guest, "echo hello from the guest; exit 7")
@@ -34,9 +49,11 @@ section kvmlite-kvm env PYTHONPATH={shlex.quote(str(REPO))} {python} -c 'from kv
 section root-readonly sh -c 'touch {shlex.quote(str(REPO))}/.testhost-probe'
 section tmp-writable sh -c 'echo ok > /tmp/probe && cat /tmp/probe'
 section workdir sh -c 'echo written-in-testhost > "$TESTHOST_WORK/from-testhost.txt"'
+section masked-share cat {shlex.quote(str(under_tmp / "marker.txt"))}
+section masked-share-ro sh -c 'touch {shlex.quote(str(under_tmp))}/.probe'
 section qemu-guest inner {qemu}
 """
-    result = testhost.run(script, BOOT_TIMEOUT, workdir)
+    result = testhost.run(script, BOOT_TIMEOUT, workdir, extra=[under_tmp])
     assert not result.timed_out, f"test host timed out after {BOOT_TIMEOUT} s; {result.where()}"
     print(f"test host: ready after {result.boot_seconds} s, whole run {result.seconds:.1f} s; {result.where()}")
     return result
@@ -89,6 +106,58 @@ def test_testhost_workdir_written_visible_here(smoke: RunResult) -> None:
     assert smoke.section("workdir").rc == 0, smoke.where()
     written = smoke.log_path.parent / "from-testhost.txt"
     assert written.read_text() == "written-in-testhost\n", smoke.where()
+
+
+@pytest.mark.nested
+def test_testhost_directory_under_tmp_shared_read_only(smoke: RunResult, under_tmp: Path) -> None:
+    assert smoke.section("masked-share") == Section(0, "shared from under /tmp"), smoke.where()
+    assert smoke.section("masked-share-ro").rc != 0, smoke.where()
+    assert not (under_tmp / ".probe").exists()
+
+
+def test_plan_shares_checkout_under_tmp_shared_read_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Arrange: a clone under /tmp, the cache and Python where the test host sees them
+    monkeypatch.setattr(harness, "REPO", Path("/tmp/clone"))
+    monkeypatch.setattr(harness, "cache_dir", lambda: Path("/root/.cache/kvmlite"))
+    monkeypatch.setattr(sys, "prefix", "/usr")
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    # Act
+    shares = plan_shares(Path("/tmp/pytest-of-root/pytest-1/x0"))
+    # Assert: parents first; the writable work directory last here
+    assert shares == [Share("ro0", Path("/tmp/clone"), True),
+                      Share("work", Path("/tmp/pytest-of-root/pytest-1/x0"), False)]
+    assert shares[0].cmdline() == "testhost.share=ro0:ro:/tmp/clone"
+
+
+def test_plan_shares_visible_paths_not_shared_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "REPO", Path("/root/src/kvmlite"))
+    monkeypatch.setattr(harness, "cache_dir", lambda: Path("/root/.cache/kvmlite"))
+    monkeypatch.setattr(sys, "prefix", "/usr")
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert plan_shares(Path("/root/work")) == [Share("work", Path("/root/work"), False)]
+
+
+def test_plan_shares_nested_masked_paths_share_the_parent_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "REPO", Path("/tmp/clone"))
+    monkeypatch.setattr(harness, "cache_dir", lambda: Path("/tmp/clone/.cache/kvmlite"))
+    monkeypatch.setattr(sys, "prefix", "/tmp/clone/.venv")
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    ro = [share for share in plan_shares(Path("/root/work")) if share.readonly]
+    assert ro == [Share("ro0", Path("/tmp/clone"), True)]
+
+
+def test_plan_shares_path_with_space_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "REPO", Path("/tmp/my clone"))
+    with pytest.raises(TestHostUnavailable) as info:
+        plan_shares(Path("/root/work"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("cannot share checkout '/tmp/my clone' into the test host")
+
+
+def test_plan_shares_work_directory_with_comma_refused(tmp_path: Path) -> None:
+    with pytest.raises(TestHostUnavailable, match="cannot share work directory .*a,b"):
+        plan_shares(tmp_path / "a,b")
 
 
 @pytest.mark.nested

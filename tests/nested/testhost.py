@@ -8,9 +8,14 @@ emulated AMD SVM with nested paging lets ``kvm_amd`` load (see
 * runs Debian's generic kernel (it has kvm-amd.ko and 9p) with an
   initramfs built here from busybox and that kernel's modules;
 * mounts this machine's root read-only over virtio-9p (``hostroot``,
-  ``multidevs=remap`` is required) at /mnt, plus /proc, /sys, /dev, a
-  tmpfs /tmp, and a writable per-run work directory (9p ``work``) at the
-  same absolute path it has here;
+  ``multidevs=remap`` is required) at /mnt, plus /proc, /sys, /dev, fresh
+  tmpfs mounts on /tmp, /run and /var/tmp, and a writable per-run work
+  directory (9p ``work``) at the same absolute path it has here;
+* shares again, read-only and at the same path, whatever it needs that
+  lies under those tmpfs mounts (a checkout cloned under /tmp, a cache
+  or a Python there): :func:`plan_shares`.  A path with a space or a comma
+  cannot be carried by QEMU's -fsdev and the kernel command line and is
+  refused in one line;
 * chroots into /mnt and runs the given script with /bin/sh, so the script
   sees this checkout, this Python and the cache at their usual paths.
 
@@ -42,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import NamedTuple, Sequence, TextIO
 
 from kvmlite.errors import KvmliteError
 from kvmlite.guest import busybox, initramfs, kernel, setup
@@ -64,6 +69,10 @@ SOFT_LOCKUP = b"watchdog: BUG: soft lockup"
 SILENT_STALL = 300          # seconds without a byte on the console: frozen without a word
 STALL_ATTEMPTS = 2
 
+# Directories the test host mounts a fresh tmpfs over inside its view of
+# this machine's root; anything the tests need beneath them is shared again.
+MASKED = ("tmp", "run", "var/tmp")
+
 HOST_INIT = r"""#!/bin/sh
 # kvmlite nested test host init (tests/nested/testhost.py)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -71,10 +80,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 while read -r m; do insmod "/lib/modules/$m" || echo "@@TESTHOST insmod $m failed"; done < /etc/kvmlite/modules
-WORK= SHELLMODE=
+WORK= SHELLMODE= SHARES=
 for w in $(cat /proc/cmdline); do
     case "$w" in
         testhost.work=*) WORK="${w#testhost.work=}" ;;
+        testhost.share=*) SHARES="$SHARES ${w#testhost.share=}" ;;
         testhost.shell) SHELLMODE=1 ;;
     esac
 done
@@ -86,9 +96,17 @@ mount -t devtmpfs devtmpfs /mnt/dev
 mkdir -p /mnt/dev/pts /mnt/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /mnt/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /mnt/dev/shm
-for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs "/mnt/$d" || fail "tmpfs /$d"; done
-mkdir -p "/mnt$WORK"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap work "/mnt$WORK" || fail "mount work $WORK"
+for d in __MASKED__; do mount -t tmpfs -o mode=1777 tmpfs "/mnt/$d" || fail "tmpfs /$d"; done
+# Paths under the fresh tmpfs mounts (a checkout under /tmp, the work
+# directory) come back as shares of their own, at the same path, in the
+# order given (a parent before what lies under it).
+for s in $SHARES; do
+    tag=${s%%:*}; rest=${s#*:}; mode=${rest%%:*}; path=${rest#*:}
+    opts=trans=virtio,version=9p2000.L,msize=512000
+    [ "$mode" = ro ] && opts="$opts,ro,cache=loose" || opts="$opts,cache=mmap"
+    mkdir -p "/mnt$path"
+    mount -t 9p -o "$opts" "$tag" "/mnt$path" || fail "mount share $tag at $path"
+done
 echo "@@TESTHOST READY uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$([ -c /dev/kvm ] && echo yes || echo no)"
 ENV="HOME=/tmp TERM=${TERM:-linux} PYTHONDONTWRITEBYTECODE=1 TESTHOST_WORK=$WORK PATH=$PATH"
 if [ -n "$SHELLMODE" ]; then
@@ -103,7 +121,7 @@ sync
 umount "/mnt$WORK"
 poweroff -f
 sleep 60
-"""
+""".replace("__MASKED__", " ".join(MASKED))
 
 SCRIPT_PREAMBLE = r"""# preamble written by tests/nested/testhost.py
 section() {
@@ -220,10 +238,64 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+class Share(NamedTuple):
+    """A directory of this machine shared into the test host at the same path."""
+
+    tag: str
+    path: Path
+    readonly: bool
+
+    def cmdline(self) -> str:
+        return f"testhost.share={self.tag}:{'ro' if self.readonly else 'rw'}:{self.path}"
+
+    def qemu_args(self) -> list[str]:
+        ro = ",readonly=on" if self.readonly else ""
+        return ["-fsdev", f"local,id={self.tag},path={self.path},security_model=none{ro},multidevs=remap",
+                "-device", f"virtio-9p-pci,fsdev={self.tag},mount_tag={self.tag}"]
+
+
+def check_shareable(path: Path, what: str) -> Path:
+    """``path`` resolved, or :class:`TestHostUnavailable` in one line when the
+    kernel command line and QEMU's -fsdev cannot carry it."""
+    path = path.resolve()
+    if re.search(r"[\s,]", str(path)):
+        raise TestHostUnavailable(f"cannot share {what} {str(path)!r} into the test host: its path holds a space "
+                                  f"or a comma, which QEMU's -fsdev and the kernel command line cannot carry; "
+                                  f"move it to a path without them")
+    return path
+
+
+def masked(path: Path) -> bool:
+    """Whether the test host hides ``path`` under one of its fresh tmpfs mounts."""
+    return any(path == Path("/", d) or Path("/", d) in path.parents for d in MASKED)
+
+
+def needed_paths(extra: Sequence[Path] = ()) -> list[tuple[str, Path]]:
+    """What a test-host script reads from this machine besides its work
+    directory: this checkout, the cache (kernels, initramfs archives) and
+    this Python."""
+    return [("checkout", REPO), ("cache directory", cache_dir()),
+            ("Python installation", Path(sys.prefix)), ("Python installation", Path(sys.base_prefix)),
+            *(("directory", path) for path in extra)]
+
+
+def plan_shares(workdir: Path, extra: Sequence[Path] = ()) -> list[Share]:
+    """The work directory (writable) and every needed path (and ``extra``)
+    the test host would otherwise hide (read-only), parents before
+    children, none under another read-only one."""
+    readonly: list[Path] = []
+    for what, path in needed_paths(extra):
+        path = check_shareable(path, what) if masked(path.resolve()) else path.resolve()
+        if masked(path) and path not in readonly:
+            readonly.append(path)
+    readonly = [p for p in readonly if not any(q in p.parents for q in readonly)]
+    shares = [Share(f"ro{i}", p, True) for i, p in enumerate(sorted(readonly, key=lambda p: len(p.parts)))]
+    shares.append(Share("work", check_shareable(workdir, "work directory"), False))
+    return sorted(shares, key=lambda share: len(share.path.parts))
+
+
 def _check_workdir(workdir: Path) -> Path:
-    workdir = workdir.resolve()
-    if re.search(r"[\s,]", str(workdir)):
-        raise ValueError(f"work directory {workdir} must not contain spaces or commas (kernel and QEMU options)")
+    workdir = check_shareable(workdir, "work directory")
     workdir.mkdir(parents=True, exist_ok=True)
     return workdir
 
@@ -242,27 +314,31 @@ class TestHost:
         qemu = _need(QEMU, "apt-get install qemu-system-x86 (the test host runs under QEMU TCG)")
         return cls(prepare_files(progress), qemu)
 
-    def argv(self, workdir: Path, interactive: bool = False) -> list[str]:
-        append = f"{HOST_CMDLINE} testhost.work={workdir}" + (" testhost.shell" if interactive else "")
+    def argv(self, workdir: Path, interactive: bool = False, extra: Sequence[Path] = ()) -> list[str]:
+        shares = plan_shares(workdir, extra)
+        append = " ".join([HOST_CMDLINE, f"testhost.work={workdir}", *(share.cmdline() for share in shares)]
+                          + (["testhost.shell"] if interactive else []))
         io = ["-nographic"] if interactive else ["-display", "none", "-serial", "stdio", "-monitor", "none"]
         return [self.qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048", "-smp", "2",
                 *io, "-no-reboot", "-nic", "none",
                 "-kernel", str(self.files.kernel), "-initrd", str(self.files.initrd), "-append", append,
                 "-fsdev", "local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap",
                 "-device", "virtio-9p-pci,fsdev=hr,mount_tag=hostroot",
-                "-fsdev", f"local,id=wk,path={workdir},security_model=none,multidevs=remap",
-                "-device", "virtio-9p-pci,fsdev=wk,mount_tag=work"]
+                *(arg for share in shares for arg in share.qemu_args())]
 
-    def run(self, script: str, timeout: float, workdir: Path, echo: TextIO | None = None) -> RunResult:
+    def run(self, script: str, timeout: float, workdir: Path, echo: TextIO | None = None,
+            extra: Sequence[Path] = ()) -> RunResult:
         """Boot, run ``script`` (sh) in the chroot, power off; the console is
-        saved to ``workdir/testhost-console.log`` (and copied to ``echo`` live)."""
+        saved to ``workdir/testhost-console.log`` (and copied to ``echo`` live).
+        ``extra`` directories are visible read-only at their paths even
+        where the test host mounts a tmpfs (/tmp, /run, /var/tmp)."""
         workdir = _check_workdir(workdir)
         (workdir / SCRIPT_DIR).mkdir(exist_ok=True)
         (workdir / SCRIPT_DIR / "script.sh").write_text(SCRIPT_PREAMBLE + script + "\n")
         deadline = time.monotonic() + timeout
         for attempt in range(1, STALL_ATTEMPTS + 1):
             log_path = workdir / ("testhost-console.log" if attempt == 1 else f"testhost-console.{attempt}.log")
-            proc = subprocess.Popen(self.argv(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(self.argv(workdir, extra=extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             result = _collect(proc, log_path, max(1.0, deadline - time.monotonic()), echo)
             if not result.stalled:
