@@ -66,7 +66,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.common import QEMU, Timed, have_qemu, kvmlite_cmd, median, qemu_cmd, run_timed
+from statistics import median
+
+from bench.common import QEMU, BaselineError, Timed, have_qemu, kvmlite_cmd, qemu_cmd, run_timed
 from tests.guests.build import pvh64
 
 IMAGE_MIB = 256
@@ -117,6 +119,8 @@ def kvmlite_command(guest: Path, image: Path) -> list[str]:
 
 
 def qemu_command(guest: Path, image: Path, cache: str) -> list[str]:
+    if not have_qemu():
+        raise BaselineError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
     cmd = qemu_cmd(guest, GUEST_PARAMS, machine="pc")
     cmd[cmd.index("-m") + 1] = str(MEM_MIB)
     return cmd + ["-drive", f"file={image},if=none,id=d0,format=raw,cache={cache},aio=threads",
@@ -153,8 +157,7 @@ def one_run(cmd: list[str]) -> tuple[dict[str, float], dict[str, dict[str, int]]
     seconds, counts = phase_seconds(timed), results(timed)
     done = any(line.startswith(b"virtio: done failures=0") for _t, line in timed.lines)
     if not done or set(PHASES) - set(seconds):
-        tail = b"\n".join(line for _t, line in timed.lines[-8:]).decode(errors="replace")
-        raise RuntimeError(f"{cmd[0]} run incomplete (status {timed.returncode}):\n{tail}")
+        raise RuntimeError(f"run incomplete: {timed.failure(Path(cmd[0]).name)}")
     for name, c in counts.items():
         if c["errors"]:
             raise RuntimeError(f"{cmd[0]}: {c['errors']} failed requests in {name}")
@@ -181,7 +184,12 @@ def summarise(runs: list[tuple[dict[str, float], dict[str, dict[str, int]]]]) ->
     return out
 
 
-def ratios(ours: dict, theirs: dict) -> dict[str, float]:
+def ratios(ours: dict | str, theirs: dict | str) -> dict[str, float] | str:
+    """Per phase kvmlite / QEMU, or which side failed."""
+    if isinstance(ours, str):
+        return f"none: kvmlite {ours}"
+    if isinstance(theirs, str):
+        return f"none: the baseline {theirs}"
     return {name: round(ours[name]["MB_s"] / theirs[name]["MB_s"], 2) for name in PHASES}
 
 
@@ -197,20 +205,23 @@ def run(repeat: int = 3) -> dict:
             "kvmlite_command": " ".join(kvmlite_command(guest, image)),
         }
         configs: dict[str, list[str]] = {"kvmlite": kvmlite_command(guest, image)}
-        if have_qemu():
+        try:
             configs["qemu_writeback"] = qemu_command(guest, image, "writeback")
             if supports_o_direct(image):
                 configs["qemu_none"] = qemu_command(guest, image, "none")
             else:
                 out["qemu_none"] = "skipped: the image's filesystem has no O_DIRECT"
-        else:
-            out["qemu"] = f"skipped: {QEMU} not found"
+        except BaselineError as exc:
+            out["qemu_writeback"] = out["ratio_writeback"] = f"failed: {exc}"
         for label, cmd in configs.items():
             if label.startswith("qemu"):
                 out[f"{label}_command"] = " ".join(cmd)
-            out[label] = summarise([one_run(cmd) for _ in range(repeat)])
+            try:
+                out[label] = summarise([one_run(cmd) for _ in range(repeat)])
+            except RuntimeError as exc:      # a VMM that cannot run is reported with its own error
+                out[label] = f"failed: {exc}"
         for label in ("qemu_writeback", "qemu_none"):
-            if isinstance(out.get(label), dict):
+            if label in configs:
                 out[f"ratio_{label.split('_', 1)[1]}"] = ratios(out["kvmlite"], out[label])
         out["like_for_like"] = "ratio_writeback: kvmlite and QEMU cache=writeback both use the page cache"
         return out

@@ -3,17 +3,23 @@ timing the lines its guest prints."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 QEMU = "qemu-system-x86_64"
+# Tried in order: -cpu host where it runs (hardware KVM, the nested test
+# host); on a PVM-based /dev/kvm QEMU aborts under it with "failed to set
+# MSR 0x10a" (IA32_ARCH_CAPABILITIES), and runs without that MSR.
+QEMU_CPU_MODELS = ("host", "host,-arch-capabilities")
 
 
 @dataclass
@@ -24,6 +30,12 @@ class Timed:
     lines: list[tuple[float, bytes]] = field(default_factory=list)
     first_byte: float | None = None
     returncode: int | None = None
+    stderr: str = ""
+
+    def failure(self, name: str) -> str:
+        """One line saying how the run ended, with the process's own error."""
+        tail = self.stderr or b"\n".join(line for _t, line in self.lines[-5:]).decode(errors="replace")
+        return f"{name} exited with status {self.returncode}: {error_line(tail)}"
 
     def at(self, prefix: bytes) -> float | None:
         for t, line in self.lines:
@@ -36,8 +48,69 @@ def kvmlite_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "kvmlite", "run", *args]
 
 
-def qemu_cmd(kernel: Path, append: str, machine: str = "microvm") -> list[str]:
-    return [QEMU, "-enable-kvm", "-M", machine, "-cpu", "host", "-m", "64", "-nographic", "-nodefaults",
+def error_line(text: str) -> str:
+    """The line of a process's output that says what went wrong: the first
+    naming an error (QEMU prints ``qemu-system-x86_64: ... error ...``),
+    else the last non-empty one."""
+    lines = [line.strip() for line in text.replace("\r", "").splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() or "failed" in line.lower():
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
+@functools.cache
+def qemu_cpu() -> str:
+    """The first of :data:`QEMU_CPU_MODELS` QEMU starts a VM with on this
+    machine's /dev/kvm; :class:`BaselineError` with QEMU's own error line when none does."""
+    errors = []
+    for model in QEMU_CPU_MODELS:
+        error = _qemu_starts(model)
+        if error is None:
+            return model
+        errors.append(f"-cpu {model}: {error}")
+    raise BaselineError(f"{QEMU} cannot start a VM here: " + "; ".join(errors))
+
+
+def _qemu_starts(model: str) -> str | None:
+    """None when QEMU creates and resets its vCPU with ``-cpu model`` (it
+    sets the vCPU's MSRs at reset, before ``-S`` holds it), else its error."""
+    cmd = [QEMU, "-enable-kvm", "-M", "microvm", "-cpu", model, "-m", "16", "-nodefaults", "-display", "none",
+           "-S", "-monitor", "stdio"]
+    try:
+        proc = subprocess.run(cmd, input=b"quit\n", capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if proc.returncode == 0:
+        return None
+    return f"status {proc.returncode}: {error_line(proc.stderr.decode(errors='replace'))}"
+
+
+class BaselineError(RuntimeError):
+    """A VMM the benchmark compares against cannot run; the message is its own error."""
+
+
+def number_or_failure(values: list[float], failures: list[str], digits: int = 1) -> float | str:
+    """The median of ``values``, or ``"failed: <the first failure>"`` when no run gave one."""
+    if values:
+        return round(statistics.median(values), digits)
+    return "failed: " + (failures[0] if failures else "no run gave a result")
+
+
+def ratio(ours: float | str, theirs: float | str, digits: int = 2) -> float | str:
+    """ours / theirs, or a sentence naming the side that has no number."""
+    if isinstance(ours, str):
+        return f"none: kvmlite {ours}"
+    if isinstance(theirs, str):
+        return f"none: the baseline {theirs}"
+    if theirs == 0:
+        return "none: the baseline measured 0"
+    return round(ours / theirs, digits)
+
+
+def qemu_cmd(kernel: Path, append: str, machine: str = "microvm", cpu: str | None = None) -> list[str]:
+    """QEMU with KVM booting ``kernel``; ``cpu`` defaults to :func:`qemu_cpu`."""
+    return [QEMU, "-enable-kvm", "-M", machine, "-cpu", cpu or qemu_cpu(), "-m", "64", "-nographic", "-nodefaults",
             "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0x501,iosize=1",
             "-kernel", str(kernel), "-append", append]
 
@@ -45,8 +118,9 @@ def qemu_cmd(kernel: Path, append: str, machine: str = "microvm") -> list[str]:
 def run_timed(cmd: list[str], timeout: float = 120.0) -> Timed:
     """Run ``cmd``; timestamp its first stdout byte and every line."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    errors = tempfile.TemporaryFile()
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
                             env=env, bufsize=0)
     timed = Timed(start)
     assert proc.stdout is not None
@@ -68,6 +142,9 @@ def run_timed(cmd: list[str], timeout: float = 120.0) -> Timed:
     except subprocess.TimeoutExpired:
         proc.kill()
         timed.returncode = proc.wait()
+    errors.seek(0)
+    timed.stderr = errors.read().decode(errors="replace")
+    errors.close()
     return timed
 
 
@@ -75,5 +152,22 @@ def have_qemu() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+
+def measure(name: str, make_cmd, value, repeat: int, digits: int = 1) -> float | str:
+    """Run ``make_cmd()`` ``repeat`` times; ``value(timed)`` gives a number
+    or None.  The median, or the first failure's own error line
+    (:class:`BaselineError` from ``make_cmd`` included)."""
+    values: list[float] = []
+    failures: list[str] = []
+    for _ in range(repeat):
+        try:
+            cmd = make_cmd()
+        except BaselineError as exc:
+            return f"failed: {exc}"
+        timed = run_timed(cmd)
+        got = value(timed)
+        if got is None:
+            failures.append(timed.failure(name))
+        else:
+            values.append(got)
+    return number_or_failure(values, failures, digits)

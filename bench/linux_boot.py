@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, median
+from bench.common import REPO, number_or_failure, ratio
 
 RUNS = 5
 MARKER = "kvmlite-init: ready"
@@ -49,14 +49,17 @@ def parse(console: str) -> dict:
     for m in re.finditer(r"BOOT name=(\S+) first_ms=(-?\d+) marker_ms=(-?\d+) exit_ms=(-?\d+) rc=(\d+)", console):
         name, first, marker, end, rc = m.groups()
         runs.setdefault(name, []).append({"first": int(first), "marker": int(marker), "exit": int(end), "rc": int(rc)})
+    errors: dict[str, list[str]] = {}
+    for m in re.finditer(r"^BOOTERR name=(\S+) (.*)$", console, re.M):
+        errors.setdefault(m.group(1), []).append(m.group(2).strip())
     out: dict = {}
     for name in ("kvmlite", "qemu"):
         got = [r for r in runs.get(name, []) if r["marker"] >= 0]
-        out[f"{name}_marker_ms"] = median([r["marker"] for r in got])
-        out[f"{name}_exit_ms"] = median([r["exit"] for r in got])
+        failures = errors.get(name, []) or [f"no {name} run reported (see the console log)"]
+        out[f"{name}_marker_ms"] = number_or_failure([r["marker"] for r in got], failures, 0)
+        out[f"{name}_exit_ms"] = number_or_failure([r["exit"] for r in got], failures, 0)
         out[f"{name}_runs"] = len(got)
-    if out["qemu_marker_ms"]:
-        out["ratio_marker"] = out["kvmlite_marker_ms"] / out["qemu_marker_ms"]
+    out["ratio_marker"] = ratio(out["kvmlite_marker_ms"], out["qemu_marker_ms"])
     return out
 
 

@@ -2,7 +2,9 @@
 
 Used inside the nested test host by bench/linux_boot.py:
 ``python3 bench/marker_time.py NAME MARKER -- CMD...`` prints
-``BOOT name=NAME first_ms=... marker_ms=... exit_ms=... rc=...``.
+``BOOT name=NAME first_ms=... marker_ms=... exit_ms=... rc=...``, and
+``BOOTERR name=NAME LINE`` with the command's own error line when it
+exited non-zero or never showed the marker.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+
+from bench.common import error_line
 
 
 def main() -> int:
@@ -31,6 +35,8 @@ def main() -> int:
     end = time.monotonic()
     ms = lambda t: -1 if t is None else round((t - start) * 1000)  # noqa: E731
     print(f"BOOT name={name} first_ms={ms(first)} marker_ms={ms(found)} exit_ms={ms(end)} rc={rc}", flush=True)
+    if rc != 0 or found is None:
+        print(f"BOOTERR name={name} {error_line(buf[-4096:].decode(errors='replace'))}", flush=True)
     return 0
 
 

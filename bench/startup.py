@@ -7,8 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.common import REPO, have_qemu, kvmlite_cmd, median, qemu_cmd, run_timed
+from bench.common import QEMU, REPO, Timed, have_qemu, kvmlite_cmd, measure, qemu_cmd, qemu_cpu, ratio
 from tests.guests.build import elf32
+
+
+def _first_byte_ms(timed: Timed) -> float | None:
+    return None if timed.first_byte is None else (timed.first_byte - timed.start) * 1000
 
 
 def run(repeat: int = 10) -> dict:
@@ -17,18 +21,18 @@ def run(repeat: int = 10) -> dict:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "kvmlite")], check=True)
     guest = elf32("first")
     out: dict = {"what": "process start to first guest instruction (ms, median)"}
-    ours = []
-    for _ in range(repeat):
-        t = run_timed(kvmlite_cmd("-k", str(guest), "-m", "64"))
-        if t.first_byte is not None:
-            ours.append((t.first_byte - t.start) * 1000)
-    out["kvmlite_ms"] = median(ours)
-    out["kvmlite_all_ms"] = [round(x, 1) for x in ours]
-    if have_qemu():
-        theirs = []
-        for _ in range(repeat):
-            t = run_timed(qemu_cmd(guest, ""))
-            if t.first_byte is not None:
-                theirs.append((t.first_byte - t.start) * 1000)
-        out["qemu_ms"] = median(theirs)
+    out["kvmlite_ms"] = measure("kvmlite", lambda: kvmlite_cmd("-k", str(guest), "-m", "64"), _first_byte_ms, repeat)
+    if not have_qemu():
+        out["qemu_ms"] = f"failed: {QEMU} is not installed (apt-get install qemu-system-x86)"
+    else:
+        out["qemu_ms"] = measure("qemu", lambda: qemu_cmd(guest, ""), _first_byte_ms, repeat)
+        out["qemu_cpu"] = _cpu_or_none()
+    out["ratio"] = ratio(out["kvmlite_ms"], out["qemu_ms"])
     return out
+
+
+def _cpu_or_none() -> str | None:
+    try:
+        return qemu_cpu()
+    except Exception:
+        return None
