@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import struct
 from dataclasses import dataclass
 
 from kvmlite.loader.bzimage import BzImage, KernelImageError, looks_like_bzimage, parse_bzimage
@@ -48,3 +50,25 @@ def read_kernel(path: str) -> KernelFile:
     else:
         raise KernelImageError(f"{path}: neither a bzImage nor an ELF kernel")
     return KernelFile(path, data, image)
+
+
+# Linux's banner ("Linux version 6.1.0-28-cloud-amd64 (...) #1 SMP ...") in
+# an ELF vmlinux; a bzImage's setup header points at the version string
+# (Documentation/arch/x86/boot.rst: kernel_version at 0x20E, an offset from
+# 0x200 of the file, protocol 2.00 and later).
+_BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\x00]*)")
+_VERSION = re.compile(rb"(\d+\.\d+[^\s\x00]*)")
+KERNEL_VERSION_OFFSET = 0x20E
+
+
+def linux_version(kernel: KernelFile) -> str | None:
+    """The Linux release a kernel image carries (``6.1.0-28-cloud-amd64``),
+    or None for a kernel that is not Linux (a purpose-built guest)."""
+    if isinstance(kernel.image, BzImage):
+        pointer = struct.unpack_from("<H", kernel.data, KERNEL_VERSION_OFFSET)[0] if len(kernel.data) > 0x210 else 0
+        if not pointer:
+            return None
+        match = _VERSION.match(kernel.data, 0x200 + pointer, 0x200 + pointer + 128)
+    else:
+        match = _BANNER.search(kernel.data)
+    return match.group(1).decode(errors="replace") if match else None

@@ -20,9 +20,11 @@ from kvmlite.kvm.ioctl import KvmError
 
 if TYPE_CHECKING:
     from kvmlite.base.memory import GuestMemory
+    from kvmlite.loader.kernel import KernelFile
     from kvmlite.vmm.vcpu import Vcpu
 
 PVM_MODULE = "/sys/module/kvm_pvm"
+NESTED_COMMAND = "python3 -m tests.nested.testhost --kvmlite"
 SUBERRORS = {
     uapi.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
     uapi.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
@@ -33,6 +35,22 @@ SUBERRORS = {
 
 def is_pvm() -> bool:
     return os.path.exists(PVM_MODULE)
+
+
+def pvm_linux_warning(kernel: "KernelFile", pvm: bool | None = None) -> str | None:
+    """One line for a stock Linux kernel about to boot on a PVM-based
+    /dev/kvm, which ends, after minutes of emulation, in an emulation
+    failure; None when that is not the case (purpose-built guests run well)."""
+    from kvmlite.loader.kernel import linux_version
+
+    if not (is_pvm() if pvm is None else pvm):
+        return None
+    version = linux_version(kernel)
+    if version is None:
+        return None
+    return (f"this machine's /dev/kvm is PVM-based (kvm_pvm), which cannot run a stock Linux kernel "
+            f"({version}): expect minutes of emulation, then an emulation failure; boot Linux on hardware "
+            f"KVM or in the nested test host ({NESTED_COMMAND}, see docs/testing.md)")
 
 
 def _strip_prefixes(code: bytes) -> tuple[bytes, int]:

@@ -141,6 +141,9 @@ class Vm:
 
     def _load_kernel(self, rsdp: int | None) -> BootLayout:
         kernel = read_kernel(self.config.kernel)
+        warning = diagnose.pvm_linux_warning(kernel)
+        if warning:
+            log.warning(warning)
         initrd = None
         if self.config.initrd:
             initrd = read_file(self.config.initrd, "initrd", MAX_INITRD_SIZE)
