@@ -14,7 +14,7 @@ import sys
 
 from kvmlite import log
 from kvmlite.errors import ConfigError, UsageError
-from kvmlite.vmm.config import CONSOLES, TRANSPORTS, DiskConfig, VmConfig, parse_mem_mib
+from kvmlite.vmm.config import CONSOLES, TRANSPORTS, DiskConfig, NetConfig, VmConfig, parse_mem_mib
 
 EPILOG = """exit status: 0 guest powered off, 1 kvmlite failed, 2 bad usage, 3 guest reset,
 4 guest crashed, N the guest's own status (kvmlite run -- CMD, or a write to port 0x501).
@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--virtio-transport", choices=TRANSPORTS, default="pci",
                    help="virtio transport: pci (default) or mmio")
     g.add_argument("--hugepages", action="store_true", help="back guest memory with hugetlbfs pages")
+    n = parser.add_argument_group("networking options")
+    n.add_argument("-n", "--network", action="append", default=[], metavar="OPTIONS",
+                   help="a virtio-net NIC; repeat for more: mode=tap|user|none[,tapif=NAME][,guest_mac=MAC]"
+                        "[,host_ip=IP][,guest_ip=IP][,vhost=1][,script=PATH][,trans=pci|mmio]"
+                        "[,hostfwd=tcp:HOSTPORT-GUESTPORT]... An -n without mode= is a tap with host "
+                        "192.168.33.1 and guest 192.168.33.15; user mode (NAT, DHCP, DNS) runs passt. "
+                        "With no -n the default guest gets one user-mode NIC when passt is installed; "
+                        "-n mode=none gives none")
     k = parser.add_argument_group("kernel options")
     k.add_argument("-k", "--kernel", help="kernel image: bzImage or ELF vmlinux with a PVH note "
                                           "(default: the guest prepared by 'kvmlite setup')")
@@ -56,6 +64,16 @@ def _split_command(args: argparse.Namespace) -> list[str]:
     if getattr(args, "passthrough", None) is not None and not command:
         raise UsageError("nothing after '--': give the command to run in the guest")
     return command
+
+
+def _nics(options: list[str], default_guest: bool) -> tuple[NetConfig, ...]:
+    """lkvm's rules: each -n is a NIC, ``mode=none`` ones are dropped; with
+    no -n at all the default guest gets one user-mode NIC (``implicit``:
+    left out, with a warning, when passt cannot run)."""
+    if not options:
+        return (NetConfig(mode="user", implicit=True),) if default_guest else ()
+    nics = tuple(NetConfig.parse(text) for text in options)
+    return tuple(nic for nic in nics if nic.mode != "none")
 
 
 def config_from_args(args: argparse.Namespace) -> VmConfig:
@@ -80,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         line = command[0] if len(command) == 1 else shlex.join(command)
         params = f"{params} {encode_command(line)}".strip()
     return VmConfig(
-        kernel=kernel, initrd=initrd, params=params, mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
+        kernel=kernel, initrd=initrd, params=params, nics=_nics(args.network, default_guest=args.kernel is None
+                                                                 and args.image is None), mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
         name=args.name, console=args.console, disks=tuple(DiskConfig.parse(d) for d in args.disk),
         rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,
         default_cmdline=not args.no_default_params)

@@ -6,6 +6,7 @@ and hand it to :class:`kvmlite.vmm.vm.Vm`; nothing else shapes a VM.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -38,6 +39,124 @@ class DiskConfig:
         return cls(path, read_only)
 
 
+NET_MODES = ("tap", "user", "none")
+NET_DEFAULT_HOST_IP = "192.168.33.1"       # lkvm's defaults for a tap
+NET_DEFAULT_GUEST_IP = "192.168.33.15"
+_NET_KEYS = ("mode", "tapif", "guest_mac", "host_ip", "guest_ip", "vhost", "script", "trans", "hostfwd")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_HOSTFWD = re.compile(r"^(tcp|udp):(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5})-(\d{1,5})$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class HostForward:
+    """A host port that reaches a guest port (user mode): ``tcp:8080-80``."""
+
+    protocol: str
+    host_port: int
+    guest_port: int
+    host_addr: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "HostForward":
+        m = _HOSTFWD.match(text)
+        if not m:
+            raise ConfigError(f"-n hostfwd={text!r}: expected tcp:HOSTPORT-GUESTPORT or udp:[ADDR:]HOSTPORT-GUESTPORT")
+        protocol, addr, host, guest = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+        for port in (host, guest):
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"-n hostfwd={text!r}: port {port} is not in 1-65535")
+        if addr is not None:
+            _ip("hostfwd", addr)
+        return cls(protocol, host, guest, addr)
+
+    def __str__(self) -> str:
+        addr = f"{self.host_addr}:" if self.host_addr else ""
+        return f"{self.protocol}:{addr}{self.host_port}-{self.guest_port}"
+
+
+def _ip(key: str, text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ConfigError(f"-n {key}={text!r}: not an IPv4 address") from None
+
+
+def parse_mac(text: str, key: str = "guest_mac") -> str:
+    """A unicast MAC address, lower case; a one-line error otherwise."""
+    if not _MAC.match(text):
+        raise ConfigError(f"-n {key}={text!r}: not a MAC address (six hex pairs separated by ':')")
+    if int(text[:2], 16) & 1:
+        raise ConfigError(f"-n {key}={text!r}: a multicast address cannot be a NIC's address")
+    if text.replace(":", "") == "0" * 12:
+        raise ConfigError(f"-n {key}={text!r}: the all-zero address cannot be a NIC's address")
+    return text.lower()
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """One virtio-net NIC (lkvm's ``-n/--network``)."""
+
+    mode: str = "tap"
+    tapif: str | None = None              # an existing tap, used as is; else kvmlite makes one
+    guest_mac: str | None = None          # default: derived from the VM's name and the NIC's index
+    host_ip: str = NET_DEFAULT_HOST_IP    # tap: the host side's address
+    guest_ip: str = NET_DEFAULT_GUEST_IP  # tap: the guest's static address
+    vhost: bool = False                   # tap: the kernel's vhost-net moves the packets
+    script: str | None = None             # tap: run as ``SCRIPT TAPNAME`` once the tap exists
+    trans: str | None = None              # pci or mmio; default: the VM's --virtio-transport
+    hostfwd: tuple[HostForward, ...] = ()  # user: host ports forwarded to the guest
+    implicit: bool = False                # the NIC a VM gets with no -n at all
+
+    @classmethod
+    def parse(cls, text: str) -> "NetConfig":
+        """``mode=tap|user|none[,tapif=NAME][,guest_mac=MAC][,host_ip=IP][,guest_ip=IP][,vhost=1]
+        [,script=PATH][,trans=pci|mmio][,hostfwd=tcp:HOSTPORT-GUESTPORT]...``"""
+        values: dict[str, str] = {}
+        forwards: list[HostForward] = []
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            if not item:
+                continue
+            if key not in _NET_KEYS:
+                raise ConfigError(f"-n {item!r}: unknown key {key!r} (known: {', '.join(_NET_KEYS)})")
+            if not sep or not value:
+                raise ConfigError(f"-n {key}: missing value (write {key}=VALUE)")
+            if key == "hostfwd":
+                forwards.append(HostForward.parse(value))
+            elif key in values:
+                raise ConfigError(f"-n {key}: given twice")
+            else:
+                values[key] = value
+        return cls._from_values(values, tuple(forwards))
+
+    @classmethod
+    def _from_values(cls, values: dict[str, str], forwards: tuple[HostForward, ...]) -> "NetConfig":
+        mode = values.get("mode", "tap")
+        if mode not in NET_MODES:
+            raise ConfigError(f"-n mode={mode!r}: choose one of {', '.join(NET_MODES)}")
+        tapif = values.get("tapif")
+        if tapif is not None and not _IFNAME.match(tapif):
+            raise ConfigError(f"-n tapif={tapif!r}: an interface name is 1-15 letters, digits, '.', '_' or '-'")
+        vhost = values.get("vhost", "0")
+        if vhost not in ("0", "1"):
+            raise ConfigError(f"-n vhost={vhost!r}: use 1 or 0")
+        trans = values.get("trans")
+        if trans is not None and trans not in TRANSPORTS:
+            raise ConfigError(f"-n trans={trans!r}: choose one of {', '.join(TRANSPORTS)}")
+        for key, allowed in (("tapif", "tap"), ("vhost", "tap"), ("script", "tap"), ("host_ip", "tap"),
+                             ("guest_ip", "tap")):
+            if key in values and mode != allowed:
+                raise ConfigError(f"-n {key}: only for mode={allowed}, not mode={mode}")
+        if forwards and mode != "user":
+            raise ConfigError(f"-n hostfwd: only for mode=user, not mode={mode}")
+        return cls(mode=mode, tapif=tapif,
+                   guest_mac=parse_mac(values["guest_mac"]) if "guest_mac" in values else None,
+                   host_ip=_ip("host_ip", values.get("host_ip", NET_DEFAULT_HOST_IP)),
+                   guest_ip=_ip("guest_ip", values.get("guest_ip", NET_DEFAULT_GUEST_IP)),
+                   vhost=vhost == "1", script=values.get("script"), trans=trans, hostfwd=forwards)
+
+
 @dataclass(frozen=True)
 class VmConfig:
     kernel: str
@@ -51,6 +170,7 @@ class VmConfig:
     rng: bool = False
     virtio_transport: str = "pci"
     hugepages: bool = False
+    nics: tuple[NetConfig, ...] = ()
     default_cmdline: bool = True     # False: use params as the whole command line
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
