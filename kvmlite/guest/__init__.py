@@ -5,6 +5,7 @@
 * :mod:`.kmod`, :mod:`.elf` — module dependencies and load order;
 * :mod:`.initramfs`, :mod:`.cpio`, :mod:`.busybox`, :mod:`.initscript`,
   :mod:`.exithelper` — the initramfs and its ``/init``;
+* :mod:`.netinit` — the init's network setup (``kvmlite.net=``) and udhcpc's script;
 * :mod:`.cmdline` — the kernel command-line options the init reads;
 * :mod:`.rootfs` — ext4 root disk images.
 

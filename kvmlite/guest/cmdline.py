@@ -8,6 +8,7 @@ the whole line must fit the x86 boot protocol's limit: COMMAND_LINE_SIZE is
 from __future__ import annotations
 
 import base64
+import ipaddress
 from dataclasses import dataclass
 
 from kvmlite.errors import ConfigError
@@ -23,6 +24,29 @@ def encode_command(command: str) -> str:
     return "kvmlite.cmd=" + base64.b64encode(command.encode()).decode("ascii")
 
 
+def net_option(value: str) -> str:
+    """``kvmlite.net=<value>``; ``value`` is ``dhcp`` or ``ADDR/PREFIX,GATEWAY[,DNS]`` (IPv4)."""
+    if value != "dhcp":
+        _check_static_net(value)
+    return f"kvmlite.net={value}"
+
+
+def _check_static_net(value: str) -> None:
+    fields = value.split(",")
+    try:
+        if len(fields) not in (2, 3) or "/" not in fields[0]:
+            raise ValueError("wrong form")
+        interface = ipaddress.IPv4Interface(fields[0])
+        gateway = ipaddress.IPv4Address(fields[1])
+        for server in fields[2:]:
+            ipaddress.IPv4Address(server)
+    except ValueError:
+        raise ConfigError(f"guest network '{value}' is not dhcp or ADDR/PREFIX,GATEWAY[,DNS] "
+                          "(IPv4, like 192.168.33.15/24,192.168.33.1)") from None
+    if gateway not in interface.network:
+        raise ConfigError(f"guest network '{value}': gateway {gateway} is outside {interface.network}")
+
+
 @dataclass(frozen=True)
 class GuestOptions:
     """What the guest init should do; every field is optional."""
@@ -32,15 +56,16 @@ class GuestOptions:
     rootfstype: str | None = None
     rootflags: str | None = None
     readonly: bool = False
-    ip: str | None = None          # "10.0.2.15/24" or "10.0.2.15/24,10.0.2.2"
+    net: str | None = None         # "dhcp" or "10.0.2.15/24,10.0.2.2[,10.0.2.3]"; None: no network
     debug: bool = False
 
     def words(self) -> list[str]:
         words = []
         if self.root:
             words += [f"root={self.root}", "ro" if self.readonly else "rw"]
-        words += [f"{k}={v}" for k, v in (("rootfstype", self.rootfstype), ("rootflags", self.rootflags),
-                                          ("kvmlite.ip", self.ip)) if v]
+        words += [f"{k}={v}" for k, v in (("rootfstype", self.rootfstype), ("rootflags", self.rootflags)) if v]
+        if self.net is not None:
+            words.append(net_option(self.net))
         if self.debug:
             words.append("kvmlite.debug")
         if self.command is not None:

@@ -20,10 +20,12 @@ from kvmlite.guest.kmod import Module, ModuleTree, Resolution, read_module
 # Drivers for the devices kvmlite offers, and ext4 for root disks.  Names
 # missing from a kernel, or built into it, are skipped.  crc32c_generic is
 # listed because ext4 wants "crypto-crc32c" (an alias, so its softdep alone
-# does not pull the module in) for metadata checksums.
+# does not pull the module in) for metadata checksums.  af_packet is for
+# udhcpc's raw socket (built into Debian's kernels, so it costs nothing there);
+# virtio_net brings net_failover and failover.
 GUEST_MODULES: tuple[str, ...] = (
     "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_console", "virtio_rng",
-    "virtio_net", "9p", "9pnet_virtio", "vmw_vsock_virtio_transport",
+    "virtio_net", "af_packet", "9p", "9pnet_virtio", "vmw_vsock_virtio_transport",
     "virtio_balloon", "crc32c_generic", "ext4",
 )
 
@@ -97,6 +99,6 @@ class GuestInitramfs:
 def build_guest(kernel: KernelFiles, busybox: Path) -> GuestInitramfs:
     """The default guest's archive for ``kernel``."""
     resolution = guest_modules(kernel)
-    helper = {initscript.EXIT_HELPER: (exithelper.build(), 0o755)}
-    data = build(Contents(busybox, initscript.render(), resolution.modules, helper))
+    files = {initscript.EXIT_HELPER: (exithelper.build(), 0o755), **initscript.files()}
+    data = build(Contents(busybox, initscript.render(), resolution.modules, files))
     return GuestInitramfs(data, resolution)

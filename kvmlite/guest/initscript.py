@@ -14,6 +14,7 @@ in docs/guest.md; keep the two in step.  Facts it relies on:
   the kernel sends SIGINT to PID 1 instead (kernel/reboot.c: ctrl_alt_del).
 * A trapped signal makes ash's ``wait`` return at once (POSIX wait), so PID
   1 waits for its child with ``wait`` and not in the foreground.
+* The network (``kvmlite.net=``) is :mod:`kvmlite.guest.netinit`'s part.
 * The exit status goes out as one byte to I/O port 0x501 (kvmlite's exit
   device; offset 1281 of ``/dev/port``), or through ``kvmlite-exit`` when
   the kernel has no ``/dev/port`` (CONFIG_DEVPORT off in Debian's cloud kernel).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 
 from kvmlite.arch.x86.layout import PORT_GUEST_EXIT
+from kvmlite.guest import netinit
 
 READY_MARKER = "kvmlite-init: ready"
 MODULES_LIST = "etc/kvmlite/modules"     # load order, one path under /lib/modules per line
@@ -35,6 +37,7 @@ INIT_SCRIPT = r"""#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM="${TERM:-linux}"
 set -f
+CMDLINE=/proc/cmdline
 
 say() { echo "kvmlite-init: $*"; }
 debug() { [ -n "$DEBUG" ] && say "$@"; return 0; }
@@ -50,8 +53,8 @@ mount_basics() {
 }
 
 read_cmdline() {
-    ROOT= ROOTFSTYPE= ROOTFLAGS= ROOTMODE=rw CMD= DEBUG= IP=
-    for word in $(cat /proc/cmdline); do
+    ROOT= ROOTFSTYPE= ROOTFLAGS= ROOTMODE=rw CMD= DEBUG= NET=
+    for word in $(cat "$CMDLINE"); do
         case "$word" in
             root=*) ROOT="${word#root=}" ;;
             rootfstype=*) ROOTFSTYPE="${word#rootfstype=}" ;;
@@ -59,7 +62,7 @@ read_cmdline() {
             ro) ROOTMODE=ro ;;
             rw) ROOTMODE=rw ;;
             kvmlite.cmd=*) CMD="${word#kvmlite.cmd=}" ;;
-            kvmlite.ip=*) IP="${word#kvmlite.ip=}" ;;
+            kvmlite.net=*) NET="${word#kvmlite.net=}" ;;
             kvmlite.debug) DEBUG=1 ;;
         esac
     done
@@ -70,7 +73,7 @@ read_cmdline() {
 # virtio_mmio.device=... reaches a modular virtio_mmio).
 module_params() {
     _mod=$(basename "$1" .ko | tr - _)
-    for _w in $(cat /proc/cmdline); do
+    for _w in $(cat "$CMDLINE"); do
         case "$_w" in
             "$_mod".*=*) echo "${_w#"$_mod".}" ;;
         esac
@@ -88,13 +91,7 @@ load_modules() {
     done < /__MODULES_LIST__
 }
 
-setup_network() {
-    hostname kvmlite
-    ip link set lo up
-    [ -n "$IP" ] || return 0
-    ip addr add "${IP%%,*}" dev eth0 && ip link set eth0 up || say "cannot configure eth0 with $IP"
-    case "$IP" in *,*) ip route add default via "${IP#*,}" || say "cannot add route via ${IP#*,}" ;; esac
-}
+__NETWORK__
 
 find_root_device() {
     tries=0
@@ -120,6 +117,7 @@ mount_root() {
         for fs in proc sys dev dev/pts; do
             [ -d "/mnt/$fs" ] && mount -o bind "/$fs" "/mnt/$fs"
         done
+        net_share_resolv_conf /mnt
     fi
     debug "root $dev mounted on /mnt${CHROOT:+ (chroot)}"
 }
@@ -193,6 +191,7 @@ main() {
     read_cmdline
     [ -n "$DEBUG" ] && set -x
     load_modules
+    hostname kvmlite
     setup_network
     say ready
     mount_root || [ -z "$CMD" ] || finish __SETUP_FAILED__
@@ -213,12 +212,22 @@ main
 def render() -> str:
     """The script with its constants filled in."""
     return (INIT_SCRIPT
+            .replace("__NETWORK__", netinit.init_functions().strip("\n"))
             .replace("__MODULES_LIST__", MODULES_LIST)
             .replace("__EXIT_HELPER__", EXIT_HELPER)
             .replace("__PORT__", str(PORT_GUEST_EXIT))
             .replace("__SETUP_FAILED__", str(STATUS_SETUP_FAILED)))
 
 
+def files() -> dict[str, tuple[bytes, int]]:
+    """Scripts the init runs besides itself: archive path -> (data, mode)."""
+    return {netinit.UDHCPC_SCRIPT_PATH: (netinit.UDHCPC_SCRIPT.encode(), 0o755)}
+
+
 def digest() -> str:
-    """SHA256 of the rendered script: part of the setup manifest's inputs."""
-    return hashlib.sha256(render().encode()).hexdigest()
+    """SHA256 of the rendered script and :func:`files`: part of the setup
+    manifest's inputs, so a change to either makes ``kvmlite setup`` rebuild."""
+    h = hashlib.sha256(render().encode())
+    for path, (data, mode) in sorted(files().items()):
+        h.update(f"\0{path}\0{mode:o}\0".encode() + data)
+    return h.hexdigest()

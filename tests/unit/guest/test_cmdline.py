@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from kvmlite.errors import ConfigError
-from kvmlite.guest.cmdline import MAX_CMDLINE_LENGTH, GuestOptions, encode_command, join
+from kvmlite.guest.cmdline import MAX_CMDLINE_LENGTH, GuestOptions, encode_command, join, net_option
 
 
 def test_encode_command_round_trips_through_base64() -> None:
@@ -47,3 +47,26 @@ def test_join_too_long_raises() -> None:
 def test_join_within_limit_keeps_base_first() -> None:
     line = join("console=ttyS0 quiet", GuestOptions(command="true"))
     assert line.startswith("console=ttyS0 quiet kvmlite.cmd=")
+
+
+@pytest.mark.parametrize("value", ["dhcp", "192.168.33.15/24,192.168.33.1", "10.0.2.15/24,10.0.2.2,10.0.2.3"])
+def test_net_option_valid_values_pass_through(value: str) -> None:
+    assert net_option(value) == f"kvmlite.net={value}"
+
+
+@pytest.mark.parametrize("value", ["", "DHCP", "192.168.33.15", "192.168.33.15/24", "192.168.33.15,192.168.33.1",
+                                   "192.168.33.15/24,192.168.33.1,8.8.8.8,9.9.9.9", "192.168.33.15/33,192.168.33.1",
+                                   "fd00::2/64,fd00::1", "192.168.33.15/24,gateway"])
+def test_net_option_malformed_one_line_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="is not dhcp or ADDR/PREFIX,GATEWAY"):
+        net_option(value)
+
+
+def test_net_option_gateway_outside_subnet_raises() -> None:
+    with pytest.raises(ConfigError, match="gateway 10.0.3.1 is outside 10.0.2.0/24"):
+        net_option("10.0.2.15/24,10.0.3.1")
+
+
+def test_guest_options_net_word_only_when_set() -> None:
+    assert "kvmlite.net=dhcp" in GuestOptions(net="dhcp").words()
+    assert not any(w.startswith("kvmlite.net") for w in GuestOptions(command="true").words())

@@ -5,10 +5,12 @@ Each boot takes a few seconds of emulation; no KVM is involved.
 
 from __future__ import annotations
 
-import os
+import http.server
 import shutil
 import subprocess
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -96,3 +98,55 @@ def test_init_dev_port_path_generic_kernel(generic_kernel: KernelFiles, static_b
     # Assert
     assert "devport-present" in result.console, result.console
     assert result.returncode == debug_exit_status(42), result.console
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:   # noqa: N802 (http.server's name)
+        body = b"hello through virtio-net\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_port() -> Iterator[int]:
+    """An HTTP server on this machine's 127.0.0.1: the guest's 10.0.2.2 under QEMU's user network."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _network_probe(port: int) -> str:
+    return (f"ip -4 -o addr show dev eth0; ip route; cat /etc/resolv.conf; "
+            f"wget -q -O- http://10.0.2.2:{port}/")
+
+
+def test_init_net_dhcp_lease_applied_host_reachable(cloud_kernel: KernelFiles, cloud_initrd: Path,
+                                                     tmp_path: Path, http_port: int) -> None:
+    # Act
+    result = boot(cloud_kernel.vmlinuz, cloud_initrd,
+                  _append(GuestOptions(command=_network_probe(http_port), net="dhcp")), tmp_path, user_net=True)
+    # Assert
+    console = result.console
+    assert "inet 10.0.2.15/24" in console and "default via 10.0.2.2 dev eth0" in console, console
+    assert "nameserver 10.0.2.3" in console, console
+    assert "hello through virtio-net" in console, console
+    assert result.returncode == debug_exit_status(0), console
+
+
+def test_init_net_static_address_route_dns(cloud_kernel: KernelFiles, cloud_initrd: Path, tmp_path: Path,
+                                           http_port: int) -> None:
+    result = boot(cloud_kernel.vmlinuz, cloud_initrd,
+                  _append(GuestOptions(command=_network_probe(http_port), net="10.0.2.20/24,10.0.2.2,10.0.2.3")),
+                  tmp_path, user_net=True)
+    console = result.console
+    assert "inet 10.0.2.20/24" in console and "default via 10.0.2.2 dev eth0" in console, console
+    assert "nameserver 10.0.2.3" in console and "hello through virtio-net" in console, console
+    assert result.returncode == debug_exit_status(0), console

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.guest import initramfs, initscript
+from kvmlite.guest import initramfs, initscript, netinit
 from kvmlite.guest.kernel import KernelFiles
 
 from .conftest import require_tool
@@ -39,7 +39,8 @@ def test_build_guest_init_is_executable_script(unpacked: Path) -> None:
 def test_build_guest_busybox_and_applet_links(unpacked: Path) -> None:
     assert (unpacked / "bin/busybox").stat().st_mode & 0o111
     for applet in ("bin/sh", "sbin/insmod", "bin/mount", "bin/base64", "bin/dd", "sbin/poweroff",
-                   "usr/bin/setsid", "bin/cttyhack", "sbin/switch_root", "usr/sbin/chroot"):
+                   "usr/bin/setsid", "bin/cttyhack", "sbin/switch_root", "usr/sbin/chroot",
+                   "sbin/ip", "sbin/udhcpc", "bin/sleep"):
         assert os.readlink(unpacked / applet) == "/bin/busybox", applet
 
 
@@ -73,3 +74,20 @@ def test_guest_modules_kernel_without_modules_skips_all(cloud_kernel: KernelFile
     bare = KernelFiles(cloud_kernel.vmlinuz, None, cloud_kernel.version, "host")
     result = initramfs.guest_modules(bare)
     assert result.modules == () and set(result.missing) == set(initramfs.GUEST_MODULES)
+
+
+def test_build_guest_udhcpc_script_at_busybox_default_path(unpacked: Path) -> None:
+    script = unpacked / netinit.UDHCPC_SCRIPT_PATH
+    assert script.read_text() == netinit.UDHCPC_SCRIPT
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+
+
+def test_guest_modules_cloud_kernel_network_driver_and_deps(cloud_kernel: KernelFiles) -> None:
+    # Act
+    result = initramfs.guest_modules(cloud_kernel)
+    # Assert: virtio_net -> net_failover -> failover, all modules there, dependencies first
+    names = [m.name for m in result.modules]
+    assert names.index("failover") < names.index("net_failover") < names.index("virtio_net")
+    assert names.index("virtio_ring") < names.index("virtio_net")
+    assert "af_packet" in result.builtin       # CONFIG_PACKET=y: udhcpc's raw socket costs no insmod
+    assert not {"virtio_net", "net_failover", "failover", "af_packet"} & set(result.missing)

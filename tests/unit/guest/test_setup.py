@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.errors import KvmliteError
-from kvmlite.guest import kernel, setup
+from kvmlite.guest import initscript, kernel, netinit, setup
 from kvmlite.guest.debian import sha256_file
 
 REPO = Path(__file__).resolve().parents[3]
@@ -71,6 +71,28 @@ def test_setup_damaged_initramfs_rebuilt(cache_home: Path) -> None:
     done = _kvmlite(cache_home, "setup")
     assert done.stdout.startswith("default guest ready:")
     assert initrd.stat().st_size > 1 << 20
+
+
+def test_setup_init_from_older_kvmlite_rebuilt(cache_home: Path) -> None:
+    # Arrange: a cache built by a kvmlite whose init (or udhcpc script) differed
+    assert _kvmlite(cache_home, "setup", "--kernel-source", "debian").returncode == 0
+    path = cache_home / "kvmlite" / "default" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["inputs"]["init_sha256"] = "0" * 64
+    path.write_text(json.dumps(manifest))
+    # Act
+    done = _kvmlite(cache_home, "setup")
+    # Assert
+    assert done.stdout.startswith("default guest ready:"), done.stderr
+    rebuilt = json.loads(path.read_text())
+    assert rebuilt["inputs"]["init_sha256"] == initscript.digest()
+    assert {"virtio_net", "net_failover", "failover"} <= set(rebuilt["modules"]["loaded"])
+
+
+def test_init_digest_covers_udhcpc_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = initscript.digest()
+    monkeypatch.setattr(netinit, "UDHCPC_SCRIPT", netinit.UDHCPC_SCRIPT + "# changed\n")
+    assert initscript.digest() != before
 
 
 def test_setup_force_rebuilds(cache_home: Path) -> None:
