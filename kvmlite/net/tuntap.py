@@ -1,44 +1,34 @@
 """The kernel interface of tap devices: ctypes mirrors of ``linux/if_tun.h``,
 ``linux/if.h`` and ``linux/sockios.h``, and one thin function per ioctl.
 
-Every number names its header; ``tests/unit/net/test_tuntap.py`` compiles a C
-program against the machine's headers and checks each one.  Failures raise
-:class:`~kvmlite.net.errors.NetError` carrying the ioctl's name and errno;
-what a failure means to the user (``EPERM`` is a missing ``CAP_NET_ADMIN``)
-is decided above, in :mod:`kvmlite.net.tap`.
-
-``fcntl.ioctl`` is used, not the KVM layer's ctypes call: none of these
-ioctls blocks, so its retry on ``EINTR`` (CPython 3.14) does no harm here.
+Every number names its header; ``tests/unit/net/test_headers.py`` compiles
+a C program against the machine's headers and checks each one.  Failures
+raise :class:`~kvmlite.net.errors.NetError` carrying the ioctl's name and
+errno; what a failure means to the user (``EPERM`` is a missing
+``CAP_NET_ADMIN``) is decided above, in :mod:`kvmlite.net.tap`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import ipaddress
 
 from kvmlite.net.errors import NetError
-
-# asm-generic/ioctl.h
-_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
-
-
-def _ioc(direction: int, kind: int, nr: int, size: int) -> int:
-    return (direction << 30) | (size << 16) | (kind << 8) | nr
-
+from kvmlite.net.ioctl import ioctl, ior, iow
 
 _T = ord("T")
-_INT = ctypes.sizeof(ctypes.c_int)
+_int = ctypes.c_int
+_uint = ctypes.c_uint
 
 # linux/if_tun.h: ioctls on a /dev/net/tun file
-TUNSETIFF = _ioc(_IOC_WRITE, _T, 202, _INT)
-TUNSETPERSIST = _ioc(_IOC_WRITE, _T, 203, _INT)
-TUNGETFEATURES = _ioc(_IOC_READ, _T, 207, _INT)
-TUNSETOFFLOAD = _ioc(_IOC_WRITE, _T, 208, _INT)
-TUNGETIFF = _ioc(_IOC_READ, _T, 210, _INT)
-TUNGETVNETHDRSZ = _ioc(_IOC_READ, _T, 215, _INT)
-TUNSETVNETHDRSZ = _ioc(_IOC_WRITE, _T, 216, _INT)
-TUNSETVNETLE = _ioc(_IOC_WRITE, _T, 220, _INT)
+TUNSETIFF = iow(_T, 202, _int)
+TUNSETPERSIST = iow(_T, 203, _int)
+TUNGETFEATURES = ior(_T, 207, _uint)
+TUNSETOFFLOAD = iow(_T, 208, _uint)
+TUNGETIFF = ior(_T, 210, _uint)
+TUNGETVNETHDRSZ = ior(_T, 215, _int)
+TUNSETVNETHDRSZ = iow(_T, 216, _int)
+TUNSETVNETLE = iow(_T, 220, _int)
 
 # linux/if_tun.h: TUNSETIFF ifr_flags
 IFF_TUN = 0x0001
@@ -136,18 +126,6 @@ def make_ifreq(name: str) -> ifreq:
     req = ifreq()
     req.ifr_name = raw
     return req
-
-
-def ioctl(fd: int, request: int, name: str, arg: "ctypes._CData | int" = 0) -> int:
-    """``ioctl(fd, request, arg)``: a ctypes ``arg`` is passed by reference
-    (and filled in), an int by value.  Raises :class:`NetError` named
-    ``name`` on failure."""
-    try:
-        if isinstance(arg, int):
-            return fcntl.ioctl(fd, request, arg)
-        return fcntl.ioctl(fd, request, arg, True)
-    except OSError as e:
-        raise NetError.from_errno(name, e.errno or 0) from None
 
 
 # --- /dev/net/tun ioctls ---
