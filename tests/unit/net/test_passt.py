@@ -9,6 +9,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,9 +19,10 @@ import pytest
 
 from kvmlite.net import passt as passt_mod
 from kvmlite.net.errors import NetError
+from kvmlite.net.netns import run_in_netns
 from kvmlite.net.passt import HostForward, PasstBackend, parse_hostfwd
 
-from .conftest import RoutedNetns, in_netns
+from .conftest import RoutedNetns, in_netns, ip
 
 GUEST_MAC = bytes.fromhex("525400123456")
 BROADCAST = b"\xff" * 6
@@ -79,6 +81,21 @@ def dhcp_discover() -> bytes:
     ip_hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes(4), b"\xff" * 4)
     ip_hdr = ip_hdr[:10] + struct.pack("!H", checksum(ip_hdr)) + ip_hdr[12:]
     return BROADCAST + GUEST_MAC + b"\x08\x00" + ip_hdr + udp
+
+
+def udp_frame(dst_mac: bytes, src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload      # checksum 0: none (IPv4)
+    ip_hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 7, 0x4000, 64, 17, 0,
+                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    ip_hdr = ip_hdr[:10] + struct.pack("!H", checksum(ip_hdr)) + ip_hdr[12:]
+    return dst_mac + GUEST_MAC + b"\x08\x00" + ip_hdr + udp
+
+
+def arp_reply(frame: bytes) -> tuple[int, bytes, bytes, bytes] | None:
+    if frame[12:14] != b"\x08\x06":
+        return None
+    op, sha, spa, tha = struct.unpack("!6xH6s4s6s4x", frame[14:42])
+    return (op, sha, spa, tha) if op == 2 else None
 
 
 def dhcp_reply(frame: bytes) -> dict[int, bytes] | None:
@@ -192,13 +209,7 @@ def test_passt_argv_and_files(passt: PasstBackend, routed_netns: RoutedNetns) ->
 
 def test_passt_answers_arp_for_the_gateway(passt: PasstBackend, routed_netns: RoutedNetns) -> None:
     assert passt.send([arp_request(routed_netns.addr, routed_netns.gateway)]) is True
-
-    def reply(frame: bytes) -> tuple[int, bytes, bytes, bytes] | None:
-        if frame[12:14] != b"\x08\x06":
-            return None
-        op, sha, spa, tha = struct.unpack("!6xH6s4s6s4x", frame[14:42])
-        return (op, sha, spa, tha) if op == 2 else None
-    op, sha, spa, tha = wait_for(passt, reply)
+    op, sha, spa, tha = wait_for(passt, arp_reply)
     assert spa == ipaddress.IPv4Address(routed_netns.gateway).packed
     assert tha == GUEST_MAC
     assert sha != GUEST_MAC and not sha[0] & 1
@@ -213,6 +224,37 @@ def test_passt_offers_the_namespace_address_by_dhcp(passt: PasstBackend, routed_
     assert offer[1] == ipaddress.IPv4Network(f"0.0.0.0/{routed_netns.prefix}").netmask.packed
     if 26 in offer:
         assert struct.unpack("!H", offer[26])[0] == 65520
+
+
+def test_passt_carries_udp_both_ways_in_large_frames(passt: PasstBackend, routed_netns: RoutedNetns) -> None:
+    # A server on an address of the namespace's lo, reached through passt's
+    # gateway; ~60 KB datagrams fit one frame (MTU 65520), so each crosses
+    # the stream as one long frame in several reads.
+    ip("addr", "add", "10.88.0.1/32", "dev", "lo", netns=routed_netns.name)
+
+    def server() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("10.88.0.1", 5000))
+        return sock
+    srv = run_in_netns(routed_netns.name, server)
+    try:
+        passt.send([arp_request(routed_netns.addr, routed_netns.gateway)])
+        gateway_mac = wait_for(passt, arp_reply)[1]
+        payload = bytes(range(256)) * 234
+        assert passt.send([udp_frame(gateway_mac, routed_netns.addr, "10.88.0.1", 40000, 5000, payload)]) is True
+        assert select.select([srv], [], [], 5)[0], "the server got nothing"
+        data, peer = srv.recvfrom(70000)
+        assert data == payload and peer[1] == 40000
+        srv.sendto(payload[::-1], peer)
+
+        def reply(frame: bytes) -> bytes | None:
+            if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+                return None
+            udp = frame[14 + (frame[14] & 0xF) * 4:]
+            return udp[8:] if struct.unpack("!HH", udp[:4]) == (5000, 40000) else None
+        assert wait_for(passt, reply) == payload[::-1]
+    finally:
+        srv.close()
 
 
 def test_passt_close_leaves_nothing_behind(routed_netns: RoutedNetns) -> None:
