@@ -24,7 +24,10 @@ How it is started (``argv`` keeps the exact list)::
   without ``CAP_DAC_OVERRIDE``, so as root ``DIR`` is given to ``nobody``
   (and ``--runas`` names the same user, so the two agree).  The socket is
   unlinked once kvmlite is connected; :meth:`PasstBackend.close` ends
-  passt and removes ``DIR``: nothing is left behind.
+  passt and removes ``DIR``, and so does a backend collected or still open
+  at interpreter exit: nothing is left behind.  Only a VMM killed outright
+  leaves ``DIR`` (pid file and log); passt itself exits then, as its one
+  client is gone.
 * ``hostfwd`` rules become ``-t``/``-u``: ``tcp:HOSTPORT-GUESTPORT`` is
   ``-t HOSTPORT:GUESTPORT``, ``tcp:ADDR:HOSTPORT-GUESTPORT`` binds only
   ``ADDR`` (``-t ADDR/HOSTPORT:GUESTPORT``), and QEMU's spelling
@@ -48,6 +51,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +168,6 @@ class PasstBackend:
         self.forwards = [parse_hostfwd(rule) for rule in hostfwd]
         self.netns = netns
         self.mtu: int | None = mtu
-        self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self._stream: FramedStream | None = None
         passt = find_passt(binary)
@@ -178,6 +181,9 @@ class PasstBackend:
         except OSError as e:
             raise NetError(f"cannot make passt's directory in {rundir or tempfile.gettempdir()}: {e.strerror}",
                            operation="start passt", errno=e.errno) from None
+        # What close() releases, also at interpreter exit if close() was never called.
+        self._owned = _Owned(self.dir)
+        self._release = weakref.finalize(self, self._owned.release)
         try:
             if len(bytes(self.socket_path)) >= SUN_PATH_MAX:
                 raise NetError(f"passt's socket path {self.socket_path} is too long for a Unix socket: "
@@ -189,6 +195,11 @@ class PasstBackend:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The passt process (its pid is passt's: ``ip netns exec`` execs)."""
+        return self._owned.proc if self._release.alive else None
 
     @property
     def socket_path(self) -> Path:
@@ -216,27 +227,24 @@ class PasstBackend:
     def _start(self, timeout: float) -> None:
         """Start passt and connect to its socket once it is listening."""
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self._owned.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            while True:
-                status = self.proc.poll()
-                if status is not None:
-                    why = _last_words(self.log_path) or "no message"
-                    raise NetError(f"passt exited at start (status {status}): {why}", operation="start passt")
-                try:
-                    sock.connect(str(self.socket_path))
-                    break
-                except (FileNotFoundError, ConnectionRefusedError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise NetError(f"passt did not open its socket within {timeout:g} s", operation="start passt")
-                time.sleep(0.01)
-        except BaseException:
-            sock.close()
-            raise
+        sock = self._owned.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        while True:
+            status = self.proc.poll()
+            if status is not None:
+                why = _last_words(self.log_path) or "no message"
+                raise NetError(f"passt exited at start (status {status}): {why}", operation="start passt")
+            try:
+                sock.connect(str(self.socket_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            if time.monotonic() > deadline:
+                raise NetError(f"passt did not open its socket within {timeout:g} s", operation="start passt")
+            time.sleep(0.01)
         sock.setblocking(False)
         self.socket_path.unlink(missing_ok=True)     # -1: nobody else may connect anyway
         self._stream = FramedStream(sock, "passt")
@@ -315,13 +323,26 @@ class PasstBackend:
 
     def close(self) -> None:
         """Disconnect, end passt (it leaves by itself once its one client
-        has gone; SIGTERM, then SIGKILL, if not) and remove its directory."""
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.sock.close()
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _stop(proc)
+        has gone; SIGTERM, then SIGKILL, if not) and remove its directory.
+        Also done at interpreter exit for a backend never closed."""
+        self._stream = None
+        self._release()
+
+
+class _Owned:
+    """What a PasstBackend must give back: its socket, process and directory.
+    Kept apart from the backend so a ``weakref.finalize`` can hold it."""
+
+    def __init__(self, where: Path) -> None:
+        self.dir = where
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+
+    def release(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        if self.proc is not None:
+            _stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ needs), plus the pure parts: hostfwd rules and passt's argv."""
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import select
@@ -264,6 +265,18 @@ def test_passt_close_leaves_nothing_behind(routed_netns: RoutedNetns) -> None:
     assert where.is_dir() and passt_processes(str(where)) == [pid]
     backend.close()
     backend.close()
+    assert not where.exists()
+    assert passt_processes(str(where)) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_passt_never_closed_is_cleaned_up_when_collected(routed_netns: RoutedNetns) -> None:
+    need_passt()
+    backend = PasstBackend(netns=routed_netns.name)
+    where, pid = backend.dir, backend.proc.pid
+    del backend
+    gc.collect()
     assert not where.exists()
     assert passt_processes(str(where)) == []
     with pytest.raises(ProcessLookupError):
