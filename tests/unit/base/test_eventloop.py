@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from typing import Callable, Iterator
+
+import pytest
 
 from kvmlite.base.eventloop import EventLoop
 
@@ -37,3 +42,100 @@ def test_on_loop_thread_is_false_on_other_threads() -> None:
         assert not loop.on_loop_thread()
     finally:
         loop.close()
+
+
+
+# --- writers ---
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@pytest.fixture
+def running() -> Iterator[EventLoop]:
+    loop = EventLoop("test")
+    loop.start()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_add_writer_socket_with_room_calls_back_until_removed(running: EventLoop, pair) -> None:
+    a, _ = pair
+    calls: list[int] = []
+
+    def writable() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            running.remove_writer(a.fileno())
+
+    running.add_writer(a.fileno(), writable)
+
+    assert _wait_for(lambda: len(calls) >= 3)
+    time.sleep(0.05)
+    assert calls == [1, 1, 1]
+
+
+def test_add_writer_on_a_reader_fd_keeps_both_callbacks(running: EventLoop, pair) -> None:
+    a, b = pair
+    reads: list[bytes] = []
+    writes: list[int] = []
+    running.add_reader(a.fileno(), lambda: reads.append(a.recv(16)))
+
+    running.add_writer(a.fileno(), lambda: (writes.append(1), running.remove_writer(a.fileno())))
+    b.send(b"x")
+
+    assert _wait_for(lambda: reads == [b"x"] and writes == [1])
+    b.send(b"y")                      # the reader outlives the writer
+    assert _wait_for(lambda: reads == [b"x", b"y"])
+    assert writes == [1]
+
+
+def test_add_writer_full_socket_waits_for_room(running: EventLoop, pair) -> None:
+    a, b = pair
+    calls: list[int] = []
+    try:
+        while True:                   # fill the socket buffer
+            a.send(bytes(65536))
+    except BlockingIOError:
+        pass
+
+    running.add_writer(a.fileno(), lambda: (calls.append(1), running.remove_writer(a.fileno())))
+    time.sleep(0.1)
+    assert calls == []
+    try:
+        while b.recv(1 << 20):
+            pass
+    except BlockingIOError:
+        pass
+
+    assert _wait_for(lambda: calls == [1])
+
+
+def test_failing_writer_is_removed_and_reader_stays(running: EventLoop, pair) -> None:
+    a, b = pair
+    reads: list[bytes] = []
+
+    def broken() -> None:
+        raise RuntimeError("writer failed")
+
+    running.add_reader(a.fileno(), lambda: reads.append(a.recv(16)))
+    running.add_writer(a.fileno(), broken)
+
+    assert _wait_for(lambda: a.fileno() not in running._writers)
+    b.send(b"still")
+    assert _wait_for(lambda: reads == [b"still"])
