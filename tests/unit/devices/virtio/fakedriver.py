@@ -229,3 +229,96 @@ def call_on_loop(loop, call, timeout: float = 10.0) -> None:
 
     loop.call_soon(run)
     assert returned.wait(timeout), "the event loop did not run the call"
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.002) -> bool:
+    """Poll ``condition()`` until it holds (True) or ``timeout`` passes (False):
+    for effects that happen on another thread, such as an event loop's."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+class FakeNetBackend:
+    """A virtio-net backend (``kvmlite.devices.virtio.net.NetBackend``) over a
+    SOCK_SEQPACKET socketpair, which keeps frame boundaries as a tap does.
+
+    The device holds one end; the test holds ``peer``: what the test sends
+    on ``peer`` the device receives as frames, and what the device sends
+    the test reads from ``peer`` (:meth:`sent`).  The socket's send buffer
+    (``sndbuf``: its unread bytes) makes ``send`` return False as a full
+    passt socket does, and the fd becomes writable again once the test
+    reads.  Calls are counted, so tests can tell a wait from a spin."""
+
+    def __init__(self, *, vnet_hdr: bool = True, mtu: int | None = None, offloads: int = 0,
+                 sndbuf: int | None = None) -> None:
+        import socket
+        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if sndbuf is not None:      # the unread bytes after which send returns False
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.sock.setblocking(False)
+        self.peer.setblocking(False)
+        self.vnet_hdr = vnet_hdr
+        self.mtu = mtu
+        self._offloads = offloads
+        self.negotiated: list[int] = []
+        self.calls = {"recv_into": 0, "send": 0, "flush": 0}
+        self.closed = False
+        self.fail_send: OSError | None = None     # raised by the next send, once
+
+    # --- NetBackend ---
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv_into(self, buf: memoryview) -> int:
+        self.calls["recv_into"] += 1
+        n = self.sock.recv_into(buf)
+        if n == 0:
+            raise ConnectionResetError("peer closed")
+        return n
+
+    def send(self, parts) -> bool:
+        self.calls["send"] += 1
+        if self.fail_send is not None:
+            error, self.fail_send = self.fail_send, None
+            raise error
+        try:
+            self.sock.sendmsg([bytes(p) for p in parts])
+        except BlockingIOError:
+            return False
+        return True
+
+    def flush(self) -> bool:
+        self.calls["flush"] += 1
+        return True
+
+    def offloads(self) -> int:
+        return self._offloads
+
+    def set_offloads(self, negotiated: int) -> None:
+        self.negotiated.append(negotiated)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+        self.peer.close()
+
+    # --- the test's end ---
+
+    def feed(self, frame: bytes) -> None:
+        """A frame for the device to receive."""
+        self.peer.send(frame)
+
+    def sent(self) -> list[bytes]:
+        """The frames the device sent since the last call."""
+        frames = []
+        while True:
+            try:
+                frames.append(self.peer.recv(1 << 17))
+            except BlockingIOError:
+                return frames
