@@ -43,36 +43,7 @@ NET_MODES = ("tap", "user", "none")
 NET_DEFAULT_HOST_IP = "192.168.33.1"       # lkvm's defaults for a tap
 NET_DEFAULT_GUEST_IP = "192.168.33.15"
 _NET_KEYS = ("mode", "tapif", "guest_mac", "host_ip", "guest_ip", "vhost", "script", "trans", "hostfwd")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_HOSTFWD = re.compile(r"^(tcp|udp):(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5})-(\d{1,5})$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-@dataclass(frozen=True)
-class HostForward:
-    """A host port that reaches a guest port (user mode): ``tcp:8080-80``."""
-
-    protocol: str
-    host_port: int
-    guest_port: int
-    host_addr: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "HostForward":
-        m = _HOSTFWD.match(text)
-        if not m:
-            raise ConfigError(f"-n hostfwd={text!r}: expected tcp:HOSTPORT-GUESTPORT or udp:[ADDR:]HOSTPORT-GUESTPORT")
-        protocol, addr, host, guest = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
-        for port in (host, guest):
-            if not 1 <= port <= 65535:
-                raise ConfigError(f"-n hostfwd={text!r}: port {port} is not in 1-65535")
-        if addr is not None:
-            _ip("hostfwd", addr)
-        return cls(protocol, host, guest, addr)
-
-    def __str__(self) -> str:
-        addr = f"{self.host_addr}:" if self.host_addr else ""
-        return f"{self.protocol}:{addr}{self.host_port}-{self.guest_port}"
 
 
 def _ip(key: str, text: str) -> str:
@@ -82,15 +53,24 @@ def _ip(key: str, text: str) -> str:
         raise ConfigError(f"-n {key}={text!r}: not an IPv4 address") from None
 
 
-def parse_mac(text: str, key: str = "guest_mac") -> str:
-    """A unicast MAC address, lower case; a one-line error otherwise."""
-    if not _MAC.match(text):
-        raise ConfigError(f"-n {key}={text!r}: not a MAC address (six hex pairs separated by ':')")
-    if int(text[:2], 16) & 1:
-        raise ConfigError(f"-n {key}={text!r}: a multicast address cannot be a NIC's address")
-    if text.replace(":", "") == "0" * 12:
-        raise ConfigError(f"-n {key}={text!r}: the all-zero address cannot be a NIC's address")
-    return text.lower()
+def _mac(text: str) -> str:
+    from kvmlite.net.mac import format_mac, parse_mac
+
+    try:
+        return format_mac(parse_mac(text))
+    except ConfigError as exc:
+        raise ConfigError(f"-n guest_mac: {exc}") from None
+
+
+def _hostfwd(text: str) -> str:
+    from kvmlite.net.errors import NetError
+    from kvmlite.net.passt import parse_hostfwd
+
+    try:
+        parse_hostfwd(text)
+    except NetError as exc:
+        raise ConfigError(f"-n hostfwd: {exc}") from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -105,7 +85,7 @@ class NetConfig:
     vhost: bool = False                   # tap: the kernel's vhost-net moves the packets
     script: str | None = None             # tap: run as ``SCRIPT TAPNAME`` once the tap exists
     trans: str | None = None              # pci or mmio; default: the VM's --virtio-transport
-    hostfwd: tuple[HostForward, ...] = ()  # user: host ports forwarded to the guest
+    hostfwd: tuple[str, ...] = ()         # user: host ports forwarded to the guest (tcp:8080-80)
     implicit: bool = False                # the NIC a VM gets with no -n at all
 
     @classmethod
@@ -113,7 +93,7 @@ class NetConfig:
         """``mode=tap|user|none[,tapif=NAME][,guest_mac=MAC][,host_ip=IP][,guest_ip=IP][,vhost=1]
         [,script=PATH][,trans=pci|mmio][,hostfwd=tcp:HOSTPORT-GUESTPORT]...``"""
         values: dict[str, str] = {}
-        forwards: list[HostForward] = []
+        forwards: list[str] = []
         for item in text.split(","):
             key, sep, value = item.partition("=")
             if not item:
@@ -123,7 +103,7 @@ class NetConfig:
             if not sep or not value:
                 raise ConfigError(f"-n {key}: missing value (write {key}=VALUE)")
             if key == "hostfwd":
-                forwards.append(HostForward.parse(value))
+                forwards.append(_hostfwd(value))
             elif key in values:
                 raise ConfigError(f"-n {key}: given twice")
             else:
@@ -131,7 +111,7 @@ class NetConfig:
         return cls._from_values(values, tuple(forwards))
 
     @classmethod
-    def _from_values(cls, values: dict[str, str], forwards: tuple[HostForward, ...]) -> "NetConfig":
+    def _from_values(cls, values: dict[str, str], forwards: tuple[str, ...]) -> "NetConfig":
         mode = values.get("mode", "tap")
         if mode not in NET_MODES:
             raise ConfigError(f"-n mode={mode!r}: choose one of {', '.join(NET_MODES)}")
@@ -151,7 +131,7 @@ class NetConfig:
         if forwards and mode != "user":
             raise ConfigError(f"-n hostfwd: only for mode=user, not mode={mode}")
         return cls(mode=mode, tapif=tapif,
-                   guest_mac=parse_mac(values["guest_mac"]) if "guest_mac" in values else None,
+                   guest_mac=_mac(values["guest_mac"]) if "guest_mac" in values else None,
                    host_ip=_ip("host_ip", values.get("host_ip", NET_DEFAULT_HOST_IP)),
                    guest_ip=_ip("guest_ip", values.get("guest_ip", NET_DEFAULT_GUEST_IP)),
                    vhost=vhost == "1", script=values.get("script"), trans=trans, hostfwd=forwards)

@@ -37,6 +37,7 @@ from kvmlite.vmm.interrupts import IrqRouter, KvmIoEventRegistrar, KvmIrqLine, K
 
 if TYPE_CHECKING:
     from kvmlite.base.memory import GuestMemory
+    from kvmlite.vmm.config import NetConfig
     from kvmlite.vmm.vm import Vm
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ class DeviceManager:
         self.console_break: Callable[[], None] | None = None
         self.pci = None
         self.virtio: list = []          # (name, device, transport)
-        self.disk_loops: list[EventLoop] = []   # one per virtio-blk device: its own I/O thread
+        self.device_loops: list[EventLoop] = []  # one per disk and per NIC: its own I/O thread
+        self.net_backends: list = []             # taps and passt processes, closed with the VM
+        self._transports: dict[str, str | None] = {}   # a device's own transport (-n trans=)
+        self._guest_net = ""
         self._pci_slots: list[int] = []
         self._mmio_devices: list[tuple[int, int]] = []     # (base, gsi)
 
@@ -84,7 +88,7 @@ class DeviceManager:
         """(name, device, the loop serving its queue notifications) each."""
         config = self.vm.config
         devices: list[tuple[str, object, EventLoop]] = []
-        if not (config.disks or config.console == "virtio" or config.rng):
+        if not (config.disks or config.console == "virtio" or config.rng or config.nics):
             return devices
         from kvmlite.devices.virtio.block import VirtioBlock
         from kvmlite.devices.virtio.console import VirtioConsole
@@ -97,7 +101,7 @@ class DeviceManager:
             # completions, and runs its small reads and writes itself, so a disk that stalls
             # stalls nothing but itself.
             loop = EventLoop(f"virtio-blk{i}")
-            self.disk_loops.append(loop)
+            self.device_loops.append(loop)
             devices.append((f"virtio-blk{i}", VirtioBlock(image, loop=loop), loop))
         if config.console == "virtio":
             console = VirtioConsole(self.console_output or (lambda data: None))
@@ -105,7 +109,70 @@ class DeviceManager:
             devices.append(("virtio-console", console, self.vm.event_loop))
         if config.rng:
             devices.append(("virtio-rng", VirtioRng(), self.vm.event_loop))
+        devices += self._net_devices()
         return devices
+
+    def _net_devices(self) -> list[tuple[str, object, EventLoop]]:
+        """One virtio-net per ``-n``, each with its backend and an event loop
+        of its own (receive and transmit never run on a vCPU thread).  The
+        first NIC's settings reach the default guest's init as
+        ``kvmlite.net=``."""
+        from kvmlite.devices.virtio.net import VirtioNet
+        from kvmlite.net.mac import mac_from_name, parse_mac
+
+        devices: list[tuple[str, object, EventLoop]] = []
+        for index, nic in enumerate(self.vm.config.nics):
+            backend = self._net_backend(index, nic)
+            if backend is None:
+                continue
+            self.net_backends.append(backend)
+            mac = parse_mac(nic.guest_mac) if nic.guest_mac else mac_from_name(f"{self._vm_name()}/{index}")
+            loop = EventLoop(f"virtio-net{index}")
+            self.device_loops.append(loop)
+            name = f"virtio-net{index}"
+            devices.append((name, VirtioNet(backend, mac, loop), loop))
+            self._transports[name] = nic.trans
+            if not self._guest_net:
+                self._guest_net = self._guest_net_option(nic)
+        return devices
+
+    def _vm_name(self) -> str:
+        from kvmlite.control.registry import generated_name
+
+        return self.vm.config.name or generated_name()
+
+    def _net_backend(self, index: int, nic: "NetConfig") -> object | None:
+        """The NIC's host side; None (with one warning line) when the NIC
+        nobody asked for (no -n) cannot have one."""
+        from kvmlite.net.errors import NetError
+
+        try:
+            if nic.mode == "user":
+                from kvmlite.net.passt import PasstBackend
+
+                return PasstBackend(hostfwd=nic.hostfwd)
+            from kvmlite.net.tap import TapBackend
+
+            if nic.vhost:
+                from kvmlite.net.vhost import VhostNet
+
+                VhostNet().close()        # the one-line error where /dev/vhost-net is missing
+            if nic.tapif:
+                return TapBackend(tapif=nic.tapif)
+            return TapBackend(host_ip=nic.host_ip, script=nic.script)
+        except NetError as exc:
+            if nic.implicit:
+                log.warning("no network: %s (-n mode=none silences this)", exc)
+                return None
+            raise NetError(f"-n {nic.mode} NIC {index}: {exc}") from None
+
+    @staticmethod
+    def _guest_net_option(nic: "NetConfig") -> str:
+        from kvmlite.guest.cmdline import net_option
+
+        if nic.mode == "user":
+            return net_option("dhcp")
+        return net_option(f"{nic.guest_ip}/24,{nic.host_ip}")
 
     def _create_virtio(self) -> None:
         devices = self._virtio_devices()
@@ -115,12 +182,14 @@ class DeviceManager:
         from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
 
         vm = self.vm
-        for index, (name, device, loop) in enumerate(devices):
-            if vm.config.virtio_transport == "pci":
+        mmio_index = 0
+        for name, device, loop in devices:
+            if (self._transports.get(name) or vm.config.virtio_transport) == "pci":
                 transport = VirtioPciTransport(device, vm.memory, self._msi, ioevents=self._ioevents,
                                                loop=loop, name=name)
                 self._pci_slots.append(self.pci.add(transport))
             else:
+                index, mmio_index = mmio_index, mmio_index + 1
                 if index >= layout.VIRTIO_MMIO_MAX or layout.IRQ_VIRTIO_MMIO_FIRST + index >= layout.IOAPIC_PINS:
                     raise ConfigError(f"too many virtio-mmio devices (at most "
                                       f"{layout.IOAPIC_PINS - layout.IRQ_VIRTIO_MMIO_FIRST})")
@@ -209,18 +278,18 @@ class DeviceManager:
         return image.rsdp_addr
 
     def cmdline_fragments(self) -> list[str]:
-        return list(self._cmdline)
+        return list(self._cmdline) + ([self._guest_net] if self._guest_net else [])
 
     # --- lifetime ---------------------------------------------------------------
 
     def start(self) -> None:
-        for loop in self.disk_loops:
+        for loop in self.device_loops:
             loop.start()
 
     def stop(self) -> None:
         """The vCPUs have stopped: stop the disks' loops (a reset reaps what
         is still in flight itself) and log what the devices did (debug level)."""
-        for loop in self.disk_loops:
+        for loop in self.device_loops:
             loop.stop()
         if log.isEnabledFor(logging.DEBUG):
             for name, stats in self.stats().items():
@@ -236,9 +305,15 @@ class DeviceManager:
             except Exception:  # closing must go on for the other devices
                 log.exception("closing %s failed", name)
         self.virtio.clear()
-        for loop in self.disk_loops:
+        for loop in self.device_loops:
             loop.close()
-        self.disk_loops.clear()
+        self.device_loops.clear()
+        for backend in self.net_backends:
+            try:
+                backend.close()           # a tap kvmlite made goes away; passt stops
+            except Exception:
+                log.exception("closing a network backend failed")
+        self.net_backends.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
         out = {f"com{i + 1}": s.stats() for i, s in enumerate(self.serial)}

@@ -49,7 +49,7 @@ def test_vm_api_each_disk_is_served_by_its_own_event_loop(kvm, guest, tmp_path) 
     vm = Vm(VmConfig(kernel=str(guest("virtio")), params="transport=pci", mem_mib=64,
                      disks=tuple(DiskConfig(str(p)) for p in images)), console_output=out.extend)
     try:
-        loops = list(vm.devices.disk_loops)
+        loops = list(vm.devices.device_loops)
         blocks = [(device, transport) for name, device, transport in vm.devices.virtio if name.startswith("virtio-blk")]
         vm.start()
         result = vm.wait(timeout=60)

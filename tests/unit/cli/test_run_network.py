@@ -7,7 +7,7 @@ import pytest
 
 from kvmlite.cli.main import main
 from kvmlite.errors import ConfigError
-from kvmlite.vmm.config import HostForward, NetConfig
+from kvmlite.vmm.config import NetConfig
 
 
 def run_status(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -33,8 +33,7 @@ def test_netconfig_every_key_parsed() -> None:
 
 def test_netconfig_user_mode_hostfwd_repeatable() -> None:
     nic = NetConfig.parse("mode=user,hostfwd=tcp:8080-80,hostfwd=udp:127.0.0.1:5353-53")
-    assert nic.hostfwd == (HostForward("tcp", 8080, 80), HostForward("udp", 5353, 53, "127.0.0.1"))
-    assert [str(f) for f in nic.hostfwd] == ["tcp:8080-80", "udp:127.0.0.1:5353-53"]
+    assert nic.hostfwd == ("tcp:8080-80", "udp:127.0.0.1:5353-53")
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -45,18 +44,22 @@ def test_netconfig_user_mode_hostfwd_repeatable() -> None:
     ("host_ip=300.1.1.1", "host_ip='300.1.1.1': not an IPv4 address"),
     ("guest_mac=01:02:03:04:05:06", "multicast"),
     ("guest_mac=00:00:00:00:00:00", "all-zero"),
-    ("guest_mac=zz:02:03:04:05:06", "not a MAC address"),
+    ("guest_mac=02-11-22-33-44-55", None),
+    ("guest_mac=zz:02:03:04:05:06", "guest_mac: bad MAC address 'zz:02:03:04:05:06'"),
     ("tapif=a/b", "tapif='a/b'"),
     ("tapif=averyveryverylongname", "interface name"),
     ("mode=user,tapif=tap0", "tapif: only for mode=tap"),
     ("mode=user,vhost=1", "vhost: only for mode=tap"),
     ("mode=tap,hostfwd=tcp:1-2", "hostfwd: only for mode=user"),
-    ("mode=user,hostfwd=tcp:0-80", "port 0 is not in 1-65535"),
-    ("mode=user,hostfwd=sctp:1-2", "hostfwd='sctp:1-2'"),
+    ("mode=user,hostfwd=tcp:0-80", "hostfwd: bad hostfwd rule 'tcp:0-80'"),
+    ("mode=user,hostfwd=sctp:1-2", "hostfwd: bad hostfwd rule 'sctp:1-2'"),
     ("mode", "mode: missing value"),
     ("mode=tap,mode=user", "mode: given twice"),
 ])
-def test_netconfig_bad_value_one_line_error_naming_key(text: str, needle: str) -> None:
+def test_netconfig_bad_value_one_line_error_naming_key(text: str, needle: str | None) -> None:
+    if needle is None:          # accepted, normalised
+        assert NetConfig.parse(text).guest_mac == "02:11:22:33:44:55"
+        return
     with pytest.raises(ConfigError) as info:
         NetConfig.parse(text)
     assert needle in str(info.value) and "\n" not in str(info.value)
