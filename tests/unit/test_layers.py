@@ -15,11 +15,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "kvmlite"
 
 # package -> the kvmlite packages it must never import
 FORBIDDEN = {
-    "base": ("kvm", "devices", "vmm", "control", "cli", "guest"),
-    "kvm": ("base", "devices", "vmm", "control", "cli", "guest"),
-    "loader": ("devices", "vmm", "control", "cli"),
-    "arch": ("devices", "vmm", "control", "cli"),
-    "devices": ("kvm", "vmm", "control", "cli"),
+    "base": ("kvm", "net", "devices", "vmm", "control", "cli", "guest"),
+    "kvm": ("base", "net", "devices", "vmm", "control", "cli", "guest"),
+    "net": ("kvm", "base", "devices", "vmm", "control", "cli", "guest", "arch", "loader"),
+    "loader": ("net", "devices", "vmm", "control", "cli"),
+    "arch": ("net", "devices", "vmm", "control", "cli"),
+    "devices": ("kvm", "net", "vmm", "control", "cli"),
     "vmm": ("cli",),
 }
 
