@@ -22,7 +22,9 @@ How it is started (``argv`` keeps the exact list)::
   (default: the system's temporary directory, ``/tmp``).  passt started as
   root drops to ``nobody``, and binds its socket and writes its pid file
   without ``CAP_DAC_OVERRIDE``, so as root ``DIR`` is given to ``nobody``
-  (and ``--runas`` names the same user, so the two agree).  The socket is
+  (and ``--runas`` names the same user, so the two agree), and every
+  directory above it must let ``nobody`` through (a one-line error names
+  the one that does not: a private ``$TMPDIR`` is the usual culprit).  The socket is
   unlinked once kvmlite is connected; :meth:`PasstBackend.close` ends
   passt and removes ``DIR``, and so does a backend collected or still open
   at interpreter exit: nothing is left behind.  Only a VMM killed outright
@@ -48,6 +50,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -130,17 +133,38 @@ def _runas() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def _unreachable(path: Path, uid: int, gid: int) -> Path | None:
+    """The first directory from ``/`` down to ``path`` that user ``uid``
+    (group ``gid``, no others) may not search, or None.  Mode bits only
+    (path_resolution(7)); ACLs are not read."""
+    for where in [*reversed(path.parents), path]:
+        try:
+            st = os.stat(where)
+        except OSError:
+            return None         # whoever uses it reports that
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return where
+    return None
+
+
+#: what passt prints once its socket is bound: how to start QEMU, not why it failed
+_BANNER = ("UNIX domain socket bound", "You can now start qemu", "or qrap, for earlier qemu versions")
+_NOISE = ("Failed to send", "Don't run as root", *_BANNER)
+
+
 def _last_words(log: Path, count: int = 3) -> str:
     """passt's last few meaningful lines of output, joined with ``; ``
-    (its complaints about a missing syslog skipped)."""
+    (its complaints about a missing syslog and the banner it prints once
+    its socket is bound, with its indented example commands, skipped)."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return ""
     lines = [line.strip() for line in text.splitlines()
-             if line.strip() and not line.startswith("Failed to send") and not line.startswith("Don't run as root")]
+             if line.strip() and not line.startswith(_NOISE) and not line[0].isspace()]
     words = "; ".join(lines[-count:])
-    if "routable interface" in words:
+    if "routable interface for IPv4" in words:      # the IPv6 one alone is no failure
         words += " (passt needs an interface with a default route)"
     return words
 
@@ -190,6 +214,10 @@ class PasstBackend:
                                "choose a shorter rundir")
             if runas is not None:
                 os.chown(self.dir, *runas)
+                blocked = _unreachable(self.dir, *runas)
+                if blocked is not None:
+                    raise NetError(f"passt runs as {RUNAS_USER}, who may not enter {blocked}: choose a rundir "
+                                   f"(or $TMPDIR) {RUNAS_USER} can reach", operation="start passt")
             self.argv = self._argv(passt, runas)
             self._start(timeout)
         except BaseException:

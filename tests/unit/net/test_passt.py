@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import re
 import select
 import shutil
 import signal
@@ -196,6 +197,39 @@ def test_passt_last_words_skip_syslog_noise(tmp_path: Path) -> None:
     assert passt_mod._last_words(log) == "two; three; four"
 
 
+def test_passt_last_words_skip_the_connection_banner(tmp_path: Path) -> None:
+    """What passt prints once its socket is bound (here before it failed to
+    write its pid file) says how to start QEMU, not what went wrong."""
+    log = tmp_path / "log"
+    log.write_text("No external routable interface for IPv6\nFailed to send 58 bytes to syslog\n"
+                   "UNIX domain socket bound at /tmp/x/passt.socket\n\n"
+                   "You can now start qemu (>= 7.2, with commit 13c6be96618c):\n"
+                   "    kvm ... -device virtio-net-pci,netdev=s -netdev stream,id=s,server=off,addr.type=unix\n"
+                   "or qrap, for earlier qemu versions:\n    ./qrap 5 kvm ... -net socket,fd=5 -net nic,model=virtio\n"
+                   "PID file open: Permission denied\n")
+    assert passt_mod._last_words(log) == "No external routable interface for IPv6; PID file open: Permission denied"
+
+
+def test_passt_rundir_nobody_cannot_enter_is_one_line_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """As root passt drops to nobody, who must reach its directory: pytest's
+    tmp_path lies under a 0700 directory, so a rundir there cannot work."""
+    need_passt()
+    if os.geteuid() != 0:
+        pytest.skip("needs root: passt drops to nobody only when started by root")
+    tmp_path.chmod(0o700)
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    rundir.chmod(0o755)
+    with pytest.raises(NetError) as info:
+        PasstBackend(rundir=rundir)
+    message = re.fullmatch(r"passt runs as nobody, who may not enter (\S+): "
+                           r"choose a rundir \(or \$TMPDIR\) nobody can reach", str(info.value))
+    assert message, str(info.value)
+    blocked = Path(message.group(1))
+    assert blocked in rundir.parents and not blocked.stat().st_mode & 0o001
+    assert list(rundir.iterdir()) == []
+
+
 # --- a real passt ---
 
 def test_passt_argv_and_files(passt: PasstBackend, routed_netns: RoutedNetns) -> None:
@@ -306,14 +340,15 @@ def test_passt_hostfwd_listens_in_its_namespace(routed_netns: RoutedNetns) -> No
     assert ":15353 " in udp
 
 
-def test_passt_without_default_route_is_one_line_error_and_leaves_nothing(netns: str, tmp_path: Path) -> None:
+def test_passt_without_default_route_is_one_line_error_and_leaves_nothing(netns: str) -> None:
     need_passt()
-    rundir = tmp_path / "run"
-    rundir.mkdir()
-    rundir.chmod(0o755)
-    tmp_path.chmod(0o755)
-    with pytest.raises(NetError) as info:
-        PasstBackend(netns=netns, rundir=rundir)
-    assert str(info.value).startswith("passt exited at start (status ")
-    assert "No external routable interface for IPv4" in str(info.value)
-    assert list(rundir.iterdir()) == []
+    rundir = Path(tempfile.mkdtemp(prefix="kvt-run-", dir="/tmp"))     # nobody must reach it: not tmp_path
+    try:
+        rundir.chmod(0o755)
+        with pytest.raises(NetError) as info:
+            PasstBackend(netns=netns, rundir=rundir)
+        assert str(info.value).startswith("passt exited at start (status ")
+        assert "No external routable interface for IPv4" in str(info.value)
+        assert list(rundir.iterdir()) == []
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
