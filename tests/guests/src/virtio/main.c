@@ -7,10 +7,13 @@
  *   mode=hostile  garbage on the first virtio-blk device's queue, then a
  *                 reset and one good request
  *   mode=bench    virtio-blk throughput phases, timed by the host
+ *   mode=net-dhcp, mode=net-tap
+ *                 virtio-net on the first such device: DHCP and ARP with
+ *                 kvmlite's user-mode network, or frames to and from a tap
  *
  * Other words: transport=pci|mmio (default: PCI, then MMIO if PCI has no
  * virtio device), timeout=SECONDS (watchdog, default 60), and the options
- * of each program (blk.c, hostile.c, bench.c, console.c).
+ * of each program (blk.c, hostile.c, bench.c, console.c, net.c).
  *
  * Every result is one "virtio: ..." line on COM1.  Exit status (port
  * 0x501): 42 when every check passed, 43 when one failed, 44 with no
@@ -182,6 +185,7 @@ static void irq_setup(struct vdev *d, int index)
 static const char *type_name(u32 type)
 {
 	switch (type) {
+	case VIRTIO_ID_NET: return "net";
 	case VIRTIO_ID_BLOCK: return "blk";
 	case VIRTIO_ID_CONSOLE: return "console";
 	case VIRTIO_ID_RNG: return "rng";
@@ -293,7 +297,14 @@ void virtio_main(const struct hvm_start_info *si)
 		puts("virtio: no virtio devices found\n");
 		guest_exit(EXIT_NO_DEVICE);
 	}
-	if (cmdline_is(cmdline, "mode", "hostile") || bench) {
+	if (cmdline_is(cmdline, "mode", "net-dhcp") || cmdline_is(cmdline, "mode", "net-tap")) {
+		struct vdev *d = first_of(VIRTIO_ID_NET);
+		if (!d) {
+			puts("virtio: no virtio-net device\n");
+			guest_exit(EXIT_NO_DEVICE);
+		}
+		net_test(d, cmdline);
+	} else if (cmdline_is(cmdline, "mode", "hostile") || bench) {
 		struct vdev *d = first_of(VIRTIO_ID_BLOCK);
 		if (!d) {
 			puts("virtio: no virtio-blk device\n");

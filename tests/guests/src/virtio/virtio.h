@@ -1,6 +1,6 @@
 /* A small virtio 1.2 driver for kvmlite's test guest: the PCI and MMIO
  * transports, split virtqueues, and what the tests and the benchmark do
- * with virtio-blk, virtio-rng and virtio-console.
+ * with virtio-blk, virtio-rng, virtio-console and virtio-net.
  *
  * Section numbers are those of "Virtual I/O Device (VIRTIO) Version 1.2"
  * (OASIS, 2022).  The guest is single-CPU and its kernel runs with
@@ -38,6 +38,7 @@ static inline void rmb(void) { __asm__ volatile("" ::: "memory"); }
 #define VIRTIO_F_VERSION_1 (1ull << 32)
 #define VIRTIO_F_INDIRECT_DESC (1ull << 28)
 
+#define VIRTIO_ID_NET 1
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_CONSOLE 3
 #define VIRTIO_ID_RNG 4
@@ -163,5 +164,6 @@ int blk_hostile(struct vdev *d, const char *cmdline);
 int blk_bench(struct vdev *d, const char *cmdline);
 int rng_test(struct vdev *d);
 int console_test(struct vdev *d, const char *cmdline);
+int net_test(struct vdev *d, const char *cmdline);
 
 #endif
