@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 
 _libc = ctypes.PyDLL(None, use_errno=True)     # PyDLL: the GIL stays held during the call
 _write = _libc.write
@@ -55,3 +56,8 @@ def drain(fd: int) -> bool:
         if err != errno.EINTR:
             raise OSError(err, f"eventfd read: {os.strerror(err)}")
     return True
+
+
+def is_signalled(fd: int) -> bool:
+    """Whether the eventfd's counter is not zero, without resetting it."""
+    return bool(select.select([fd], [], [], 0)[0])

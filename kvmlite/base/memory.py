@@ -281,9 +281,15 @@ class GuestMemory:
             return [view(a, length) for a, length in zip(addrs, lens)]
         return self.iovec(addrs, lens)
 
-    def _host_address(self, addr: int, length: int) -> int:
+    def host_address(self, addr: int, length: int) -> int:
+        """The VMM's virtual address of the ``length`` bytes at guest
+        address ``addr``, which must lie inside one RAM region (what a
+        kernel component given the VMM's addresses, such as vhost, needs).
+        Raises GuestMemoryError otherwise."""
         region, offset = self._find(addr, length)
         return region.host_addr + offset
+
+    _host_address = host_address
 
     # --- copies ---
 

@@ -14,6 +14,7 @@ The KVM-backed implementations live in :mod:`kvmlite.vmm.interrupts`; the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +42,13 @@ class MsiVector(Protocol):
 
     def trigger(self) -> None:
         """Send the message, or set the pending bit while masked."""
+
+    def irqfd(self) -> int | None:
+        """An eventfd whose every write is a :meth:`trigger` done in the
+        kernel (KVM's irqfd), for a kernel component to signal this vector
+        with no VMM thread involved (vhost's call eventfd); masking still
+        holds: a write while masked leaves the vector pending.  None when
+        the vector has no such eventfd.  The vector keeps owning the fd."""
 
 
 class MsiAllocator(Protocol):
@@ -86,6 +94,7 @@ class RecordingMsiVector:
         self._pending = False
         #: (address, data) of every message sent
         self.sent: list[tuple[int, int]] = []
+        self._irqfd: int | None = None
 
     @property
     def pending(self) -> bool:
@@ -106,6 +115,18 @@ class RecordingMsiVector:
         else:
             self.sent.append((self.address, self.data))
 
+    def irqfd(self) -> int:
+        """A real eventfd (the test stands in for KVM: nothing reads it),
+        made at the first call and closed by :meth:`close`."""
+        if self._irqfd is None:
+            self._irqfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        return self._irqfd
+
+    def close(self) -> None:
+        fd, self._irqfd = self._irqfd, None
+        if fd is not None:
+            os.close(fd)
+
 
 class RecordingMsiAllocator:
     """Allocates :class:`RecordingMsiVector` objects and remembers them."""
@@ -121,6 +142,9 @@ class RecordingMsiAllocator:
 
     def release(self, vectors: list[MsiVector]) -> None:
         self.released.extend(vectors)
+        for vector in vectors:
+            if isinstance(vector, RecordingMsiVector):
+                vector.close()
 
 
 @dataclass(frozen=True)

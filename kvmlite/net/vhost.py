@@ -10,9 +10,13 @@ ring ``set_vring_num``, ``set_vring_base``, ``set_vring_addr``,
 tap's fd (a tap opened with ``IFF_VNET_HDR``, whose header length matches
 the features set).
 
-Not wired into the device yet.  The machines kvmlite is developed on have
-no ``/dev/vhost-net``; ``tests/unit/net/test_vhost.py`` checks the numbers
-and layouts against the headers only.
+``-n mode=tap,vhost=1`` opens one per NIC (``kvmlite/vmm/devices.py``);
+the virtio-net device drives it (``kvmlite/devices/virtio/net_vhost.py``,
+which says who owns which fd when).  The machines kvmlite is developed on
+have no ``/dev/vhost-net``: ``tests/unit/net/test_vhost.py`` checks the
+numbers and layouts against the headers, and
+``tests/nested/test_vhost_net.py`` runs a guest on it in the nested test
+host.
 """
 
 from __future__ import annotations

@@ -183,6 +183,15 @@ class KvmMsiVector:
     The route is installed lazily, when the vector is unmasked: Linux masks
     an MSI-X entry while it rewrites address and data (drivers/pci/msi), so
     this sets the route once per reprogramming instead of three times.
+
+    Shared (after :meth:`irqfd`): the eventfd is also written by the kernel
+    (vhost's call eventfd), which cannot see the mask bit, so masking moves
+    into KVM: a masked vector's irqfd is deassigned and writes stay in the
+    eventfd's counter, which is then the pending bit; unmasking drains the
+    counter, assigns the irqfd again and sends the message once if the
+    counter or a ``trigger`` had left it pending (PCI 3.0 §6.8.3.5).  Linux
+    masks an entry only while it reprograms it (a CPU affinity change), so
+    the two KVM_IRQFD calls per mask cycle are rare.
     """
 
     def __init__(self, vm: "VmFd", router: IrqRouter) -> None:
@@ -197,16 +206,30 @@ class KvmMsiVector:
         self._pending = False
         self._routed: tuple[int, int] | None = None
         self._warned = False
+        self._shared = False        # irqfd() was called: someone else writes the eventfd too
         try:
             vm.register_irqfd(self.fd, self.gsi)
         except KvmError:
             os.close(self.fd)
             router.free_gsi(self.gsi)
             raise
+        self._assigned = True       # the irqfd is bound to the GSI
 
     @property
     def pending(self) -> bool:
-        return self._pending
+        if self._pending:
+            return True
+        return self._shared and not self._assigned and eventfd.is_signalled(self.fd)
+
+    def irqfd(self) -> int:
+        """The vector's eventfd, for the kernel to write (see the class
+        doc); from now on a mask deassigns the irqfd."""
+        with self._lock:
+            if not self._shared:
+                self._shared = True
+                if self._masked:
+                    self._unassign()
+            return self.fd
 
     def configure(self, address: int, data: int) -> None:
         with self._lock:
@@ -217,10 +240,14 @@ class KvmMsiVector:
     def set_masked(self, masked: bool) -> None:
         with self._lock:
             if masked:
+                if self._shared and not self._masked:
+                    self._unassign()
                 self._masked = True
                 return
             self._route()
             self._masked = False
+            if self._shared and not self._assigned:
+                self._reassign()
             if self._pending:
                 self._pending = False
                 self._fire()
@@ -236,13 +263,36 @@ class KvmMsiVector:
         """Deassign the irqfd, drop the route and free the GSI."""
         if self.fd < 0:
             return
-        try:
-            self.vm.register_irqfd(self.fd, self.gsi, deassign=True)
-        except KvmError as exc:
-            log.debug("irqfd deassign for GSI %d: %s", self.gsi, exc)
+        if self._assigned:
+            try:
+                self.vm.register_irqfd(self.fd, self.gsi, deassign=True)
+            except KvmError as exc:
+                log.debug("irqfd deassign for GSI %d: %s", self.gsi, exc)
         os.close(self.fd)
         self.fd = -1
         self.router.free_gsi(self.gsi)
+
+    def _unassign(self) -> None:
+        """Masked while shared: unbind the irqfd, so writes wait in the counter."""
+        try:
+            self.vm.register_irqfd(self.fd, self.gsi, deassign=True)
+        except KvmError as exc:
+            self._warn(f"irqfd deassign at mask failed ({exc}); the mask does not hold")
+            return
+        self._assigned = False
+
+    def _reassign(self) -> None:
+        """Unmasked while shared: what was written meanwhile becomes pending
+        (drained first, so KVM's poll at assignment does not deliver it a
+        second time), then the irqfd is bound again."""
+        if eventfd.drain(self.fd):
+            self._pending = True
+        try:
+            self.vm.register_irqfd(self.fd, self.gsi)
+        except KvmError as exc:
+            self._warn(f"irqfd reassign at unmask failed ({exc}); interrupts are lost")
+            return
+        self._assigned = True
 
     def _route(self) -> None:
         message = (self._address, self._data)

@@ -243,6 +243,40 @@ def test_kvm_msi_vector_bad_address_drops_route_and_trigger(vm: VmFd,
     vector.close()
 
 
+def test_kvm_msi_vector_shared_irqfd_write_reaches_lapic(vm: VmFd) -> None:
+    vcpu = enabled_lapic_vcpu(vm)
+    vector = KvmMsiVector(vm, IrqRouter(vm))
+    fd = vector.irqfd()                      # what vhost is given as its call eventfd
+    vector.configure(MSI_ADDRESS, 0x48)
+    vector.set_masked(False)
+
+    os.eventfd_write(fd, 1)
+
+    assert eventually(lambda: lapic_irr_has(vcpu, 0x48))
+    vector.close()
+    vcpu.close()
+
+
+def test_kvm_msi_vector_shared_irqfd_write_while_masked_is_pending_until_unmask(vm: VmFd) -> None:
+    vcpu = enabled_lapic_vcpu(vm)
+    vector = KvmMsiVector(vm, IrqRouter(vm))
+    vector.configure(MSI_ADDRESS, 0x49)
+    vector.set_masked(False)
+    fd = vector.irqfd()
+    vector.set_masked(True)                  # Linux reprogramming the entry
+
+    os.eventfd_write(fd, 1)
+    time.sleep(0.05)
+    held = lapic_irr_has(vcpu, 0x49), vector.pending
+    vector.set_masked(False)
+
+    assert held == (False, True)
+    assert eventually(lambda: lapic_irr_has(vcpu, 0x49))
+    assert vector.pending is False
+    vector.close()
+    vcpu.close()
+
+
 def test_kvm_msi_allocator_release_frees_gsis_and_irqfds(vm: VmFd) -> None:
     router = IrqRouter(vm)
     allocator = KvmMsiAllocator(vm, router)

@@ -58,6 +58,27 @@ class VirtioInterrupt(Protocol):
     def signal_config_change(self) -> None:
         """The configuration space (or DEVICE_NEEDS_RESET) changed."""
 
+    def queue_irqfd(self, queue_index: int) -> int | None:
+        """An eventfd whose writes raise queue ``queue_index``'s interrupt
+        with no VMM thread involved (virtio-pci: the irqfd of the queue's
+        MSI-X vector), for a device that hands the queue to the kernel
+        (vhost); None when the interrupt needs the VMM (INTx and virtio-mmio
+        set a status register; no vector).  Valid until the next
+        :meth:`VirtioDevice.interrupts_changed`; the transport owns the fd."""
+
+
+class QueueKicks(Protocol):
+    """The eventfds a transport's queue doorbells signal (KVM ioeventfds,
+    served on the device's event loop), lent to a device that hands its
+    queues to the kernel (vhost).  Called under the transport's lock."""
+
+    def take(self, queue_index: int) -> int | None:
+        """Stop reading queue ``queue_index``'s doorbell eventfd on the loop
+        and return it (still the transport's); None when it has none."""
+
+    def give_back(self, queue_index: int) -> None:
+        """Read the eventfd on the loop again."""
+
 
 class VirtioDevice(ABC):
     """One virtio device, independent of the transport that carries it."""
@@ -72,6 +93,8 @@ class VirtioDevice(ABC):
         #: device hits a driver error it cannot recover from; the transport
         #: sets DEVICE_NEEDS_RESET and signals a configuration change.
         self.on_needs_reset = lambda reason: None
+        #: set by the transport when its doorbells are eventfds
+        self.queue_kicks: QueueKicks | None = None
 
     @abstractmethod
     def device_features(self) -> int:
@@ -101,6 +124,12 @@ class VirtioDevice(ABC):
     def reset(self) -> None:
         """Device reset (status written 0): drop every queue and worker,
         release guest memory references, and become ready for a new driver."""
+
+    def interrupts_changed(self) -> None:
+        """While activated, the driver changed how queue interrupts are
+        delivered (virtio-pci: a queue's MSI-X vector, MSI-X enabled or
+        disabled), so :meth:`VirtioInterrupt.queue_irqfd` may answer
+        differently.  Under the transport's lock; ignored by default."""
 
     def stats(self) -> dict[str, int]:
         """Per-device I/O counters (requests, bytes, errors...)."""

@@ -59,6 +59,15 @@ that are dropped (``tx_dropped``).
 A malformed ring (a :class:`QueueError`) stops the activation and asks for
 DEVICE_NEEDS_RESET, as the other devices do.
 
+vhost (``vhost=``, :mod:`.net_vhost`): the kernel moves the frames.  The
+device then offers only the ring and buffer features vhost supports
+(VHOST_GET_FEATURES: VERSION_1, INDIRECT_DESC, EVENT_IDX, MRG_RXBUF) plus
+those served here or by the tap (MAC, STATUS, MTU, the offloads), never
+reads or writes the backend, and at activation hands both queues, their
+doorbell eventfds and their interrupts to vhost; a reset takes them back.
+It keeps no frame counters then (``stats()`` says ``vhost``), and
+``set_link`` changes only what the driver reads: frames keep flowing.
+
 Counters (:meth:`VirtioNet.stats`): ``*_packets`` and ``*_bytes`` count
 frames delivered and their bytes, headers excluded; ``rx_dropped`` and
 ``tx_dropped`` frames that were well formed but had nowhere to go (no
@@ -82,6 +91,7 @@ from kvmlite.base.memory import GuestMemory, GuestMemoryError
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_NET, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.iov import Segments
+from kvmlite.devices.virtio.net_vhost import VhostDataPath, VhostNetKernel
 from kvmlite.devices.virtio.queue import USED_ELEM_SIZE, DescriptorChain, Queue, QueueError, RingAddressError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 
@@ -111,6 +121,10 @@ HOST_GSO = VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6 | VIRTIO_NET_F_HOST_U
 #: what ``NetBackend.offloads`` may grant
 OFFLOAD_FEATURES = (VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM | GUEST_GSO | VIRTIO_NET_F_GUEST_ECN
                     | HOST_GSO | VIRTIO_NET_F_HOST_ECN)
+
+#: what a device on vhost offers whatever vhost says: served here (the
+#: configuration space) or carried by the tap's header, which vhost passes on
+VHOST_DEVICE_SIDE = VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS | VIRTIO_NET_F_MTU | OFFLOAD_FEATURES
 
 #: §5.1.3.1: each feature needs at least one of these
 FEATURE_NEEDS = {
@@ -344,24 +358,30 @@ class _Signals:
 
 
 class VirtioNet(VirtioDevice):
-    """A virtio-net device on ``backend``, served on ``loop``.
+    """A virtio-net device on ``backend``, served on ``loop``; with
+    ``vhost`` (a tap backend) the kernel moves its frames.
 
-    ``close`` stops watching the backend but closes neither it nor the
-    loop: both belong to whoever made them."""
+    ``close`` stops watching the backend but closes neither it, vhost nor
+    the loop: they belong to whoever made them.  Raises ValueError when
+    vhost lacks VIRTIO_F_VERSION_1 or the backend has no header."""
 
     device_type = VIRTIO_ID_NET
 
-    def __init__(self, backend: NetBackend, mac: bytes, loop: EventLoop, queue_size: int = 256) -> None:
+    def __init__(self, backend: NetBackend, mac: bytes, loop: EventLoop, queue_size: int = 256,
+                 vhost: VhostNetKernel | None = None) -> None:
         super().__init__()
         if len(mac) != 6:
             raise ValueError(f"a MAC address is 6 bytes, not {len(mac)}")
         if backend.mtu is not None and not MIN_MTU <= backend.mtu <= 65535:
             raise ValueError(f"MTU {backend.mtu} is outside {MIN_MTU}..65535")
+        if vhost is not None and not backend.vnet_hdr:
+            raise ValueError("vhost-net needs a backend that carries the virtio-net header (a tap)")
         self.backend = backend
         self.mac = bytes(mac)
         self.loop = loop            # serves the backend's fd and, through the transport, the doorbells
         self.queue_max_sizes = (queue_size, queue_size)
         self._fd = backend.fileno()
+        self._vhost = VhostDataPath(vhost, loop) if vhost is not None else None
         self._features = self._offer()
         self._lock = threading.Lock()
         self._active: _Activation | None = None
@@ -404,6 +424,9 @@ class VirtioNet(VirtioDevice):
         with self._lock:
             self._closed = True
         self.reset()
+        if self._vhost is not None:
+            with self._lock:
+                self._vhost.close()
 
     # --- VirtioDevice ---
 
@@ -418,6 +441,10 @@ class VirtioNet(VirtioDevice):
             features |= VIRTIO_NET_F_MTU
         if self.backend.vnet_hdr:   # offloads need a header to travel in
             features |= consistent_offloads(self.backend.offloads() & OFFLOAD_FEATURES)
+        if self._vhost is not None:
+            features &= self._vhost.features | VHOST_DEVICE_SIDE
+            if not features & VIRTIO_F_VERSION_1:
+                raise ValueError("vhost-net does not offer VIRTIO_F_VERSION_1 (a kernel older than 4.0?)")
         return features
 
     def read_config(self, offset: int, data: memoryview) -> None:
@@ -448,12 +475,34 @@ class VirtioNet(VirtioDevice):
                              self._max_frame(driver_features, HOST_GSO))
         with self._lock:
             self._set_offloads(driver_features)
-            self._active = active
+            problem = self._start_vhost(active) if self._vhost is not None else None
+            if problem is None:
+                self._active = active
+        if problem is not None:
+            self._refuse(problem)
+
+    def _start_vhost(self, active: _Activation) -> str | None:
+        """Hand the queues to vhost (``_lock`` held); what failed, or None."""
+        try:
+            self._vhost.start(active.memory, [active.rx, active.tx], active.features, active.interrupt,
+                              self.queue_kicks, self._fd)
+        except OSError as exc:
+            return f"vhost-net refused the queues: {exc}"
+        return None
+
+    def interrupts_changed(self) -> None:
+        """The transport's vectors changed: vhost's call fds follow."""
+        with self._lock:
+            if self._vhost is not None and self._active is not None:
+                self._vhost.interrupts_changed()
 
     def queue_notify(self, queue_index: int) -> None:
         """Served on the loop thread; handed to it from any other."""
         active = self._active
         if active is None or queue_index not in (RECEIVEQ, TRANSMITQ):
+            return
+        if self._vhost is not None:
+            self._vhost.kick(queue_index)
             return
         if self.loop.on_loop_thread():
             self._notified(active, queue_index)
@@ -466,6 +515,8 @@ class VirtioNet(VirtioDevice):
         the next activation frames from the backend are read and dropped."""
         with self._lock:
             active, self._active = self._active, None
+            if self._vhost is not None:
+                self._vhost.stop()
             if active is not None:
                 self._stop(active)
             self._set_writing(False)
@@ -474,6 +525,10 @@ class VirtioNet(VirtioDevice):
             self._set_reading(not self._gone and not self._closed)
 
     def stats(self) -> dict[str, int]:
+        """The counters of the module doc; with vhost only ``{"vhost": 1}``:
+        the kernel moves the frames and counts nothing for us."""
+        if self._vhost is not None:
+            return {"vhost": 1}
         with self._lock:
             return dict(self._stats)
 
@@ -510,7 +565,9 @@ class VirtioNet(VirtioDevice):
         return self._link_up and not self._gone
 
     def _set_reading(self, on: bool) -> None:
-        """Watch the backend's fd for frames, or stop (``_lock`` held)."""
+        """Watch the backend's fd for frames, or stop (``_lock`` held);
+        never with vhost, which reads the backend itself."""
+        on = on and self._vhost is None
         if on != self._reading:
             if on:
                 self.loop.add_reader(self._fd, self._on_readable)

@@ -313,6 +313,19 @@ class VirtioTransportCore:
             if self.mark_needs_reset(f"queue {index} notify failed: {exc}"):
                 self.interrupt.signal_config_change()
 
+    def interrupts_changed(self) -> None:
+        """The driver changed how queue interrupts are delivered (an MSI-X
+        vector, MSI-X on or off): an activated device may have handed
+        :meth:`VirtioInterrupt.queue_irqfd` answers to the kernel."""
+        if not self.activated:
+            return
+        try:
+            self.device.interrupts_changed()
+        except Exception as exc:
+            log.exception("%s: interrupt change failed", self.name)
+            if self.mark_needs_reset(f"interrupt change failed: {exc}"):
+                self.interrupt.signal_config_change()
+
     def read_config(self, offset: int, data: memoryview) -> None:
         try:
             self.device.read_config(offset, data)

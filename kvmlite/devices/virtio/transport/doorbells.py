@@ -6,6 +6,12 @@ guest notify write completes in the kernel and the VMM's I/O thread sees
 the eventfd become readable.  Without a registration the write exits to
 the VMM and the transport's register handler notifies the device directly:
 the eventfd is an accelerator, never required.
+
+A device that hands a queue to the kernel (vhost) takes the queue's eventfd
+(:meth:`QueueDoorbells.take`): the loop stops reading it, so every guest
+notification reaches the kernel, and the ioeventfd registration stays as
+it is (it follows the BAR as before).  ``give_back`` makes the loop read it
+again.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class QueueDoorbells:
         self.on_notify = on_notify
         self.fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(count)]
         self._placed: dict[int, Doorbell] = {}
+        self._taken: set[int] = set()
         for index, fd in enumerate(self.fds):
             loop.add_reader(fd, self._reader(index))
 
@@ -77,6 +84,23 @@ class QueueDoorbells:
     def placed(self) -> dict[int, Doorbell]:
         return dict(self._placed)
 
+    def take(self, index: int) -> int | None:
+        """Stop reading queue ``index``'s eventfd on the loop and return it
+        (it stays registered and owned here); None when there is none."""
+        if not 0 <= index < len(self.fds):
+            return None
+        if index not in self._taken:
+            self._taken.add(index)
+            self.loop.remove_reader(self.fds[index])
+        return self.fds[index]
+
+    def give_back(self, index: int) -> None:
+        """Read queue ``index``'s eventfd on the loop again.  A count left
+        in it reaches ``on_notify`` once, which a reset device ignores."""
+        if index in self._taken and index < len(self.fds):
+            self._taken.discard(index)
+            self.loop.add_reader(self.fds[index], self._reader(index))
+
     def _remove_all(self) -> None:
         for index, bell in self._placed.items():
             try:
@@ -92,6 +116,7 @@ class QueueDoorbells:
             self.loop.remove_reader(fd)
             os.close(fd)
         self.fds = []
+        self._taken = set()
 
 
 def make_doorbells(name: str, count: int, registrar: IoEventRegistrar | None,

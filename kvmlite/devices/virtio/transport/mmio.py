@@ -111,6 +111,7 @@ class VirtioMmioTransport:
         self._level = False
         self.doorbells = make_doorbells(self.name, len(self.core.queues), ioevents, loop,
                                         self._doorbell)
+        device.queue_kicks = self.doorbells
         device.on_needs_reset = self._device_needs_reset
 
     @property
@@ -228,6 +229,11 @@ class VirtioMmioTransport:
         with self._irq_lock:
             self.core.config_generation += 1
         self._raise(INTERRUPT_CONFIG_CHANGE)
+
+    def queue_irqfd(self, queue_index: int) -> int | None:
+        """None: InterruptStatus must be set by the VMM (§4.2.2), so a used
+        buffer interrupt always passes through :meth:`signal_used_queue`."""
+        return None
 
     def _raise(self, bit: int) -> None:
         with self._irq_lock:

@@ -14,6 +14,14 @@ the same lock before calling ``device.queue_notify``.  A device signals
 interrupts from any thread; that path takes only ``_irq_lock``, never
 :attr:`lock`, so a device may signal from inside ``queue_notify``.
 Lock order: lock -> _irq_lock -> INTx / MSI vector locks.
+
+A device that hands its queues to the kernel (vhost) gets each queue's
+doorbell eventfd through ``device.queue_kicks`` and, with MSI-X enabled,
+the irqfd of the queue's vector through :meth:`queue_irqfd`, so neither a
+notification nor an interrupt passes through Python.  When the driver
+changes a queue's vector or turns MSI-X on or off after DRIVER_OK (Linux
+does neither; the spec does not forbid it), the device is told
+(``interrupts_changed``) and asks again.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import TYPE_CHECKING
 from kvmlite.devices.interrupts import IoEventRegistrar, MsiAllocator
 from kvmlite.devices.pci.config import Bar, BarKind, PciIds
 from kvmlite.devices.pci.function import PciFunction
-from kvmlite.devices.pci.msix import MsixCapability
+from kvmlite.devices.pci.msix import CAP_CONTROL, MsixCapability
 from kvmlite.devices.virtio.device import (VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_NET,
                                            VirtioDevice)
 from kvmlite.devices.virtio.transport import pci_layout as L
@@ -97,8 +105,11 @@ class VirtioPciTransport(PciFunction):
         self._pci_cfg = L.add_virtio_caps(self, self.layout)
         self.add_config_hook(self._pci_cfg + L.PCI_CFG_CAP_DATA, 4,
                              on_read=self._pci_cfg_read, on_write=self._pci_cfg_write)
+        self._msix_enabled = False
+        self.add_config_hook(self.msix.offset + CAP_CONTROL, 2, on_write=self._msix_control_written)
         self.doorbells = make_doorbells(self.name, len(self.core.queues), ioevents, loop,
                                         self._doorbell)
+        device.queue_kicks = self.doorbells
         device.on_needs_reset = self._device_needs_reset
 
     @property
@@ -229,7 +240,16 @@ class VirtioPciTransport(PciFunction):
             self.core.bad("queue_msix_vector for queue %d, which does not exist",
                           self.core.queue_select)
             return
-        queue.msix_vector = self._checked_vector(value)
+        vector = self._checked_vector(value)
+        if vector != queue.msix_vector:
+            queue.msix_vector = vector
+            self.core.interrupts_changed()
+
+    def _msix_control_written(self) -> None:
+        """After the capability's own hook: MSI-X turned on or off."""
+        if self.msix.enabled != self._msix_enabled:
+            self._msix_enabled = self.msix.enabled
+            self.core.interrupts_changed()
 
     def _write_queue_enable(self, value: int) -> None:
         if value == 1:
@@ -274,6 +294,16 @@ class VirtioPciTransport(PciFunction):
             self.core.config_generation += 1
             self._isr |= ISR_CONFIG
         self._signal(ISR_CONFIG, self.config_vector)
+
+    def queue_irqfd(self, queue_index: int) -> int | None:
+        """The irqfd of queue ``queue_index``'s MSI-X vector while MSI-X is
+        enabled; None with INTx (the ISR byte needs the VMM) or no vector."""
+        if not self.msix.enabled or not 0 <= queue_index < len(self.core.queues):
+            return None
+        vector = self.core.queues[queue_index].msix_vector
+        if vector == NO_VECTOR or not self.msix.is_valid_vector(vector):
+            return None
+        return self.msix.vectors[vector].irqfd()
 
     def _signal(self, isr_bit: int, vector: int) -> None:
         if self.msix.enabled:
