@@ -1,0 +1,603 @@
+"""The 9P2000.L request dispatcher: one T-message in, one R-message out.
+
+:class:`P9Server` knows nothing of virtio.  A transport hands it the bytes
+of one request and gets back the bytes of the reply::
+
+    server = P9Server("/srv/share", readonly=False)
+    reply = server.handle(request_bytes, on_reply=publish)   # any thread
+    server.reset()                                           # device reset
+    server.close()                                           # device gone
+
+Every request gets exactly one reply with the request's tag: the R-message
+of its type or Rlerror with an errno.  Nothing a guest sends makes
+``handle`` raise: malformed framing answers EPROTO (tag NOTAG when there
+is not even a header), an unknown type EOPNOTSUPP, a failing system call
+its errno, and an unexpected server fault EIO (logged, rate-limited).
+
+Threads.  ``handle`` may run on several threads at once.  The fid table
+has its own lock (:mod:`.fids`); file I/O runs outside it.  ``_state_lock``
+guards the negotiated msize and the in-flight table; neither lock is held
+while the other is taken, nor across file I/O.
+
+Flush (9P's flush(5)).  Requests are not interrupted: a request already
+running finishes.  Tflush(oldtag) waits until every request with that tag
+that was in flight when the Tflush arrived has produced its reply and
+handed it to its ``on_reply`` callback, then answers Rflush.  A transport
+that publishes a reply inside ``on_reply`` therefore always publishes the
+flushed request's reply before Rflush, which is the order the 9P client
+relies on (older Linux virtio transports drop the request on Rflush).  A
+Tflush whose oldtag is not in flight (already answered, or not yet seen)
+is answered at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import threading
+from typing import Any, Callable
+
+from kvmlite.devices.virtio.p9 import codec, locks
+from kvmlite.devices.virtio.p9.codec import (Dirent, Message, MessageError, Qid, Rattach, Rclunk, Rflush,
+                                             Rfsync, Rgetattr, Rgetlock, Rlcreate, Rlerror, Rlink, Rlock,
+                                             Rlopen, Rmkdir, Rmknod, Rread, Rreaddir, Rreadlink, Rremove,
+                                             Rrename, Rrenameat, Rsetattr, Rstatfs, Rsymlink, Runlinkat,
+                                             Rversion, Rwalk, Rwrite, Rxattrcreate, Rxattrwalk, Tattach,
+                                             Tclunk, Tflush, Tfsync, Tgetattr, Tgetlock, Tlcreate, Tlink,
+                                             Tlock, Tlopen, Tmkdir, Tmknod, Tread, Treaddir, Treadlink,
+                                             Tremove, Trename, Trenameat, Tsetattr, Tstatfs, Tsymlink,
+                                             Tunlinkat, Tversion, Twalk, Twrite, Txattrcreate, Txattrwalk)
+from kvmlite.devices.virtio.p9.constants import (ATTR_ATIME, ATTR_ATIME_SET, ATTR_GID, ATTR_MODE, ATTR_MTIME,
+                                                 ATTR_MTIME_SET, ATTR_SIZE, ATTR_UID, DOTL_AT_REMOVEDIR,
+                                                 DOTL_EXCL, IO_HEADER_SIZE, MAXWELEM, MIN_MSIZE, NOFID,
+                                                 NONUNAME, NOTAG, QT_DIR, QT_FILE, QT_SYMLINK, S64_MAX,
+                                                 STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC, VERSION_9P2000_L,
+                                                 VERSION_UNKNOWN, XATTR_SIZE_MAX)
+from kvmlite.devices.virtio.p9.fids import Fid, FidTable, XattrRead, XattrWrite
+from kvmlite.devices.virtio.p9.fs import Node, Share, fail
+from kvmlite.devices.virtio.p9.syscalls import UTIME_NOW
+from kvmlite.devices.virtio.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MSIZE = 1 << 20    # what the server offers; Linux's virtio transport asks for up to ~500 KiB
+MAX_MSIZE_LIMIT = 16 << 20
+MAX_FIDS_LIMIT = 65536
+_NS = 1_000_000_000
+_DT_DIR, _DT_LNK = 4, 10       # dirent.h d_type values
+
+# Requests that change the share: a read-only share answers them EROFS
+# before looking at them (Tlopen asks for writing in its flags; fs.py
+# refuses that, and Tremove clunks its fid before answering).
+_MUTATING = (Tlcreate, Twrite, Tsetattr, Tmkdir, Tmknod, Tsymlink, Tlink, Trename, Trenameat, Tunlinkat,
+             Txattrcreate)
+
+
+def default_max_fids() -> int:
+    """A quarter of the soft RLIMIT_NOFILE, within 64..65536: the rest of the
+    VMM (disks, sockets, other shares) keeps its own descriptors."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_FIDS_LIMIT
+    return max(64, min(MAX_FIDS_LIMIT, soft // 4))
+
+
+def _id(value: int) -> int | None:
+    return None if value == U32_MAX else value
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value > S64_MAX else value
+
+
+def _huge_encode_dev(rdev: int) -> int:
+    """A device number as the kernel's new_encode_dev (linux/kdev_t.h) lays
+    it out, which is what the 9P client decodes."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+class P9Server:
+    """A 9P2000.L server for one share.
+
+    ``root``: the host directory served; ``readonly``: answer EROFS to every
+    change; ``max_msize``: the largest message the server accepts and offers
+    in Rversion (at least 4096; the client's smaller msize wins);
+    ``max_fids``: how many fids the guest may hold at once (each holds up
+    to two host descriptors), by default a quarter of the process's
+    descriptor limit.
+    """
+
+    def __init__(self, root: str | bytes | os.PathLike[str], *, readonly: bool = False,
+                 max_msize: int = DEFAULT_MAX_MSIZE, max_fids: int | None = None) -> None:
+        if not MIN_MSIZE <= max_msize <= MAX_MSIZE_LIMIT:
+            raise ValueError(f"max_msize {max_msize} outside {MIN_MSIZE}..{MAX_MSIZE_LIMIT}")
+        self.max_msize = max_msize
+        self.max_fids = default_max_fids() if max_fids is None else max_fids
+        self._share = Share(root, readonly)
+        self._fids = FidTable(self.max_fids)
+        self._state_lock = threading.Lock()
+        self._msize = 0                                    # 0: no Tversion agreed yet
+        self._inflight: dict[int, list[threading.Event]] = {}
+        self._closed = False
+        self._errors = RateLimitedLog(log)
+        self._handlers: dict[type[Message], Callable[[Any], Message]] = {
+            Tversion: self._version, Tattach: self._attach, Tflush: self._flush, Twalk: self._walk,
+            Tclunk: self._clunk, Tremove: self._remove, Tlopen: self._lopen, Tlcreate: self._lcreate,
+            Tread: self._read, Twrite: self._write, Treaddir: self._readdir, Tgetattr: self._getattr,
+            Tsetattr: self._setattr, Tstatfs: self._statfs, Tfsync: self._fsync, Tmkdir: self._mkdir,
+            Tmknod: self._mknod, Tsymlink: self._symlink, Tlink: self._link, Treadlink: self._readlink,
+            Trename: self._rename, Trenameat: self._renameat, Tunlinkat: self._unlinkat,
+            Tlock: self._lock, Tgetlock: self._getlock, Txattrwalk: self._xattrwalk,
+            Txattrcreate: self._xattrcreate,
+        }
+
+    # ---- the transport's interface -------------------------------------------
+
+    @property
+    def msize(self) -> int:
+        """The negotiated message size (0 before Tversion)."""
+        return self._msize
+
+    @property
+    def readonly(self) -> bool:
+        return self._share.readonly
+
+    @property
+    def fid_count(self) -> int:
+        return len(self._fids)
+
+    def handle(self, request: bytes | bytearray | memoryview,
+               on_reply: Callable[[bytes], None] | None = None) -> bytes:
+        """Serve one T-message (its exact bytes) and return the R-message.
+        ``on_reply``, when given, receives the reply before any Tflush
+        waiting on this request is answered (see the module docstring)."""
+        tag, msg, error = self._decode(request)
+        done = self._begin(tag, msg)
+        try:
+            reply = codec.encode(tag, Rlerror(error)) if msg is None else self._run(tag, msg)
+            if on_reply is not None:
+                on_reply(reply)
+            return reply
+        finally:
+            self._end(tag, done)
+
+    def reset(self) -> None:
+        """Forget the session (device reset): every fid clunked, msize unset."""
+        with self._state_lock:
+            self._msize = 0
+        self._fids.clear()
+
+    def close(self) -> None:
+        """Release every host descriptor.  Call after the transport has
+        stopped calling :meth:`handle`; later requests answer EIO."""
+        self._closed = True
+        self.reset()
+        self._share.close()
+
+    # ---- dispatch --------------------------------------------------------------
+
+    def _limit(self) -> int:
+        return self._msize or self.max_msize
+
+    def _decode(self, request: bytes | bytearray | memoryview) -> tuple[int, Message | None, int]:
+        try:
+            view = memoryview(request).cast("B")
+            size, _, tag = codec.read_header(view)
+            if size > self._limit():
+                return tag, None, errno.EPROTO
+            tag, msg = codec.decode(view)
+        except MessageError as exc:
+            return exc.tag, None, exc.errno
+        except (TypeError, ValueError):
+            return NOTAG, None, errno.EPROTO
+        return tag, msg, 0
+
+    def _begin(self, tag: int, msg: Message | None) -> threading.Event | None:
+        if msg is None or isinstance(msg, (Tflush, Tversion)):
+            return None
+        done = threading.Event()
+        with self._state_lock:
+            self._inflight.setdefault(tag, []).append(done)
+        return done
+
+    def _end(self, tag: int, done: threading.Event | None) -> None:
+        if done is None:
+            return
+        with self._state_lock:
+            waiting = self._inflight[tag]
+            waiting.remove(done)
+            if not waiting:
+                del self._inflight[tag]
+        done.set()
+
+    def _run(self, tag: int, msg: Message) -> bytes:
+        try:
+            reply = self._call(msg)
+        except OSError as exc:
+            reply = Rlerror(exc.errno or errno.EIO)
+        except (ValueError, OverflowError):
+            reply = Rlerror(errno.EINVAL)          # e.g. a NUL inside a name os refused
+        except Exception as exc:                   # a server bug: answer, log, carry on
+            self._errors.warning(f"9p: {type(msg).__name__} failed: {exc!r}")
+            reply = Rlerror(errno.EIO)
+        try:
+            out = codec.encode(tag, reply)
+        except Exception as exc:
+            self._errors.warning(f"9p: cannot encode {reply!r}: {exc!r}")
+            out = codec.encode(tag, Rlerror(errno.EIO))
+        if len(out) > self._limit():
+            out = codec.encode(tag, Rlerror(errno.EMSGSIZE))
+        return out
+
+    def _call(self, msg: Message) -> Message:
+        if self._closed:
+            raise fail(errno.EIO, "server closed")
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise fail(errno.EOPNOTSUPP, f"{type(msg).__name__} is not served")
+        if not self._msize and not isinstance(msg, Tversion):
+            raise fail(errno.EPROTO, "no Tversion yet")
+        if self._share.readonly and isinstance(msg, _MUTATING):
+            raise fail(errno.EROFS)
+        return handler(msg)
+
+    # ---- session -----------------------------------------------------------------
+
+    def _version(self, m: Tversion) -> Message:
+        """Tversion starts a new session: every fid is clunked."""
+        self.reset()
+        if m.version != VERSION_9P2000_L and not m.version.startswith(VERSION_9P2000_L + b"."):
+            return Rversion(min(m.msize, self.max_msize), VERSION_UNKNOWN)
+        msize = min(m.msize, self.max_msize)
+        if msize < MIN_MSIZE:
+            raise fail(errno.EINVAL, f"msize {m.msize} below {MIN_MSIZE}")
+        with self._state_lock:
+            self._msize = msize
+        return Rversion(msize, VERSION_9P2000_L)
+
+    def _attach(self, m: Tattach) -> Message:
+        """Every attach starts at the share's root; aname is not used (one
+        share per device).  There is no authentication, so afid must be NOFID."""
+        if m.afid != NOFID:
+            raise fail(errno.EBADF, "no authentication fids")
+        node = self._share.root()
+        self._fids.add(m.fid, Fid(node, None if m.n_uname == NONUNAME else m.n_uname))
+        return Rattach(node.qid)
+
+    def _flush(self, m: Tflush) -> Message:
+        with self._state_lock:
+            waiting = list(self._inflight.get(m.oldtag, ()))
+        for done in waiting:
+            done.wait()
+        return Rflush()
+
+    def _clunk(self, m: Tclunk) -> Message:
+        """The fid is gone whatever the answer; a pending xattr write is set
+        here and its failure is the answer."""
+        fid = self._fids.take(m.fid)
+        try:
+            if isinstance(fid.xattr, XattrWrite):
+                self._commit_xattr(fid.node, fid.xattr)
+        finally:
+            self._fids.give_back(fid)
+        return Rclunk()
+
+    # ---- walking and opening ---------------------------------------------------
+
+    def _walk(self, m: Twalk) -> Message:
+        """Up to MAXWELEM names.  A failure at the first name is the error; a
+        later one answers the qids walked so far and leaves newfid unset."""
+        if len(m.wnames) > MAXWELEM:
+            raise fail(errno.EINVAL, f"{len(m.wnames)} names in one walk")
+        with self._fids.use(m.fid) as fid:
+            if fid.xattr is not None:
+                raise fail(errno.EBADF, "an xattr fid")
+            if m.newfid == m.fid and fid.open_fd is not None:
+                raise fail(errno.EBUSY, "walking an open fid onto itself")
+            if m.newfid != m.fid and m.newfid in self._fids:
+                raise fail(errno.EEXIST, f"fid {m.newfid} is in use")
+            node = self._share.clone(fid.node)
+            qids: list[Qid] = []
+            try:
+                for i, name in enumerate(m.wnames):
+                    try:
+                        step = self._share.walk(node, name)
+                    except OSError:
+                        if i == 0:
+                            raise
+                        break
+                    self._share.release(node)
+                    node = step
+                    qids.append(node.qid)
+            except BaseException:
+                self._share.release(node)
+                raise
+            if len(qids) < len(m.wnames):
+                self._share.release(node)
+                return Rwalk(tuple(qids))
+            new = Fid(node, fid.uid)
+            if m.newfid == m.fid:
+                self._fids.replace(m.fid, fid, new)
+            else:
+                self._fids.add(m.newfid, new)
+        return Rwalk(tuple(qids))
+
+    def _lopen(self, m: Tlopen) -> Message:
+        with self._fids.use(m.fid) as fid:
+            if fid.xattr is not None:
+                raise fail(errno.EINVAL, "an xattr fid")
+            with fid.open_lock:
+                if fid.open_fd is not None:
+                    raise fail(errno.EINVAL, "already open")
+                fid.open_fd = self._share.open(fid.node, m.flags)
+            return Rlopen(fid.node.qid, 0)
+
+    def _lcreate(self, m: Tlcreate) -> Message:
+        """The fid, a directory, becomes the new file, opened."""
+        with self._fids.use(m.fid) as fid:
+            if fid.xattr is not None or fid.open_fd is not None:
+                raise fail(errno.EINVAL, "not an unopened directory fid")
+            node, fd = self._share.create(fid.node, m.name, m.flags, m.mode, bool(m.flags & DOTL_EXCL),
+                                          fid.uid, _id(m.gid))
+            self._fids.replace(m.fid, fid, Fid(node, fid.uid, open_fd=fd))
+            return Rlcreate(node.qid, 0)
+
+    # ---- I/O -----------------------------------------------------------------------
+
+    def _io_count(self, count: int) -> int:
+        return min(count, self._limit() - IO_HEADER_SIZE)
+
+    def _read(self, m: Tread) -> Message:
+        with self._fids.use(m.fid) as fid:
+            count = self._io_count(m.count)
+            if isinstance(fid.xattr, XattrRead):
+                return Rread(fid.xattr.value[m.offset:m.offset + count])
+            if fid.xattr is not None or fid.open_fd is None:
+                raise fail(errno.EBADF, "fid not open")
+            if m.offset > S64_MAX:
+                raise fail(errno.EINVAL)
+            return Rread(os.pread(fid.open_fd, count, m.offset))
+
+    def _write(self, m: Twrite) -> Message:
+        with self._fids.use(m.fid) as fid:
+            if isinstance(fid.xattr, XattrWrite):
+                return Rwrite(self._write_xattr(fid, m.offset, m.data))
+            if fid.xattr is not None or fid.open_fd is None:
+                raise fail(errno.EBADF, "fid not open")
+            if m.offset > S64_MAX:
+                raise fail(errno.EINVAL)
+            return Rwrite(os.pwrite(fid.open_fd, m.data, m.offset))
+
+    def _readdir(self, m: Treaddir) -> Message:
+        """Entries from cookie ``offset`` (0 or an entry's offset from an
+        earlier reply: getdents64's d_off, which survives across calls)."""
+        with self._fids.use(m.fid) as fid:
+            if fid.xattr is not None or fid.open_fd is None:
+                raise fail(errno.EBADF, "fid not open")
+            if not fid.node.is_dir:
+                raise fail(errno.ENOTDIR)
+            count = self._io_count(m.count)
+            with fid.io_lock:
+                entries = self._share.read_dir(fid.open_fd, _signed64(m.offset), max(count, 1024))
+            out: list[bytes] = []
+            used = 0
+            for ino, off, dtype, name in entries:
+                size = codec.dirent_size(len(name))
+                if used + size > count:
+                    break
+                out.append(Dirent(self._dirent_qid(fid, ino, dtype, name), off & U64_MAX, dtype, name).encode())
+                used += size
+            if entries and not out:
+                raise fail(errno.EINVAL, f"count {m.count} holds no entry")
+            return Rreaddir(b"".join(out))
+
+    def _dirent_qid(self, fid: Fid, ino: int, dtype: int, name: bytes) -> Qid:
+        """A listing's qid from the entry alone (no stat per entry).  The
+        root's ``..`` is the root itself: nothing above the share shows."""
+        if name == b".." and not fid.node.path:
+            return fid.node.qid
+        qtype = QT_DIR if dtype == _DT_DIR else QT_SYMLINK if dtype == _DT_LNK else QT_FILE
+        return Qid(qtype, 0, ino)
+
+    def _fsync(self, m: Tfsync) -> Message:
+        with self._fids.use(m.fid) as fid:
+            if fid.open_fd is None:
+                raise fail(errno.EBADF, "fid not open")
+            (os.fdatasync if m.datasync else os.fsync)(fid.open_fd)
+            return Rfsync()
+
+    # ---- attributes ----------------------------------------------------------------
+
+    def _getattr(self, m: Tgetattr) -> Message:
+        """Every basic field, whatever the mask asked (the client takes what
+        ``valid`` says); no birth time, generation or data version."""
+        with self._fids.use(m.fid) as fid:
+            st = self._share.stat(fid.node)
+            return Rgetattr(
+                valid=STATS_BASIC, qid=fid.node.qid, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                nlink=st.st_nlink, rdev=_huge_encode_dev(st.st_rdev), size=st.st_size, blksize=st.st_blksize,
+                blocks=st.st_blocks,
+                atime_sec=st.st_atime_ns // _NS & U64_MAX, atime_nsec=st.st_atime_ns % _NS,
+                mtime_sec=st.st_mtime_ns // _NS & U64_MAX, mtime_nsec=st.st_mtime_ns % _NS,
+                ctime_sec=st.st_ctime_ns // _NS & U64_MAX, ctime_nsec=st.st_ctime_ns % _NS,
+                btime_sec=0, btime_nsec=0, gen=0, data_version=0)
+
+    def _setattr(self, m: Tsetattr) -> Message:
+        """Owner, then mode, then size, then times (so a truncation does not
+        undo an explicit mtime).  Other valid bits (ctime, ...) are ignored."""
+        with self._fids.use(m.fid) as fid:
+            node, valid = fid.node, m.valid
+            if valid & (ATTR_UID | ATTR_GID):
+                self._share.chown(node, m.uid if valid & ATTR_UID else None, m.gid if valid & ATTR_GID else None)
+            if valid & ATTR_MODE:
+                self._share.chmod(node, m.mode)
+            if valid & ATTR_SIZE:
+                self._share.truncate(node, m.size)
+            if valid & (ATTR_ATIME | ATTR_MTIME):
+                atime = _time(valid, ATTR_ATIME, ATTR_ATIME_SET, m.atime_sec, m.atime_nsec)
+                mtime = _time(valid, ATTR_MTIME, ATTR_MTIME_SET, m.mtime_sec, m.mtime_nsec)
+                self._share.utimes(node, atime, mtime)
+            return Rsetattr()
+
+    def _statfs(self, m: Tstatfs) -> Message:
+        """The host file system's numbers under the 9p magic (the host's own
+        file system type is not shown)."""
+        with self._fids.use(m.fid) as fid:
+            sv = self._share.statfs(fid.node)
+            return Rstatfs(type=V9FS_MAGIC, bsize=sv.f_frsize & U32_MAX, blocks=sv.f_blocks, bfree=sv.f_bfree,
+                           bavail=sv.f_bavail, files=sv.f_files, ffree=sv.f_ffree, fsid=sv.f_fsid & U64_MAX,
+                           namelen=sv.f_namemax & U32_MAX)
+
+    # ---- making, linking, renaming, removing --------------------------------------
+
+    def _mkdir(self, m: Tmkdir) -> Message:
+        with self._fids.use(m.dfid) as d:
+            return Rmkdir(self._made(self._share.mkdir(d.node, m.name, m.mode, d.uid, _id(m.gid))))
+
+    def _mknod(self, m: Tmknod) -> Message:
+        with self._fids.use(m.dfid) as d:
+            return Rmknod(self._made(self._share.mknod(d.node, m.name, m.mode, d.uid, _id(m.gid))))
+
+    def _symlink(self, m: Tsymlink) -> Message:
+        with self._fids.use(m.fid) as d:
+            return Rsymlink(self._made(self._share.symlink(d.node, m.name, m.symtgt, d.uid, _id(m.gid))))
+
+    def _made(self, node: Node) -> Qid:
+        self._share.release(node)
+        return node.qid
+
+    def _link(self, m: Tlink) -> Message:
+        with self._fids.use(m.dfid) as d, self._fids.use(m.fid) as target:
+            self._share.link(d.node, m.name, target.node)
+            return Rlink()
+
+    def _readlink(self, m: Treadlink) -> Message:
+        with self._fids.use(m.fid) as fid:
+            return Rreadlink(self._share.readlink(fid.node))
+
+    def _rename(self, m: Trename) -> Message:
+        """Rename the fid's file (found again by its recorded path and checked
+        to be the same inode) into directory dfid as ``name``."""
+        with self._fids.use(m.fid) as fid, self._fids.use(m.dfid) as d:
+            old = fid.node.path
+            parent, oldname = self._share.locate(fid.node)
+            try:
+                self._share.rename(parent, oldname, d.node, m.name)
+            finally:
+                self._share.release(parent)
+            self._fids.rename_paths(old, d.node.path + (m.name,))
+            return Rrename()
+
+    def _renameat(self, m: Trenameat) -> Message:
+        with self._fids.use(m.olddirfid) as olddir, self._fids.use(m.newdirfid) as newdir:
+            self._share.rename(olddir.node, m.oldname, newdir.node, m.newname)
+            self._fids.rename_paths(olddir.node.path + (m.oldname,), newdir.node.path + (m.newname,))
+            return Rrenameat()
+
+    def _unlinkat(self, m: Tunlinkat) -> Message:
+        if m.flags & ~DOTL_AT_REMOVEDIR:
+            raise fail(errno.EINVAL, f"unlinkat flags {m.flags:#x}")
+        with self._fids.use(m.dirfid) as d:
+            self._share.unlink(d.node, m.name, bool(m.flags & DOTL_AT_REMOVEDIR))
+            return Runlinkat()
+
+    def _remove(self, m: Tremove) -> Message:
+        """Remove the fid's file; the fid is clunked even when that fails."""
+        fid = self._fids.take(m.fid)
+        try:
+            if self._share.readonly:
+                raise fail(errno.EROFS)
+            parent, name = self._share.locate(fid.node)
+            try:
+                self._share.unlink(parent, name, fid.node.is_dir)
+            finally:
+                self._share.release(parent)
+        finally:
+            self._fids.give_back(fid)
+        return Rremove()
+
+    # ---- locks -----------------------------------------------------------------------
+
+    def _lock(self, m: Tlock) -> Message:
+        with self._fids.use(m.fid) as fid:
+            if fid.open_fd is None:
+                raise fail(errno.EBADF, "fid not open")
+            return Rlock(locks.set_lock(fid.open_fd, m.type, m.start, m.length))
+
+    def _getlock(self, m: Tgetlock) -> Message:
+        with self._fids.use(m.fid) as fid:
+            if fid.open_fd is None:
+                raise fail(errno.EBADF, "fid not open")
+            conflict = locks.test_lock(fid.open_fd, m.type, m.start, m.length)
+            if conflict is None:
+                return Rgetlock(locks.UNLOCKED, m.start, m.length, m.proc_id, m.client_id)
+            lock_type, start, length = conflict
+            return Rgetlock(lock_type, start, length, 0, b"")
+
+    # ---- extended attributes ---------------------------------------------------------
+
+    def _xattrwalk(self, m: Txattrwalk) -> Message:
+        """newfid reads, with Tread, the value of ``name`` or (name empty)
+        the NUL-terminated list of names; only user.* attributes exist."""
+        with self._fids.use(m.fid) as fid:
+            if fid.xattr is not None:
+                raise fail(errno.EBADF, "an xattr fid")
+            if m.newfid != m.fid and m.newfid in self._fids:
+                raise fail(errno.EEXIST, f"fid {m.newfid} is in use")
+            if m.name:
+                value = self._share.get_xattr(fid.node, m.name)
+            else:
+                value = self._share.list_xattrs(fid.node)
+            new = Fid(self._share.clone(fid.node), fid.uid, xattr=XattrRead(value))
+            if m.newfid == m.fid:
+                self._fids.replace(m.fid, fid, new)
+            else:
+                self._fids.add(m.newfid, new)
+            return Rxattrwalk(len(value))
+
+    def _xattrcreate(self, m: Txattrcreate) -> Message:
+        """The fid becomes the attribute's writer: Twrite fills the value in
+        order, Tclunk sets it (or, for size 0, removes the attribute)."""
+        with self._fids.use(m.fid) as fid:
+            if fid.xattr is not None or fid.open_fd is not None:
+                raise fail(errno.EINVAL, "not an unopened fid")
+            if m.attr_size > XATTR_SIZE_MAX:
+                raise fail(errno.E2BIG)
+            self._share.check_xattr(m.name, m.flags)
+            new = Fid(self._share.clone(fid.node), fid.uid, xattr=XattrWrite(m.name, m.attr_size, m.flags))
+            self._fids.replace(m.fid, fid, new)
+            return Rxattrcreate()
+
+    @staticmethod
+    def _write_xattr(fid: Fid, offset: int, data: bytes) -> int:
+        pending = fid.xattr
+        assert isinstance(pending, XattrWrite)
+        with fid.io_lock:
+            if offset != len(pending.value):
+                raise fail(errno.EINVAL, "xattr values are written in order")
+            if offset + len(data) > pending.size:
+                raise fail(errno.ERANGE, "more than Txattrcreate announced")
+            pending.value += data
+        return len(data)
+
+    def _commit_xattr(self, node: Node, pending: XattrWrite) -> None:
+        if len(pending.value) != pending.size:
+            raise fail(errno.EINVAL, "xattr value shorter than announced")
+        if pending.size == 0:
+            self._share.remove_xattr(node, pending.name)
+        else:
+            self._share.set_xattr(node, pending.name, bytes(pending.value), pending.flags)
+
+
+def _time(valid: int, bit: int, set_bit: int, sec: int, nsec: int) -> tuple[int, int] | None:
+    """Tsetattr's time: not asked (None), now, or the given sec/nsec."""
+    if not valid & bit:
+        return None
+    if not valid & set_bit:
+        return (0, UTIME_NOW)
+    if nsec >= _NS:
+        raise fail(errno.EINVAL, "nanoseconds out of range")
+    return (_signed64(sec), nsec)
