@@ -69,8 +69,8 @@ _NS = 1_000_000_000
 _DT_DIR, _DT_LNK = 4, 10       # dirent.h d_type values
 
 # Requests that change the share: a read-only share answers them EROFS
-# before looking at them (Tlopen asks for writing in its flags; fs.py
-# refuses that, and Tremove clunks its fid before answering).
+# before looking at them.  Two more are refused elsewhere: Tlopen only when
+# its flags ask for writing (fs.py), Tremove after clunking its fid.
 _MUTATING = (Tlcreate, Twrite, Tsetattr, Tmkdir, Tmknod, Tsymlink, Tlink, Trename, Trenameat, Tunlinkat,
              Txattrcreate)
 
@@ -92,7 +92,7 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value > S64_MAX else value
 
 
-def _huge_encode_dev(rdev: int) -> int:
+def _new_encode_dev(rdev: int) -> int:
     """A device number as the kernel's new_encode_dev (linux/kdev_t.h) lays
     it out, which is what the 9P client decodes."""
     major, minor = os.major(rdev), os.minor(rdev)
@@ -418,7 +418,7 @@ class P9Server:
             st = self._share.stat(fid.node)
             return Rgetattr(
                 valid=STATS_BASIC, qid=fid.node.qid, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-                nlink=st.st_nlink, rdev=_huge_encode_dev(st.st_rdev), size=st.st_size, blksize=st.st_blksize,
+                nlink=st.st_nlink, rdev=_new_encode_dev(st.st_rdev), size=st.st_size, blksize=st.st_blksize,
                 blocks=st.st_blocks,
                 atime_sec=st.st_atime_ns // _NS & U64_MAX, atime_nsec=st.st_atime_ns % _NS,
                 mtime_sec=st.st_mtime_ns // _NS & U64_MAX, mtime_nsec=st.st_mtime_ns % _NS,
