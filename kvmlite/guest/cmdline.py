@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from dataclasses import dataclass
+from typing import Sequence
 
 from kvmlite.errors import ConfigError
 
@@ -29,6 +30,17 @@ def net_option(value: str) -> str:
     if value != "dhcp":
         _check_static_net(value)
     return f"kvmlite.net={value}"
+
+
+def shares_option(shares: Sequence[tuple[str, bool]]) -> str:
+    """``kvmlite.9p=TAG1,TAG2:ro,...``: every shared directory's mount tag,
+    in the VM's order, ``:ro`` after a read-only one; the default guest
+    mounts each at ``/mnt/TAG``.  ``shares`` holds (tag, read_only) pairs;
+    tags are letters, digits, '_', '.' and '-' (``ShareConfig``), so
+    neither ',' nor ':' can occur in one."""
+    if not shares:
+        raise ValueError("no shares to list")
+    return "kvmlite.9p=" + ",".join(f"{tag}:ro" if read_only else tag for tag, read_only in shares)
 
 
 def _check_static_net(value: str) -> None:
