@@ -48,7 +48,9 @@ frame too long for what was negotiated, header fields that make no sense or
 ask for an offload not negotiated) is dropped, counted in ``tx_errors``
 and returned with used length 0; the device goes on.  When the backend
 cannot take a frame the device stops popping and waits for the fd to be
-writable, then flushes and goes on.
+writable, then flushes and goes on; a frame it took only in part (a
+stream backend keeps the tail) has the device wait for room the same way,
+so the tail follows at once rather than with the guest's next frame.
 
 Backend gone (``ConnectionError``, or any other ``OSError`` when reading
 or flushing; a send that fails otherwise only loses that frame):
@@ -913,7 +915,20 @@ class VirtioNet(VirtioDevice):
         if taken:
             self._count("tx_packets")
             self._count("tx_bytes", frame.length)
+            self._push_tail(active, signals)
         return taken
+
+    def _push_tail(self, active: _Activation, signals: _Signals) -> None:
+        """A frame the backend took only in part (passt's stream keeps the
+        tail) goes out as soon as the fd has room, not with the next frame:
+        the peer may wait for the whole of this one before it answers, and
+        the guest may send nothing more until it does (passt up to
+        2023-03 even blocks in recv for the rest of a frame)."""
+        try:
+            if not self.backend.flush():
+                self._set_writing(True)
+        except OSError as exc:      # the tail cannot go: the stream is broken
+            self._lose_backend(active, signals, exc)
 
     def _on_writable(self) -> None:
         """The backend's fd has room (loop thread): flush, then resend the
