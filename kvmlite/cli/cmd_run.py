@@ -14,7 +14,8 @@ import sys
 
 from kvmlite import log
 from kvmlite.errors import ConfigError, UsageError
-from kvmlite.vmm.config import CONSOLES, TRANSPORTS, DiskConfig, NetConfig, VmConfig, parse_mem_mib
+from kvmlite.vmm.config import (CONSOLES, SHARE_DEFAULT_TAG, TRANSPORTS, DiskConfig, NetConfig, ShareConfig,
+                                VmConfig, parse_mem_mib)
 
 EPILOG = """exit status: 0 guest powered off, 1 kvmlite failed, 2 bad usage, 3 guest reset,
 4 guest crashed, N the guest's own status (kvmlite run -- CMD, or a write to port 0x501).
@@ -31,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="guest memory in MiB, or with a K/M/G suffix (default 256)")
     g.add_argument("-d", "--disk", action="append", default=[], metavar="PATH[,ro]",
                    help="a raw disk image; repeat for more disks; ',ro' makes it read-only")
+    g.add_argument("--9p", dest="shares", action="append", default=[], metavar="DIR[,TAG][,ro]",
+                   help="share the host directory DIR with the guest over virtio-9p under the mount tag TAG "
+                        f"(default {SHARE_DEFAULT_TAG}; letters, digits, '_', '.', '-', at most 31); ',ro' makes "
+                        "it read-only; repeat for more, each with its own tag.  The default guest mounts each "
+                        "at /mnt/TAG; another guest: mount -t 9p -o trans=virtio,version=9p2000.L TAG MOUNTPOINT")
     g.add_argument("--rng", action="store_true", help="add a virtio-rng device (host getrandom)")
     g.add_argument("--console", choices=CONSOLES, default="serial",
                    help="guest console: serial (ttyS0, default) or virtio (hvc0)")
@@ -101,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         kernel=kernel, initrd=initrd, params=params, nics=_nics(args.network, default_guest=args.kernel is None
                                                                  and args.image is None), mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
         name=args.name, console=args.console, disks=tuple(DiskConfig.parse(d) for d in args.disk),
+        shares=tuple(ShareConfig.parse(s) for s in args.shares),
         rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,
         default_cmdline=not args.no_default_params)
 

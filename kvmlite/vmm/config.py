@@ -7,6 +7,7 @@ and hand it to :class:`kvmlite.vmm.vm.Vm`; nothing else shapes a VM.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -37,6 +38,68 @@ class DiskConfig:
             elif opt:
                 raise ConfigError(f"--disk {text!r}: unknown option {opt!r} (only 'ro' is known)")
         return cls(path, read_only)
+
+
+SHARE_DEFAULT_TAG = "kvm_9p"               # kvmtool's
+SHARE_TAG_MAX = 31                         # bytes; devices/virtio/ninep.py's MAX_TAG_LEN
+_SHARE_TAG = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """A host directory shared with the guest over virtio-9p (kvmtool's
+    ``--9p DIR[,TAG]``, plus ``,ro``)."""
+
+    path: str                           # absolute, symlinks resolved
+    tag: str = SHARE_DEFAULT_TAG        # the guest mounts it by this name
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "ShareConfig":
+        """``DIR[,TAG][,ro]``; a tag cannot be called ``ro``, and DIR cannot
+        hold a comma.  DIR must be a directory the VMM can read."""
+        directory, *options = text.split(",")
+        tag: str | None = None
+        read_only = False
+        for option in options:
+            if option == "ro":
+                read_only = True
+            elif tag is None and not read_only:
+                tag = _share_tag(text, option)
+            else:
+                raise ConfigError(f"--9p {text!r}: unknown option {option!r} after the tag (only 'ro' is known)")
+        return cls(_share_dir(text, directory), tag or SHARE_DEFAULT_TAG, read_only)
+
+
+def _share_tag(text: str, tag: str) -> str:
+    if not tag:
+        raise ConfigError(f"--9p {text!r}: empty tag (write DIR,TAG or leave the comma out for {SHARE_DEFAULT_TAG})")
+    if not _SHARE_TAG.fullmatch(tag):
+        raise ConfigError(f"--9p {text!r}: tag {tag!r}: use letters, digits, '_', '.' or '-'")
+    if len(tag) > SHARE_TAG_MAX:
+        raise ConfigError(f"--9p {text!r}: tag {tag!r} is {len(tag)} bytes, at most {SHARE_TAG_MAX}")
+    return tag
+
+
+def _share_dir(text: str, directory: str) -> str:
+    """``directory`` as an absolute real path, once it opened as a readable,
+    searchable directory."""
+    if not directory:
+        raise ConfigError(f"--9p {text!r}: missing directory")
+    path = os.path.realpath(directory)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"--9p {text!r}: no such directory {directory!r}") from None
+    except NotADirectoryError:
+        raise ConfigError(f"--9p {text!r}: {directory!r} is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"--9p {text!r}: cannot read directory {directory!r}: "
+                          f"{exc.strerror or exc}") from None
+    os.close(fd)
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"--9p {text!r}: cannot search directory {directory!r}: Permission denied")
+    return path
 
 
 NET_MODES = ("tap", "user", "none")
@@ -151,6 +214,7 @@ class VmConfig:
     virtio_transport: str = "pci"
     hugepages: bool = False
     nics: tuple[NetConfig, ...] = ()
+    shares: tuple[ShareConfig, ...] = ()
     default_cmdline: bool = True     # False: use params as the whole command line
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
@@ -164,6 +228,10 @@ class VmConfig:
         if self.virtio_transport not in TRANSPORTS:
             raise ConfigError(f"--virtio-transport {self.virtio_transport!r}: choose one of "
                               f"{', '.join(TRANSPORTS)}")
+        tags = [share.tag for share in self.shares]
+        twice = next((tag for tag in tags if tags.count(tag) > 1), None)
+        if twice is not None:
+            raise ConfigError(f"--9p: tag {twice!r} names two shares (give each its own: --9p DIR,TAG)")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ConfigError(f"--name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-'")
 

@@ -16,7 +16,8 @@ Legacy devices, in port order::
     0xCF8, 0xCFC   PCI configuration mechanism #1
 
 Virtio devices (disks in ``-d`` order, then the console with ``--console
-virtio``, then rng) go on PCI bus 0 from slot 1 (``--virtio-transport
+virtio``, then rng, the NICs, and the shared directories in ``--9p``
+order) go on PCI bus 0 from slot 1 (``--virtio-transport
 pci``, BAR 0 in the 32-bit window, MSI-X through irqfds) or on virtio-mmio
 windows from ``VIRTIO_MMIO_START`` with GSIs from ``IRQ_VIRTIO_MMIO_FIRST``,
 announced on the kernel command line (``virtio_mmio.device=``).
@@ -63,6 +64,7 @@ class DeviceManager:
         self.net_backends: list = []             # taps and passt processes, closed with the VM
         self._transports: dict[str, str | None] = {}   # a device's own transport (-n trans=)
         self._guest_net = ""
+        self._guest_shares = ""
         self._pci_slots: list[int] = []
         self._mmio_devices: list[tuple[int, int]] = []     # (base, gsi)
 
@@ -88,7 +90,7 @@ class DeviceManager:
         """(name, device, the loop serving its queue notifications) each."""
         config = self.vm.config
         devices: list[tuple[str, object, EventLoop]] = []
-        if not (config.disks or config.console == "virtio" or config.rng or config.nics):
+        if not (config.disks or config.console == "virtio" or config.rng or config.nics or config.shares):
             return devices
         from kvmlite.devices.virtio.block import VirtioBlock
         from kvmlite.devices.virtio.console import VirtioConsole
@@ -110,6 +112,35 @@ class DeviceManager:
         if config.rng:
             devices.append(("virtio-rng", VirtioRng(), self.vm.event_loop))
         devices += self._net_devices()
+        devices += self._share_devices()
+        return devices
+
+    def _share_devices(self) -> list[tuple[str, object, EventLoop]]:
+        """One virtio-9p per ``--9p``, each with its file server and an event
+        loop of its own (its requests run on the device's workers, so a
+        slow directory stalls nothing else).  The device closes its server
+        (``close``).  The tags reach the default guest's init as
+        ``kvmlite.9p=``, which mounts each at ``/mnt/TAG``."""
+        shares = self.vm.config.shares
+        if not shares:
+            return []
+        from kvmlite.devices.virtio.ninep import Virtio9p
+        from kvmlite.devices.virtio.p9 import P9Server
+        from kvmlite.guest.cmdline import shares_option
+
+        devices: list[tuple[str, object, EventLoop]] = []
+        try:
+            for index, share in enumerate(shares):
+                name = f"virtio-9p{index}"
+                server = P9Server(share.path, readonly=share.read_only)    # ShareError: one line
+                loop = EventLoop(name)
+                self.device_loops.append(loop)
+                devices.append((name, Virtio9p(server, share.tag, loop, name=name), loop))
+        except BaseException:
+            for _name, device, _loop in devices:    # not yet on a transport: close() would not reach them
+                device.close()
+            raise
+        self._guest_shares = shares_option([(share.tag, share.read_only) for share in shares])
         return devices
 
     def _net_devices(self) -> list[tuple[str, object, EventLoop]]:
@@ -296,7 +327,7 @@ class DeviceManager:
         return image.rsdp_addr
 
     def cmdline_fragments(self) -> list[str]:
-        return list(self._cmdline) + ([self._guest_net] if self._guest_net else [])
+        return list(self._cmdline) + [word for word in (self._guest_net, self._guest_shares) if word]
 
     # --- lifetime ---------------------------------------------------------------
 
