@@ -16,8 +16,13 @@ emulated AMD SVM with nested paging lets ``kvm_amd`` load (see
   or a Python there): :func:`plan_shares`.  A path with a space or a comma
   cannot be carried by QEMU's -fsdev and the kernel command line and is
   refused in one line;
-* chroots into /mnt and runs the given script with /bin/sh, so the script
-  sees this checkout, this Python and the cache at their usual paths.
+* switches its root to /mnt (``switch_root``, not ``chroot``: passt makes
+  a user namespace, which the kernel refuses to a chrooted process) and
+  runs the given script with /bin/sh, so the script sees this checkout,
+  this Python and the cache at their usual paths;
+* loads tun, veth and vhost_net and brings ``lo`` up; it has no network
+  card, so a script that needs an interface with a default route (passt
+  does) makes one itself (a veth pair).
 
 Exit codes do not cross the test host's power-off, so everything comes
 back on the console: ``section NAME cmd...`` in a script prints
@@ -59,7 +64,9 @@ REPO = Path(__file__).resolve().parents[2]
 QEMU = "qemu-system-x86_64"
 # kvm_amd pulls in irqbypass, kvm, ccp; 9p pulls in 9pnet, netfs, fscache;
 # virtio_pci and 9pnet_virtio the virtio transport (HOST.md's list).
-HOST_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p")
+# tun, veth and vhost_net (which pulls in vhost, vhost_iotlb and tap) give
+# the test host taps, veth pairs and /dev/vhost-net.
+HOST_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "tun", "veth", "vhost_net")
 HOST_CMDLINE = "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tsc=reliable"
 READY = "@@TESTHOST READY"
 DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)
@@ -72,9 +79,11 @@ STALL_ATTEMPTS = 2
 # Directories the test host mounts a fresh tmpfs over inside its view of
 # this machine's root; anything the tests need beneath them is shared again.
 MASKED = ("tmp", "run", "var/tmp")
+STAGE_DIR = "run/kvmlite-testhost"     # a tmpfs in the new root: stage 2 and its busybox
 
 HOST_INIT = r"""#!/bin/sh
-# kvmlite nested test host init (tests/nested/testhost.py)
+# kvmlite nested test host init (tests/nested/testhost.py), stage 1: in the
+# initramfs, make the new root at /mnt, then switch_root into it (stage 2).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -107,21 +116,43 @@ for s in $SHARES; do
     mkdir -p "/mnt$path"
     mount -t 9p -o "$opts" "$tag" "/mnt$path" || fail "mount share $tag at $path"
 done
+# Stage 2 and the busybox it runs with live on a tmpfs of their own: the
+# new root has no busybox of ours, and switch_root empties the initramfs.
+mkdir -p /mnt/__STAGE_DIR__
+mount -t tmpfs -o mode=0755 tmpfs /mnt/__STAGE_DIR__ || fail "tmpfs /__STAGE_DIR__"
+cp /bin/busybox /etc/kvmlite/stage2 /mnt/__STAGE_DIR__/ || fail "copy stage 2"
+ip link set lo up
 echo "@@TESTHOST READY uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$([ -c /dev/kvm ] && echo yes || echo no)"
+umount /proc /sys /dev 2>/dev/null
+# switch_root, not chroot: a chrooted process may not make a user
+# namespace (kernel/user_namespace.c: create_user_ns refuses when
+# current_chrooted()), and passt makes one.  After it the test host's / is
+# this machine's root, and nothing is chrooted.
+exec switch_root /mnt /__STAGE_DIR__/busybox sh /__STAGE_DIR__/stage2 "$WORK" "$SHELLMODE"
+fail "switch_root"
+""".replace("__MASKED__", " ".join(MASKED)).replace("__STAGE_DIR__", STAGE_DIR)
+
+# Stage 2: pid 1 in the new root, run by the busybox copied to STAGE_DIR
+# (whose sh prefers its own applets: env, setsid, cttyhack, umount, poweroff).
+HOST_STAGE2 = r"""# kvmlite nested test host init, stage 2 (tests/nested/testhost.py)
+WORK=$1 SHELLMODE=$2
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENV="HOME=/tmp TERM=${TERM:-linux} PYTHONDONTWRITEBYTECODE=1 TESTHOST_WORK=$WORK PATH=$PATH"
 if [ -n "$SHELLMODE" ]; then
-    setsid cttyhack env -i $ENV chroot /mnt /bin/sh -c "cd \"$WORK\"; exec /bin/bash -l 2>/dev/null || exec /bin/sh -l"
+    setsid cttyhack env -i $ENV /bin/sh -c "cd \"$WORK\"; exec /bin/bash -l 2>/dev/null || exec /bin/sh -l"
     rc=$?
 else
-    env -i $ENV chroot /mnt /bin/sh "$WORK/.testhost/script.sh" < /dev/null
+    env -i $ENV /bin/sh "$WORK/.testhost/script.sh" < /dev/null
     rc=$?
 fi
 echo "@@TESTHOST DONE rc=$rc"
 sync
-umount "/mnt$WORK"
+kill -9 -1 2>/dev/null     # whatever the script left running (a server in the work directory)
+sleep 0.2
+umount "$WORK"
 poweroff -f
 sleep 60
-""".replace("__MASKED__", " ".join(MASKED))
+""".replace("__STAGE_DIR__", STAGE_DIR)
 
 SCRIPT_PREAMBLE = r"""# preamble written by tests/nested/testhost.py
 section() {
@@ -210,7 +241,8 @@ def build_host_initramfs(generic: kernel.KernelFiles, bb: Path) -> bytes:
     resolution = ModuleTree(generic.modules).resolve(HOST_MODULES)
     if resolution.missing:
         raise TestHostUnavailable(f"{generic.package} lacks modules: {', '.join(resolution.missing)}")
-    return initramfs.build(initramfs.Contents(bb, HOST_INIT, resolution.modules))
+    files = {"etc/kvmlite/stage2": (HOST_STAGE2.encode(), 0o755)}
+    return initramfs.build(initramfs.Contents(bb, HOST_INIT, resolution.modules, files))
 
 
 def prepare_files(progress: Progress = QUIET) -> TestHostFiles:
@@ -328,7 +360,7 @@ class TestHost:
 
     def run(self, script: str, timeout: float, workdir: Path, echo: TextIO | None = None,
             extra: Sequence[Path] = ()) -> RunResult:
-        """Boot, run ``script`` (sh) in the chroot, power off; the console is
+        """Boot, run ``script`` (sh) in the new root, power off; the console is
         saved to ``workdir/testhost-console.log`` (and copied to ``echo`` live).
         ``extra`` directories are visible read-only at their paths even
         where the test host mounts a tmpfs (/tmp, /run, /var/tmp)."""
