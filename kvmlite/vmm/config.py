@@ -74,8 +74,8 @@ class ShareConfig:
 def _share_tag(text: str, tag: str) -> str:
     if not tag:
         raise ConfigError(f"--9p {text!r}: empty tag (write DIR,TAG or leave the comma out for {SHARE_DEFAULT_TAG})")
-    if not _SHARE_TAG.fullmatch(tag):
-        raise ConfigError(f"--9p {text!r}: tag {tag!r}: use letters, digits, '_', '.' or '-'")
+    if not _SHARE_TAG.fullmatch(tag) or tag in (".", ".."):   # the guest mounts it at /mnt/TAG
+        raise ConfigError(f"--9p {text!r}: tag {tag!r}: use letters, digits, '_', '.' or '-' (not . or ..)")
     if len(tag) > SHARE_TAG_MAX:
         raise ConfigError(f"--9p {text!r}: tag {tag!r} is {len(tag)} bytes, at most {SHARE_TAG_MAX}")
     return tag

@@ -396,6 +396,18 @@ def test_9p_writable_before_readable_asks_for_reset_writes_nothing(held: Harness
     assert held.device.stats()["queue_errors"] == 1
 
 
+@pytest.mark.parametrize("length", [0xFFFF_FFFF, RAM])
+def test_9p_buffer_of_absurd_length_asks_for_reset_writes_nothing(held: Harness, memory: GuestMemory,
+                                                                  length: int) -> None:
+    posted = held.post(1, Tclunk(1), room=64)
+    held.driver.patch_desc(held.driver.desc_table, posted.descriptors[1], length=length)
+    before = memory.read(0, RAM)
+    held.notify()
+
+    assert held.resets.event.wait(5) and "is not inside one guest RAM region" in held.resets.reasons[0]
+    assert held.server.seen == [] and memory.read(0, RAM) == before
+
+
 @pytest.mark.parametrize("rooms", [(), (6,), (3, 3)])
 def test_9p_chain_without_room_for_a_reply_returned_unread(held: Harness, memory: GuestMemory,
                                                             rooms: tuple[int, ...]) -> None:
