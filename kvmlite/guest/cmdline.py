@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from kvmlite.errors import ConfigError
 
@@ -32,17 +33,6 @@ def net_option(value: str) -> str:
     return f"kvmlite.net={value}"
 
 
-def shares_option(shares: Sequence[tuple[str, bool]]) -> str:
-    """``kvmlite.9p=TAG1,TAG2:ro,...``: every shared directory's mount tag,
-    in the VM's order, ``:ro`` after a read-only one; the default guest
-    mounts each at ``/mnt/TAG``.  ``shares`` holds (tag, read_only) pairs;
-    tags are letters, digits, '_', '.' and '-' (``ShareConfig``), so
-    neither ',' nor ':' can occur in one."""
-    if not shares:
-        raise ValueError("no shares to list")
-    return "kvmlite.9p=" + ",".join(f"{tag}:ro" if read_only else tag for tag, read_only in shares)
-
-
 def _check_static_net(value: str) -> None:
     fields = value.split(",")
     try:
@@ -59,6 +49,43 @@ def _check_static_net(value: str) -> None:
         raise ConfigError(f"guest network '{value}': gateway {gateway} is outside {interface.network}")
 
 
+class GuestShare(NamedTuple):
+    """A virtio-9p share as the guest init sees it: its mount tag, read-only or not."""
+
+    tag: str
+    readonly: bool = False
+
+
+# A tag is the 9p "device" name and a directory name under /mnt: no separator
+# of kvmlite.9p= (',' ':'), no '/', no space; the same rule as --9p's
+# (kvmlite.vmm.config.ShareConfig), which checks tags before they get here.
+_TAG = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_tag(tag: str) -> str:
+    """``tag`` when the guest init can mount it at ``/mnt/TAG``, else a one-line ConfigError."""
+    if not _TAG.fullmatch(tag) or tag in (".", ".."):
+        raise ConfigError(f"9p share tag '{tag}' must be letters, digits, '_', '.' or '-' "
+                          "(it names /mnt/TAG in the guest)")
+    return tag
+
+
+def shares_option(shares: Sequence[GuestShare | tuple[str, bool]]) -> str:
+    """``kvmlite.9p=TAG1,TAG2:ro,...``: every share's mount tag in the VM's
+    order, ``:ro`` after a read-only one; the default guest mounts each at
+    ``/mnt/TAG``.  ``shares`` holds (tag, read_only) pairs, at least one;
+    tags are unique."""
+    if not shares:
+        raise ValueError("no shares to list")
+    listed = [GuestShare(*share) for share in shares]
+    seen: set[str] = set()
+    for share in listed:
+        if check_tag(share.tag) in seen:
+            raise ConfigError(f"9p share tag '{share.tag}' is given twice")
+        seen.add(share.tag)
+    return "kvmlite.9p=" + ",".join(share.tag + (":ro" if share.readonly else "") for share in listed)
+
+
 @dataclass(frozen=True)
 class GuestOptions:
     """What the guest init should do; every field is optional."""
@@ -69,6 +96,9 @@ class GuestOptions:
     rootflags: str | None = None
     readonly: bool = False
     net: str | None = None         # "dhcp" or "10.0.2.15/24,10.0.2.2[,10.0.2.3]"; None: no network
+    shares: tuple[GuestShare, ...] = ()   # kvmlite.9p=: each mounted at /mnt/TAG
+    overlay: bool = False          # the root read-only below a tmpfs overlay (kvmlite.overlay=1)
+    init: str | None = None        # the 9p root's init (default /sbin/init)
     debug: bool = False
 
     def words(self) -> list[str]:
@@ -76,8 +106,14 @@ class GuestOptions:
         if self.root:
             words += [f"root={self.root}", "ro" if self.readonly else "rw"]
         words += [f"{k}={v}" for k, v in (("rootfstype", self.rootfstype), ("rootflags", self.rootflags)) if v]
+        if self.init:
+            words.append(f"init={self.init}")
         if self.net is not None:
             words.append(net_option(self.net))
+        if self.shares:
+            words.append(shares_option(self.shares))
+        if self.overlay:
+            words.append("kvmlite.overlay=1")
         if self.debug:
             words.append("kvmlite.debug")
         if self.command is not None:

@@ -14,7 +14,14 @@ in docs/guest.md; keep the two in step.  Facts it relies on:
   the kernel sends SIGINT to PID 1 instead (kernel/reboot.c: ctrl_alt_del).
 * A trapped signal makes ash's ``wait`` return at once (POSIX wait), so PID
   1 waits for its child with ``wait`` and not in the foreground.
-* The network (``kvmlite.net=``) is :mod:`kvmlite.guest.netinit`'s part.
+* The network (``kvmlite.net=``) is :mod:`kvmlite.guest.netinit`'s part;
+  shares, a 9p root and the overlay (``kvmlite.9p=``, ``rootfstype=9p``,
+  ``kvmlite.overlay=1``) are :mod:`kvmlite.guest.shareinit`'s, and so is
+  the second stage that runs a command after ``switch_root``.
+* Module lists: :data:`MODULES_LIST` is loaded at every boot; the on-demand
+  groups (``MODULES_LIST-9p``, ``MODULES_LIST-overlay``) only when the
+  command line asks for them.  A module already in ``/sys/module`` is skipped,
+  so groups may share dependencies.
 * The exit status goes out as one byte to I/O port 0x501 (kvmlite's exit
   device; offset 1281 of ``/dev/port``), or through ``kvmlite-exit`` when
   the kernel has no ``/dev/port`` (CONFIG_DEVPORT off in Debian's cloud kernel).
@@ -25,7 +32,7 @@ from __future__ import annotations
 import hashlib
 
 from kvmlite.arch.x86.layout import PORT_GUEST_EXIT
-from kvmlite.guest import netinit
+from kvmlite.guest import netinit, shareinit
 
 READY_MARKER = "kvmlite-init: ready"
 MODULES_LIST = "etc/kvmlite/modules"     # load order, one path under /lib/modules per line
@@ -38,6 +45,17 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM="${TERM:-linux}"
 set -f
 CMDLINE=/proc/cmdline
+NEWROOT=/mnt
+MODULE_DIR=/lib/modules
+MODULE_LIST=/__MODULES_LIST__
+SYS_MODULE=/sys/module
+DEV_PORT=/dev/port
+EXIT_HELPER=/__EXIT_HELPER__
+BUSYBOX=/bin/busybox
+INIT_SELF=/init
+SESSION_SH=/bin/sh               # runs the session wrapper (the initramfs's, then the second stage's)
+CHILD_SH=/bin/sh                 # runs the command or the login shell (the root's when there is one)
+ROOT_MOUNT=
 
 say() { echo "kvmlite-init: $*"; }
 debug() { [ -n "$DEBUG" ] && say "$@"; return 0; }
@@ -53,7 +71,7 @@ mount_basics() {
 }
 
 read_cmdline() {
-    ROOT= ROOTFSTYPE= ROOTFLAGS= ROOTMODE=rw CMD= DEBUG= NET=
+    ROOT= ROOTFSTYPE= ROOTFLAGS= ROOTMODE=rw CMD= DEBUG= NET= SHARES= OVERLAY= INIT=
     for word in $(cat "$CMDLINE"); do
         case "$word" in
             root=*) ROOT="${word#root=}" ;;
@@ -63,6 +81,9 @@ read_cmdline() {
             rw) ROOTMODE=rw ;;
             kvmlite.cmd=*) CMD="${word#kvmlite.cmd=}" ;;
             kvmlite.net=*) NET="${word#kvmlite.net=}" ;;
+            kvmlite.9p=*) SHARES="${word#kvmlite.9p=}" ;;
+            kvmlite.overlay=*) OVERLAY="${word#kvmlite.overlay=}" ;;
+            init=*) INIT="${word#init=}" ;;
             kvmlite.debug) DEBUG=1 ;;
         esac
     done
@@ -80,18 +101,29 @@ module_params() {
     done
 }
 
-load_modules() {
-    [ -f /__MODULES_LIST__ ] || return 0
+load_module_list() {
+    [ -f "$1" ] || return 0
     while read -r module; do
-        if ! out=$(insmod "/lib/modules/$module" $(module_params "$module") 2>&1); then
+        [ -d "$SYS_MODULE/${module%.ko}" ] && continue
+        if ! out=$(insmod "$MODULE_DIR/$module" $(module_params "$module") 2>&1); then
             say "insmod $module failed: $out"
         else
             debug "loaded $module"
         fi
-    done < /__MODULES_LIST__
+    done < "$1"
+}
+
+# Every boot's modules, then the groups this command line needs.
+load_modules() {
+    load_module_list "$MODULE_LIST"
+    for group in $(share_module_groups); do
+        load_module_list "$MODULE_LIST-$group"
+    done
 }
 
 __NETWORK__
+
+__SHARES__
 
 find_root_device() {
     tries=0
@@ -106,20 +138,42 @@ find_root_device() {
     return 1
 }
 
-mount_root() {
-    CHROOT=
-    [ -n "$ROOT" ] || return 0
+# A disk root: at $NEWROOT, or with kvmlite.overlay=1 read-only below an overlay there.
+mount_disk_root() {
     dev=$(find_root_device) || { say "root device $ROOT did not appear"; return 1; }
-    opts="$ROOTMODE${ROOTFLAGS:+,$ROOTFLAGS}"
-    mount ${ROOTFSTYPE:+-t "$ROOTFSTYPE"} -o "$opts" "$dev" /mnt || { say "cannot mount $dev on /mnt"; return 1; }
-    if [ -e /mnt/bin/sh ] || [ -L /mnt/bin/sh ]; then
-        CHROOT=/mnt
-        for fs in proc sys dev dev/pts; do
-            [ -d "/mnt/$fs" ] && mount -o bind "/$fs" "/mnt/$fs"
-        done
-        net_share_resolv_conf /mnt
+    if [ "$OVERLAY" = 1 ]; then
+        mkdir -p "$ROOT_LAYERS/lower"
+        mount ${ROOTFSTYPE:+-t "$ROOTFSTYPE"} -o "ro${ROOTFLAGS:+,$ROOTFLAGS}" "$dev" "$ROOT_LAYERS/lower" ||
+            { say "cannot mount $dev"; return 1; }
+        mount_overlay "$ROOT_LAYERS/lower"
+        return
     fi
-    debug "root $dev mounted on /mnt${CHROOT:+ (chroot)}"
+    opts="$ROOTMODE${ROOTFLAGS:+,$ROOTFLAGS}"
+    mount ${ROOTFSTYPE:+-t "$ROOTFSTYPE"} -o "$opts" "$dev" "$NEWROOT" || { say "cannot mount $dev on /mnt"; return 1; }
+}
+
+# root=: a disk is chrooted into (when it has /bin/sh), a 9p root is
+# switched to (SWITCH) after the shares are mounted beneath it.
+mount_root() {
+    CHROOT= ROOTED= SWITCH=
+    [ -n "$ROOT" ] || return 0
+    if [ "$ROOTFSTYPE" = 9p ]; then
+        mount_9p_root || return 1
+        SWITCH=1
+    else
+        mount_disk_root || return 1
+    fi
+    ROOTED=$NEWROOT ROOT_MOUNT=$NEWROOT
+    if [ -n "$SWITCH" ]; then
+        net_share_resolv_conf "$NEWROOT"
+    elif [ -e "$NEWROOT/bin/sh" ] || [ -L "$NEWROOT/bin/sh" ]; then
+        CHROOT=$NEWROOT
+        for fs in proc sys dev dev/pts; do
+            [ -d "$NEWROOT/$fs" ] && mount -o bind "/$fs" "$NEWROOT/$fs"
+        done
+        net_share_resolv_conf "$NEWROOT"
+    fi
+    debug "root $ROOT mounted on $NEWROOT${CHROOT:+ (chroot)}${SWITCH:+ (switch_root)}"
 }
 
 decode_command() {
@@ -140,9 +194,9 @@ start_child() {
     # setsid + cttyhack: the child gets the console as its controlling
     # tty, so job control and ^C work in it (and never reach PID 1).
     if [ -n "$CHROOT" ]; then
-        setsid cttyhack /bin/sh -c "$SESSION_WRAPPER" kvmlite-session chroot "$CHROOT" /bin/sh "$@" &
+        setsid cttyhack $SESSION_SH -c "$SESSION_WRAPPER" kvmlite-session chroot "$CHROOT" $CHILD_SH "$@" &
     else
-        setsid cttyhack /bin/sh -c "$SESSION_WRAPPER" kvmlite-session /bin/sh "$@" &
+        setsid cttyhack $SESSION_SH -c "$SESSION_WRAPPER" kvmlite-session $CHILD_SH "$@" &
     fi
     CHILD=$!
 }
@@ -156,10 +210,10 @@ wait_child() {
 }
 
 write_status() {
-    if [ -c /dev/port ]; then
-        printf "\\$(printf %03o "$1")" | dd of=/dev/port bs=1 seek=__PORT__ count=1 conv=notrunc 2>/dev/null
+    if [ -c "$DEV_PORT" ]; then
+        printf "\\$(printf %03o "$1")" | dd of="$DEV_PORT" bs=1 seek=__PORT__ count=1 conv=notrunc 2>/dev/null
     else
-        /__EXIT_HELPER__ "$1"
+        "$EXIT_HELPER" "$1"
     fi
 }
 
@@ -172,7 +226,7 @@ finish() {
 
 power_off() {
     sync
-    [ -n "$ROOT" ] && mount -o remount,ro /mnt 2>/dev/null
+    [ -n "$ROOT_MOUNT" ] && mount -o remount,ro "$ROOT_MOUNT" 2>/dev/null
     poweroff -f
     while :; do sleep 60; done
 }
@@ -184,17 +238,8 @@ on_ctrl_alt_del() {
     power_off
 }
 
-main() {
-    mount_basics
-    echo 0 > /proc/sys/kernel/ctrl-alt-del
-    trap on_ctrl_alt_del INT
-    read_cmdline
-    [ -n "$DEBUG" ] && set -x
-    load_modules
-    hostname kvmlite
-    setup_network
-    say ready
-    mount_root || [ -z "$CMD" ] || finish __SETUP_FAILED__
+# The command (kvmlite.cmd) or a login shell; its status ends the VM.
+run_session() {
     if [ -n "$CMD" ]; then
         command=$(decode_command) || { say "kvmlite.cmd is not valid base64"; finish __SETUP_FAILED__; }
         start_child -c "$command"
@@ -205,7 +250,34 @@ main() {
     finish "$STATUS"
 }
 
-main
+# Everything after the basics: what the command line asks for.
+boot() {
+    read_cmdline
+    [ -n "$DEBUG" ] && set -x
+    load_modules
+    hostname kvmlite
+    setup_network
+    say ready
+    mount_root || [ -z "$CMD" ] || finish __SETUP_FAILED__
+    mount_shares
+    if [ -n "$SWITCH" ]; then
+        switch_to_root || [ -z "$CMD" ] || finish __SETUP_FAILED__
+    fi
+    run_session
+}
+
+main() {
+    if [ "$1" = --stage2 ]; then
+        stage2
+        return
+    fi
+    mount_basics
+    echo 0 > /proc/sys/kernel/ctrl-alt-del
+    trap on_ctrl_alt_del INT
+    boot
+}
+
+main "$@"
 """
 
 
@@ -213,6 +285,7 @@ def render() -> str:
     """The script with its constants filled in."""
     return (INIT_SCRIPT
             .replace("__NETWORK__", netinit.init_functions().strip("\n"))
+            .replace("__SHARES__", shareinit.init_functions().strip("\n"))
             .replace("__MODULES_LIST__", MODULES_LIST)
             .replace("__EXIT_HELPER__", EXIT_HELPER)
             .replace("__PORT__", str(PORT_GUEST_EXIT))

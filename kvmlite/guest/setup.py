@@ -5,17 +5,27 @@ Layout of ``cache_dir()/default/``::
     vmlinuz           copy of the chosen kernel
     initramfs.cpio    busybox + modules + /init (uncompressed newc)
     manifest.json     what was built from what, with SHA256s
+    9p/               the 9p-capable guest, when the default one is not
 
 The manifest is written last, so a directory without one is incomplete.
 :func:`default_guest` is what ``kvmlite run`` asks; it only checks that the
 files exist (hashing on every start would cost time), while ``setup``
 verifies the checksums.
+
+Debian's cloud kernel, the default guest's when the host's is not
+readable, is built without 9p (CONFIG_NET_9P off); so when the default
+guest cannot mount virtio-9p shares, setup prepares a second guest in
+``9p/`` from Debian's generic kernel, which has 9p and overlayfs as modules.
+``default_guest(shares=True)`` gives whichever of the two can mount shares.
+Boot times of both are in docs/guest.md.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +35,7 @@ from kvmlite import __version__
 from kvmlite.errors import KvmliteError, UsageError
 from kvmlite.guest import busybox, initramfs, initscript
 from kvmlite.guest.debian import ensure_writable, sha256_file
-from kvmlite.guest.kernel import CLOUD_KERNEL_PACKAGE, KernelFiles, debian_kernel, host_kernel
+from kvmlite.guest.kernel import CLOUD_KERNEL_PACKAGE, GENERIC_KERNEL_PACKAGE, KernelFiles, debian_kernel, host_kernel
 from kvmlite.guest.kmod import Resolution
 from kvmlite.guest.progress import QUIET, Progress
 from kvmlite.paths import cache_dir
@@ -34,7 +44,11 @@ MANIFEST_FORMAT = 1
 MANIFEST = "manifest.json"
 KERNEL = "vmlinuz"
 INITRAMFS = "initramfs.cpio"
+SHARES_DIR = "9p"            # beside the default guest's files: the 9p-capable guest
 SOURCES = ("auto", "host", "debian")
+SHARES_KERNEL_PACKAGE = GENERIC_KERNEL_PACKAGE
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class DefaultGuest:
     kernel: Path
     initrd: Path
     version: str = ""
+    shares: bool = False     # its init can mount virtio-9p shares (kvmlite.9p=, a 9p root)
 
 
 @dataclass(frozen=True)
@@ -58,15 +73,31 @@ class SetupResult:
     directory: Path
     rebuilt: bool
     manifest: dict[str, Any]
+    share_guest: "SetupResult | None" = None   # the 9p-capable guest, when it is another one
+    share_error: str | None = None             # why there is none, when the default cannot mount shares
 
 
 def default_dir() -> Path:
     return cache_dir() / "default"
 
 
-def default_guest(directory: Path | None = None) -> DefaultGuest | None:
-    """The prepared default guest, or None when ``kvmlite setup`` has not run."""
-    manifest = read_manifest(directory or default_dir())
+def default_guest(directory: Path | None = None, *, shares: bool = False) -> DefaultGuest | None:
+    """The prepared default guest, or None when ``kvmlite setup`` has not run.
+
+    With ``shares``, the guest whose init can mount virtio-9p shares: the
+    default guest itself when its kernel has 9p, else the one setup put in
+    ``9p/`` beside it; None when there is no such guest.
+    """
+    directory = directory or default_dir()
+    guest = _ready_guest(directory)
+    if not shares or guest is None or guest.shares:
+        return guest
+    share_guest = _ready_guest(directory / SHARES_DIR)
+    return share_guest if share_guest is not None and share_guest.shares else None
+
+
+def _ready_guest(directory: Path) -> DefaultGuest | None:
+    manifest = read_manifest(directory)
     if manifest is None:
         return None
     guest = _guest_of(manifest)
@@ -83,11 +114,37 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 def _guest_of(manifest: dict[str, Any]) -> DefaultGuest:
     return DefaultGuest(Path(manifest["kernel"]["path"]), Path(manifest["initramfs"]["path"]),
-                        manifest["kernel"].get("version", ""))
+                        manifest["kernel"].get("version", ""), manifest.get("shares") is True)
 
 
 def setup_default_guest(options: SetupOptions = SetupOptions(), progress: Progress = QUIET) -> SetupResult:
-    return prepare_guest(default_dir(), options, progress)
+    """``kvmlite setup``: the default guest, and a 9p-capable one when it is not."""
+    return prepare_guests(default_dir(), options, progress)
+
+
+def prepare_guests(directory: Path, options: SetupOptions, progress: Progress = QUIET) -> SetupResult:
+    """The guest of :func:`prepare_guest` in ``directory`` and, when it cannot
+    mount shares, a guest from Debian's generic kernel in ``directory/9p``.
+    A failure to make the second leaves the first usable: it is logged and
+    returned as ``share_error``."""
+    result = prepare_guest(directory, options, progress)
+    if result.guest.shares:
+        shutil.rmtree(directory / SHARES_DIR, ignore_errors=True)
+        return result
+    share_options = SetupOptions(kernel_source="debian", force=options.force,
+                                 kernel_package=SHARES_KERNEL_PACKAGE, packages=options.packages)
+    try:
+        shared = prepare_guest(directory / SHARES_DIR, share_options, progress)
+    except KvmliteError as exc:
+        logger.warning("no 9p-capable guest prepared, shares will not mount: %s", exc)
+        return _with_shares(result, None, str(exc))
+    if not shared.guest.shares:
+        return _with_shares(result, shared, f"{shared.guest.version} cannot mount 9p shares either")
+    return _with_shares(result, shared, None)
+
+
+def _with_shares(result: SetupResult, shared: SetupResult | None, error: str | None) -> SetupResult:
+    return SetupResult(result.guest, result.directory, result.rebuilt, result.manifest, shared, error)
 
 
 def prepare_guest(directory: Path, options: SetupOptions, progress: Progress = QUIET) -> SetupResult:
@@ -120,12 +177,29 @@ def is_up_to_date(manifest: dict[str, Any], options: SetupOptions) -> bool:
     """Same kvmlite, same init and module list, the requested source, intact files."""
     inputs = manifest.get("inputs", {})
     wanted = {"kvmlite_version": __version__, "init_sha256": initscript.digest(),
-              "guest_modules": list(initramfs.GUEST_MODULES)}
+              "guest_modules": list(initramfs.GUEST_MODULES), "on_demand_modules": _on_demand_input()}
     if any(inputs.get(k) != v for k, v in wanted.items()):
         return False
     if options.kernel_source != "auto" and inputs.get("kernel_source") != options.kernel_source:
         return False
+    if inputs.get("kernel_source") == "debian" and not _built_from(inputs.get("kernel_package"), options.kernel_package):
+        return False
     return all(_intact(manifest.get(part, {})) for part in ("kernel", "initramfs"))
+
+
+def _built_from(built: Any, package: str) -> bool:
+    """Whether a guest built from the versioned package ``built``
+    (``linux-image-6.1.0-NN-cloud-amd64``) answers for ``package`` (that
+    name or its meta-package, ``linux-image-cloud-amd64``): the cloud
+    kernel's guest does not answer for the generic kernel's."""
+    if not isinstance(built, str):
+        return False
+    flavour = re.escape(package.removeprefix("linux-image-"))
+    return built == package or re.fullmatch(rf"linux-image-\d[\w.]*-\d+-{flavour}", built) is not None
+
+
+def _on_demand_input() -> list[list[Any]]:
+    return [[name, list(modules)] for name, modules in initramfs.ON_DEMAND_MODULES]
 
 
 def _intact(entry: dict[str, Any]) -> bool:
@@ -139,20 +213,26 @@ def _build(directory: Path, kernel: KernelFiles, bb: Path, progress: Progress) -
     kernel_path, initrd_path = directory / KERNEL, directory / INITRAMFS
     _write_atomic(initrd_path, built.data)
     _copy_atomic(kernel.vmlinuz, kernel_path)
-    manifest = _manifest(kernel, kernel_path, initrd_path, bb, built.modules)
+    manifest = _manifest(kernel, kernel_path, initrd_path, bb, built)
     _write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
+def _modules_entry(modules: Resolution) -> dict[str, list[str]]:
+    return {"loaded": [m.name for m in modules.modules], "builtin": list(modules.builtin),
+            "missing": list(modules.missing)}
+
+
 def _manifest(kernel: KernelFiles, kernel_path: Path, initrd_path: Path, bb: Path,
-              modules: Resolution) -> dict[str, Any]:
+              built: initramfs.GuestInitramfs) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "kvmlite_version": __version__,
         "kernel": {"path": str(kernel_path), "version": kernel.version, "sha256": sha256_file(kernel_path)},
         "initramfs": {"path": str(initrd_path), "sha256": sha256_file(initrd_path)},
-        "modules": {"loaded": [m.name for m in modules.modules], "builtin": list(modules.builtin),
-                    "missing": list(modules.missing)},
+        "shares": built.shares,
+        "modules": {**_modules_entry(built.modules),
+                    "on_demand": {name: _modules_entry(r) for name, r in built.on_demand.items()}},
         "inputs": {
             "kvmlite_version": __version__,
             "kernel_source": kernel.source,
@@ -163,6 +243,7 @@ def _manifest(kernel: KernelFiles, kernel_path: Path, initrd_path: Path, bb: Pat
             "busybox_sha256": sha256_file(bb),
             "init_sha256": initscript.digest(),
             "guest_modules": list(initramfs.GUEST_MODULES),
+            "on_demand_modules": _on_demand_input(),
         },
     }
 

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -72,11 +73,13 @@ class _Console:
 
 
 def boot(kernel: Path, initrd: Path, append: str, tmp: Path, *, disk: Path | None = None,
-         user_net: bool = False, ctrl_alt_del_after: str | None = None, timeout: float = 180) -> Boot:
+         user_net: bool = False, ctrl_alt_del_after: str | None = None, timeout: float = 180,
+         extra: Sequence[str] = ()) -> Boot:
     """Run QEMU until the guest powers off or exits; optionally press Ctrl-Alt-Del
     once ``ctrl_alt_del_after`` appears on the console.  ``user_net`` adds a
     virtio-net NIC on QEMU's user-mode network (guest 10.0.2.15 by DHCP,
-    gateway 10.0.2.2 = this machine's 127.0.0.1, DNS 10.0.2.3)."""
+    gateway 10.0.2.2 = this machine's 127.0.0.1, DNS 10.0.2.3).  ``extra`` is
+    appended to QEMU's arguments (virtio-9p shares)."""
     monitor = tmp / "monitor.sock"
     argv = [qemu_binary(), "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
             "-display", "none", "-serial", "stdio", "-monitor", f"unix:{monitor},server,nowait",
@@ -87,6 +90,7 @@ def boot(kernel: Path, initrd: Path, append: str, tmp: Path, *, disk: Path | Non
         argv += ["-drive", f"file={disk},if=virtio,format=raw"]
     if user_net:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+    argv += list(extra)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     console = _Console(proc)
     try:

@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from kvmlite.errors import ConfigError
-from kvmlite.guest.cmdline import MAX_CMDLINE_LENGTH, GuestOptions, encode_command, join, net_option
+from kvmlite.guest.cmdline import (MAX_CMDLINE_LENGTH, GuestOptions, GuestShare, encode_command, join, net_option,
+                                   shares_option)
 
 
 def test_encode_command_round_trips_through_base64() -> None:
@@ -70,3 +71,33 @@ def test_net_option_gateway_outside_subnet_raises() -> None:
 def test_guest_options_net_word_only_when_set() -> None:
     assert "kvmlite.net=dhcp" in GuestOptions(net="dhcp").words()
     assert not any(w.startswith("kvmlite.net") for w in GuestOptions(command="true").words())
+
+
+def test_shares_option_tags_in_order_read_only_marked() -> None:
+    option = shares_option([GuestShare("hostfs", True), GuestShare("work"), ("src", True)])
+    assert option == "kvmlite.9p=hostfs:ro,work,src:ro"
+
+
+def test_shares_option_empty_raises_and_no_word_without_shares() -> None:
+    with pytest.raises(ValueError):
+        shares_option([])
+    assert not any(w.startswith("kvmlite.9p") for w in GuestOptions(command="true").words())
+
+
+@pytest.mark.parametrize("tag", ["", "a,b", "a:ro", "a b", "a/b", "..", "t\u00e4g", "a+b"])
+def test_shares_option_bad_tag_one_line_error(tag: str) -> None:
+    with pytest.raises(ConfigError, match="names /mnt/TAG in the guest") as info:
+        shares_option([GuestShare(tag)])
+    assert "\n" not in str(info.value)
+
+
+def test_shares_option_duplicate_tag_raises() -> None:
+    with pytest.raises(ConfigError, match="'data' is given twice"):
+        shares_option([GuestShare("data"), GuestShare("data", True)])
+
+
+def test_guest_options_9p_root_overlay_init_words() -> None:
+    words = GuestOptions(root="hostfs", rootfstype="9p", rootflags="trans=virtio,version=9p2000.L", overlay=True,
+                         init="/bin/bash", shares=(GuestShare("hostfs", True),)).words()
+    assert words == ["root=hostfs", "rw", "rootfstype=9p", "rootflags=trans=virtio,version=9p2000.L",
+                     "init=/bin/bash", "kvmlite.9p=hostfs:ro", "kvmlite.overlay=1"]

@@ -91,3 +91,44 @@ def test_guest_modules_cloud_kernel_network_driver_and_deps(cloud_kernel: Kernel
     assert names.index("virtio_ring") < names.index("virtio_net")
     assert "af_packet" in result.builtin       # CONFIG_PACKET=y: udhcpc's raw socket costs no insmod
     assert not {"virtio_net", "net_failover", "failover", "af_packet"} & set(result.missing)
+
+
+# --- on-demand module groups (9p, overlay) --------------------------------------------------------
+
+def test_build_guest_cloud_kernel_no_9p_cannot_mount_shares(guest: initramfs.GuestInitramfs, unpacked: Path) -> None:
+    # Debian's cloud kernel: CONFIG_NET_9P off, overlay a module
+    assert not guest.shares
+    assert set(guest.on_demand["9p"].missing) == {"9p", "9pnet_virtio"}
+    assert (unpacked / f"{initscript.MODULES_LIST}-9p").read_text() == ""
+    assert (unpacked / f"{initscript.MODULES_LIST}-overlay").read_text() == "overlay.ko\n"
+    assert "9p.ko" not in (unpacked / initscript.MODULES_LIST).read_text().split()
+
+
+def test_on_demand_modules_generic_kernel_9p_group_ordered_apart_from_base(generic_kernel: KernelFiles) -> None:
+    # Arrange
+    base = initramfs.guest_modules(generic_kernel)
+    # Act
+    groups = initramfs.on_demand_modules(generic_kernel, base)
+    # Assert: 9p's closure less what every boot loads, dependencies first; overlay alone
+    ninep = [m.name for m in groups["9p"].modules]
+    assert set(ninep) == {"9pnet", "9pnet_virtio", "netfs", "fscache", "9p"}, ninep
+    assert ninep.index("9pnet") < ninep.index("9pnet_virtio") and ninep.index("fscache") < ninep.index("9p")
+    assert ninep.index("netfs") < ninep.index("fscache")
+    assert not set(ninep) & {m.name for m in base.modules}
+    assert "virtio_ring" in {m.name for m in base.modules}      # 9pnet_virtio's dependency, loaded at every boot
+    assert [m.name for m in groups["overlay"].modules] == ["overlay"]
+    assert groups["9p"].missing == () and groups["overlay"].missing == ()
+
+
+def test_build_guest_generic_kernel_lists_and_modules_in_archive(generic_kernel: KernelFiles, static_busybox: Path,
+                                                                 tmp_path: Path) -> None:
+    # Act
+    built = initramfs.build_guest(generic_kernel, static_busybox)
+    subprocess.run([require_tool("cpio"), "-idm", "--quiet", "--no-absolute-filenames"], input=built.data,
+                   cwd=tmp_path, check=True, capture_output=True)
+    # Assert
+    assert built.shares
+    listed = (tmp_path / f"{initscript.MODULES_LIST}-9p").read_text().split()
+    assert listed == [f"{m.name}.ko" for m in built.on_demand["9p"].modules]
+    for name in listed + ["overlay.ko"]:
+        assert (tmp_path / "lib/modules" / name).read_bytes()[:4] == b"\x7fELF", name

@@ -81,9 +81,9 @@ def sandbox(tmp_path: Path) -> Sandbox:
 def init_library(tmp_path: Path) -> Path:
     """The real /init without its last line (``main``): only definitions."""
     script = initscript.render()
-    assert script.endswith("\nmain\n")
+    assert script.endswith('\nmain "$@"\n')
     path = tmp_path / "init-library.sh"
-    path.write_text(script[: -len("main\n")])
+    path.write_text(script[: -len('main "$@"\n')])
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.errors import KvmliteError
-from kvmlite.guest import initscript, kernel, netinit, setup
+from kvmlite.guest import initramfs, initscript, kernel, netinit, setup
 from kvmlite.guest.debian import sha256_file
 
 REPO = Path(__file__).resolve().parents[3]
@@ -37,6 +37,11 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
+def _stamps(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file below ``directory`` (the 9p-capable guest's too)."""
+    return {str(p.relative_to(directory)): _stamp(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_setup_first_run_builds_manifest_with_checksums(cache_home: Path) -> None:
     # Act
     done = _kvmlite(cache_home, "setup", "--kernel-source", "debian")
@@ -55,13 +60,14 @@ def test_setup_second_run_does_nothing(cache_home: Path) -> None:
     # Arrange
     assert _kvmlite(cache_home, "setup", "--kernel-source", "debian").returncode == 0
     directory = cache_home / "kvmlite" / "default"
-    before = {p.name: _stamp(p) for p in directory.iterdir()}
+    before = _stamps(directory)
     # Act
     done = _kvmlite(cache_home, "setup")
     # Assert
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"default guest is up to date: {directory}\n"
-    assert {p.name: _stamp(p) for p in directory.iterdir()} == before
+    assert _stamps(directory) == before
+    assert (directory / "9p" / "manifest.json").is_file()
 
 
 def test_setup_damaged_initramfs_rebuilt(cache_home: Path) -> None:
@@ -181,3 +187,111 @@ def test_setup_rootfs_image_passes_e2fsck(tmp_path: Path) -> None:
     check = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True,
                            env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"})
     assert check.returncode == 0, check.stdout
+
+
+# --- the 9p-capable guest -----------------------------------------------------------------------------
+
+@pytest.fixture()
+def both_kernels(package_cache: Path, cloud_kernel: kernel.KernelFiles, generic_kernel: kernel.KernelFiles) -> Path:
+    """Both Debian kernels in the package cache (fetched once per machine)."""
+    return package_cache
+
+
+def _options(packages: Path, **changes: object) -> setup.SetupOptions:
+    return setup.SetupOptions(kernel_source="debian", packages=packages, **changes)   # type: ignore[arg-type]
+
+
+def test_prepare_guests_cloud_default_9p_guest_beside_it(tmp_path: Path, both_kernels: Path) -> None:
+    # Arrange
+    directory = tmp_path / "guest"
+    # Act
+    result = setup.prepare_guests(directory, _options(both_kernels))
+    # Assert: the cloud kernel cannot mount shares, the generic one in 9p/ can
+    assert not result.guest.shares and result.share_error is None and result.share_guest is not None
+    assert result.share_guest.directory == directory / setup.SHARES_DIR
+    shared = json.loads((directory / "9p" / "manifest.json").read_text())
+    assert shared["shares"] is True and shared["kernel"]["version"].endswith("-amd64")
+    assert "cloud" not in shared["kernel"]["version"]
+    assert shared["modules"]["on_demand"]["9p"]["missing"] == []
+    assert "9p" in shared["modules"]["on_demand"]["9p"]["loaded"]
+    assert json.loads((directory / "manifest.json").read_text())["shares"] is False
+    assert setup.default_guest(directory) == result.guest
+    assert setup.default_guest(directory, shares=True) == result.share_guest.guest
+    assert setup.default_guest(directory, shares=True).initrd == directory / "9p" / "initramfs.cpio"
+
+
+def test_prepare_guests_default_with_9p_serves_shares_itself(tmp_path: Path, both_kernels: Path) -> None:
+    # Arrange: a stale 9p/ from an earlier setup
+    directory = tmp_path / "guest"
+    (directory / setup.SHARES_DIR).mkdir(parents=True)
+    # Act: a default guest from the generic kernel
+    result = setup.prepare_guests(directory, _options(both_kernels, kernel_package=kernel.GENERIC_KERNEL_PACKAGE))
+    # Assert
+    assert result.guest.shares and result.share_guest is None
+    assert not (directory / setup.SHARES_DIR).exists()
+    assert setup.default_guest(directory, shares=True) == result.guest
+
+
+def test_prepare_guests_9p_guest_fails_default_still_usable(tmp_path: Path, both_kernels: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Arrange: the 9p guest's kernel package cannot be had
+    monkeypatch.setattr(setup, "SHARES_KERNEL_PACKAGE", "linux-image-no-such-kvmlite")
+    directory = tmp_path / "guest"
+    # Act
+    with caplog.at_level("WARNING", logger="kvmlite.guest.setup"):
+        result = setup.prepare_guests(directory, _options(both_kernels))
+    # Assert
+    assert result.share_guest is None and "linux-image-no-such-kvmlite" in (result.share_error or "")
+    assert "no 9p-capable guest prepared" in caplog.text
+    assert setup.default_guest(directory) is not None
+    assert setup.default_guest(directory, shares=True) is None
+
+
+def test_default_guest_shares_before_setup_none(tmp_path: Path) -> None:
+    assert setup.default_guest(tmp_path / "nothing", shares=True) is None
+
+
+def test_prepare_guests_on_demand_module_change_rebuilds_both(tmp_path: Path, both_kernels: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange
+    directory = tmp_path / "guest"
+    setup.prepare_guests(directory, _options(both_kernels))
+    before = _stamps(directory)
+    # Act: a kvmlite whose on-demand groups differ
+    monkeypatch.setattr(initramfs, "ON_DEMAND_MODULES", initramfs.ON_DEMAND_MODULES + (("extra", ("vfat",)),))
+    result = setup.prepare_guests(directory, _options(both_kernels))
+    # Assert
+    assert result.rebuilt and result.share_guest is not None and result.share_guest.rebuilt
+    after = _stamps(directory)
+    assert after["manifest.json"] != before["manifest.json"] and after["9p/manifest.json"] != before["9p/manifest.json"]
+    assert "extra" in json.loads((directory / "9p" / "manifest.json").read_text())["modules"]["on_demand"]
+
+
+def test_prepare_guests_damaged_9p_initramfs_only_it_rebuilt(tmp_path: Path, both_kernels: Path) -> None:
+    directory = tmp_path / "guest"
+    setup.prepare_guests(directory, _options(both_kernels))
+    (directory / "9p" / "initramfs.cpio").write_bytes(b"damaged")
+    result = setup.prepare_guests(directory, _options(both_kernels))
+    assert not result.rebuilt and result.share_guest is not None and result.share_guest.rebuilt
+    assert (directory / "9p" / "initramfs.cpio").stat().st_size > 1 << 20
+
+
+def test_prepare_guest_other_kernel_package_rebuilds(tmp_path: Path, both_kernels: Path) -> None:
+    # A directory holding the cloud kernel's guest does not answer for the generic kernel
+    directory = tmp_path / "guest"
+    setup.prepare_guest(directory, _options(both_kernels))
+    result = setup.prepare_guest(directory, _options(both_kernels, kernel_package=kernel.GENERIC_KERNEL_PACKAGE))
+    assert result.rebuilt and result.guest.shares
+
+
+@pytest.mark.parametrize(("built", "package", "same"), [
+    ("linux-image-6.1.0-57-cloud-amd64", "linux-image-cloud-amd64", True),
+    ("linux-image-6.1.0-57-amd64", "linux-image-amd64", True),
+    ("linux-image-6.1.0-57-cloud-amd64", "linux-image-amd64", False),
+    ("linux-image-6.1.0-57-amd64", "linux-image-cloud-amd64", False),
+    ("linux-image-6.1.0-57-amd64", "linux-image-6.1.0-57-amd64", True),
+    (None, "linux-image-amd64", False),
+])
+def test_built_from_versioned_package_matches_its_flavour(built: str | None, package: str, same: bool) -> None:
+    assert setup._built_from(built, package) is same
