@@ -92,9 +92,11 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
     if kernel is None:
         from kvmlite.guest.setup import default_guest
 
-        guest = default_guest()
+        # Shares need a guest kernel with 9p (setup prepares one when the default lacks it).
+        guest = default_guest(shares=bool(args.shares))
         if guest is None:
-            raise ConfigError("no kernel given and no default guest prepared: run 'kvmlite setup' first, "
+            what = "default guest that can mount shares" if args.shares else "default guest"
+            raise ConfigError(f"no kernel given and no {what} prepared: run 'kvmlite setup' first, "
                               "or pass -k KERNEL")
         kernel, initrd = str(guest.kernel), initrd or str(guest.initrd)
     if command:
@@ -104,8 +106,8 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         line = command[0] if len(command) == 1 else shlex.join(command)
         params = f"{params} {encode_command(line)}".strip()
     return VmConfig(
-        kernel=kernel, initrd=initrd, params=params, nics=_nics(args.network, default_guest=args.kernel is None
-                                                                 and args.image is None), mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
+        kernel=kernel, initrd=initrd, params=params, mem_mib=parse_mem_mib(args.mem), cpus=args.cpus,
+        nics=_nics(args.network, default_guest=args.kernel is None and args.image is None),
         name=args.name, console=args.console, disks=tuple(DiskConfig.parse(d) for d in args.disk),
         shares=tuple(ShareConfig.parse(s) for s in args.shares),
         rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,

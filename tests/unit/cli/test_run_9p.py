@@ -204,3 +204,33 @@ def test_devices_share_gone_before_the_vm_is_built_closes_the_others(tmp_path: P
         loop.close()
     assert len(os.listdir("/proc/self/fd")) == before
     assert manager.cmdline_fragments() == []
+
+
+def parsed(*argv: str):
+    args = build_parser(find_command("run")).parse_args(list(argv))
+    args.passthrough = None
+    return args
+
+
+def test_run_shares_without_kernel_boot_the_guest_that_mounts_shares(tmp_path: Path, monkeypatch) -> None:
+    import kvmlite.guest.setup as setup
+
+    asked: list[bool] = []
+
+    def default_guest(directory=None, *, shares=False):
+        asked.append(shares)
+        return SimpleNamespace(kernel=tmp_path / f"vmlinuz-{shares}", initrd=tmp_path / "initrd")
+
+    monkeypatch.setattr(setup, "default_guest", default_guest)
+    with_share = config_from_args(parsed("--9p", str(tmp_path), "-n", "mode=none"))
+    without = config_from_args(parsed("-n", "mode=none"))
+    assert asked == [True, False]
+    assert with_share.kernel.endswith("vmlinuz-True") and without.kernel.endswith("vmlinuz-False")
+
+
+def test_run_shares_no_such_guest_prepared_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    import kvmlite.guest.setup as setup
+
+    monkeypatch.setattr(setup, "default_guest", lambda directory=None, *, shares=False: None)
+    with pytest.raises(ConfigError, match="no default guest that can mount shares prepared: run 'kvmlite setup'"):
+        config_from_args(parsed("--9p", str(tmp_path)))
