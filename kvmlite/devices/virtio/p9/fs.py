@@ -46,6 +46,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Iterable
 
 from kvmlite.devices.virtio.p9 import syscalls
 from kvmlite.devices.virtio.p9.codec import Qid
@@ -63,6 +64,36 @@ _NO_ID = -1                    # chown(2): leave this id as it is
 
 class ShareError(KvmliteError):
     """A share that cannot be served (missing root, no usable /proc)."""
+
+
+@dataclass(frozen=True)
+class View:
+    """What of the share's tree the guest may see (``kvmlite sandbox``
+    shares the host's root this way): with ``top`` set, only those names
+    exist at the root; every path in ``hidden`` (and all beneath it) does
+    not exist.  A hidden name cannot be looked up (ENOENT), is left out of
+    directory listings and cannot be created, so the guest never learns of
+    it; the check is on the names the server walked, which are the only way
+    in (no symlink is ever followed)."""
+
+    top: frozenset[bytes] | None = None
+    hidden: frozenset[tuple[bytes, ...]] = frozenset()
+
+    @classmethod
+    def of(cls, top: "Iterable[str] | None" = None, hidden: "Iterable[str]" = ()) -> "View":
+        """From host-style names: ``top=("usr", "etc")``, ``hidden=("etc/shadow",)``."""
+        parts = frozenset(tuple(os.fsencode(p) for p in h.strip("/").split("/")) for h in hidden if h.strip("/"))
+        return cls(None if top is None else frozenset(os.fsencode(t) for t in top), parts)
+
+    def hides(self, path: tuple[bytes, ...]) -> bool:
+        if not path:
+            return False
+        if self.top is not None and path[0] not in self.top:
+            return True
+        return any(path[:n] in self.hidden for n in range(1, len(path) + 1))
+
+
+EVERYTHING = View()
 
 
 def fail(code: int, what: str = "") -> OSError:
@@ -151,8 +182,11 @@ class Share:
     share.  Nodes belong to their caller, who releases them.
     """
 
-    def __init__(self, root: str | bytes | os.PathLike[str], readonly: bool = False) -> None:
+    def __init__(self, root: str | bytes | os.PathLike[str], readonly: bool = False, view: View = EVERYTHING) -> None:
+        if view is not EVERYTHING and not readonly:
+            raise ValueError("a view (hidden paths) is for read-only shares: a guest could create a hidden name")
         self.readonly = readonly
+        self.view = view
         self.owner_passthrough = os.geteuid() == 0
         try:
             self._root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -221,6 +255,7 @@ class Share:
         check_name(name)
         if not parent.is_dir:
             raise fail(errno.ENOTDIR)
+        self.check_visible(parent.path + (name,))
         return self._node(self._lookup_fd(parent.fd, name), parent.path + (name,))
 
     def walk(self, parent: Node, name: bytes) -> Node:
@@ -243,6 +278,7 @@ class Share:
             return self.root()
         for name in path:
             check_name(name)
+        self.check_visible(path)
         if self._use_openat2:
             fd = syscalls.openat2(self._root_fd, b"/".join(path), os.O_PATH | os.O_NOFOLLOW, _LOOKUP_RESOLVE)
             return self._node(fd, path)
@@ -256,6 +292,11 @@ class Share:
             os.close(fd)
             raise
         return self._node(fd, path)
+
+    def check_visible(self, path: tuple[bytes, ...]) -> None:
+        """ENOENT for a path the share's view hides."""
+        if self.view.hides(path):
+            raise fail(errno.ENOENT)
 
     def locate(self, node: Node) -> tuple[Node, bytes]:
         """The directory holding ``node`` and its name there, for remove and
@@ -479,15 +520,19 @@ class Share:
 
     # ---- directories -------------------------------------------------------
 
-    @staticmethod
-    def read_dir(fd: int, cookie: int, size: int) -> list[tuple[int, int, int, bytes]]:
-        """The entries of open directory ``fd`` from ``cookie`` (0, or a d_off
-        an earlier read returned), about ``size`` bytes of them: (d_ino,
-        d_off, d_type, name).  The caller serialises reads of one fd."""
+    def read_dir(self, fd: int, cookie: int, size: int,
+                 path: tuple[bytes, ...] = ()) -> list[tuple[int, int, int, bytes]]:
+        """The entries of open directory ``fd`` (at ``path``) from ``cookie``
+        (0, or a d_off an earlier read returned), about ``size`` bytes of
+        them: (d_ino, d_off, d_type, name), less what the view hides.  The
+        caller serialises reads of one fd."""
         if cookie > S64_MAX:
             raise fail(errno.EINVAL)
         os.lseek(fd, cookie, os.SEEK_SET)
-        return syscalls.getdents64(fd, size)
+        entries = syscalls.getdents64(fd, size)
+        if self.view is EVERYTHING:
+            return entries
+        return [e for e in entries if e[3] in (b".", b"..") or not self.view.hides(path + (e[3],))]
 
 
 def file_mode(kind: int, mode: int) -> int:

@@ -56,7 +56,7 @@ from kvmlite.devices.virtio.p9.constants import (ATTR_ATIME, ATTR_ATIME_SET, ATT
                                                  STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC, VERSION_9P2000_L,
                                                  VERSION_UNKNOWN, XATTR_SIZE_MAX)
 from kvmlite.devices.virtio.p9.fids import Fid, FidTable, XattrRead, XattrWrite
-from kvmlite.devices.virtio.p9.fs import Node, Share, fail
+from kvmlite.devices.virtio.p9.fs import EVERYTHING, Node, Share, View, fail
 from kvmlite.devices.virtio.p9.syscalls import UTIME_NOW
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 
@@ -107,16 +107,17 @@ class P9Server:
     in Rversion (at least 4096; the client's smaller msize wins);
     ``max_fids``: how many fids the guest may hold at once (each holds up
     to two host descriptors), by default a quarter of the process's
-    descriptor limit.
+    descriptor limit; ``view``: what of the tree the guest may see
+    (:class:`~kvmlite.devices.virtio.p9.fs.View`; everything by default).
     """
 
     def __init__(self, root: str | bytes | os.PathLike[str], *, readonly: bool = False,
-                 max_msize: int = DEFAULT_MAX_MSIZE, max_fids: int | None = None) -> None:
+                 max_msize: int = DEFAULT_MAX_MSIZE, max_fids: int | None = None, view: View = EVERYTHING) -> None:
         if not MIN_MSIZE <= max_msize <= MAX_MSIZE_LIMIT:
             raise ValueError(f"max_msize {max_msize} outside {MIN_MSIZE}..{MAX_MSIZE_LIMIT}")
         self.max_msize = max_msize
         self.max_fids = default_max_fids() if max_fids is None else max_fids
-        self._share = Share(root, readonly)
+        self._share = Share(root, readonly, view)
         self._fids = FidTable(self.max_fids)
         self._state_lock = threading.Lock()
         self._msize = 0                                    # 0: no Tversion agreed yet
@@ -381,7 +382,7 @@ class P9Server:
                 raise fail(errno.ENOTDIR)
             count = self._io_count(m.count)
             with fid.io_lock:
-                entries = self._share.read_dir(fid.open_fd, _signed64(m.offset), max(count, 1024))
+                entries = self._share.read_dir(fid.open_fd, _signed64(m.offset), max(count, 1024), fid.node.path)
             out: list[bytes] = []
             used = 0
             for ino, off, dtype, name in entries:
