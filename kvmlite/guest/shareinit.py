@@ -129,7 +129,8 @@ mount_overlay() {
 
 # The second stage's files on a tmpfs at the new root's /run.
 prepare_stage2() {
-    [ -d "$NEWROOT/run" ] || { say "the root has no /run for the init's second stage"; return 1; }
+    [ -d "$NEWROOT/run" ] || mkdir -p "$NEWROOT/run" 2>/dev/null ||
+        { say "the root has no /run for the init's second stage"; return 1; }
     mount -t tmpfs -o mode=0755 tmpfs "$NEWROOT/run" || { say "cannot mount a tmpfs on the root's /run"; return 1; }
     mkdir -p "$NEWROOT$STAGE_DIR"
     cp "$BUSYBOX" "$INIT_SELF" "$EXIT_HELPER" "$NEWROOT$STAGE_DIR/" || { say "cannot copy the init's second stage"; return 1; }
@@ -147,6 +148,8 @@ switch_to_root() {
         set -- "$STAGE_DIR/busybox" sh "$STAGE_DIR/init" --stage2
     fi
     for _fs in dev proc sys; do
+        # a root that lacks the directory (a view without it) gets it where it can (an overlay)
+        [ -d "$NEWROOT/$_fs" ] || mkdir -p "$NEWROOT/$_fs" 2>/dev/null
         [ -d "$NEWROOT/$_fs" ] && mount --move "/$_fs" "$NEWROOT/$_fs"
     done
     debug "switch_root $NEWROOT $*"

@@ -277,10 +277,19 @@ def test_boot_9p_root_mount_fails_command_setup_failed(guest: Guest) -> None:
     assert "switch_root" not in " ".join(boot.calls)
 
 
-def test_boot_9p_root_without_run_command_setup_failed(guest: Guest) -> None:
-    boot = guest.boot(f"root=hostfs rootfstype=9p {CMD_TRUE}")
+def test_boot_9p_root_without_run_unmakeable_command_setup_failed(guest: Guest) -> None:
+    boot = guest.boot(f"root=hostfs rootfstype=9p {CMD_TRUE}",
+                      then='mkdir() { case "$*" in *run) return 1 ;; esac; command mkdir "$@"; }; boot')
     assert boot.stdout.endswith("kvmlite-init: the root has no /run for the init's second stage\n")
     assert boot.calls[-1] == f"finish {initscript.STATUS_SETUP_FAILED}"
+
+
+def test_boot_9p_root_without_run_gets_one_where_it_can(guest: Guest) -> None:
+    """A root shown through a view without /run (kvmlite sandbox's, under an
+    overlay) gets the directory made, and the second stage goes on."""
+    boot = guest.boot(f"root=hostfs rootfstype=9p {CMD_TRUE}")
+    assert "no /run" not in boot.stdout
+    assert boot.calls[-1].startswith("switch_root ")
 
 
 def test_boot_disk_root_with_overlay_read_only_below(guest: Guest) -> None:
