@@ -11,6 +11,7 @@ import argparse
 import shlex
 import signal
 import sys
+from typing import Callable
 
 from kvmlite import log
 from kvmlite.errors import ConfigError, UsageError
@@ -82,8 +83,9 @@ def _nics(options: list[str], default_guest: bool) -> tuple[NetConfig, ...]:
     return tuple(nic for nic in nics if nic.mode != "none")
 
 
-def config_from_args(args: argparse.Namespace) -> VmConfig:
-    """Turn parsed options into a frozen VmConfig (no side effects)."""
+def config_from_args(args: argparse.Namespace, need_shares: bool = False) -> VmConfig:
+    """Turn parsed options into a frozen VmConfig (no side effects);
+    ``need_shares``: the default guest must be one that mounts shares."""
     if args.kernel and args.image:
         raise UsageError(f"two kernels given: -k {args.kernel} and {args.image}")
     kernel, initrd = args.kernel or args.image, args.initrd
@@ -93,9 +95,10 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         from kvmlite.guest.setup import default_guest
 
         # Shares need a guest kernel with 9p (setup prepares one when the default lacks it).
-        guest = default_guest(shares=bool(args.shares))
+        shares = need_shares or bool(args.shares)
+        guest = default_guest(shares=shares)
         if guest is None:
-            what = "default guest that can mount shares" if args.shares else "default guest"
+            what = "default guest that can mount shares" if shares else "default guest"
             raise ConfigError(f"no kernel given and no {what} prepared: run 'kvmlite setup' first, "
                               "or pass -k KERNEL")
         kernel, initrd = str(guest.kernel), initrd or str(guest.initrd)
@@ -116,13 +119,20 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
 
 def run(args: argparse.Namespace) -> int:
     log.setup(args.loglevel)
-    config = config_from_args(args)
+    return run_vm(config_from_args(args))
+
+
+def run_vm(config: VmConfig, wrap_output: Callable[[Callable[[bytes], None]], Callable[[bytes], None]] | None = None,
+           ) -> int:
+    """Run ``config`` on this terminal until the guest ends; its exit status.
+    ``wrap_output`` may put a filter in front of the console's output."""
     from kvmlite.vmm.session import ConsoleSession
     from kvmlite.vmm.vm import Vm
 
     from kvmlite.control.server import ControlServer
 
-    vm = Vm(config, console_output=ConsoleSession.output_sink())
+    sink = ConsoleSession.output_sink()
+    vm = Vm(config, console_output=wrap_output(sink) if wrap_output else sink)
     control = ControlServer.for_vm(vm)
     try:
         control.start()            # claims the name; a one-line error if it is in use

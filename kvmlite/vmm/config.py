@@ -53,6 +53,8 @@ class ShareConfig:
     path: str                           # absolute, symlinks resolved
     tag: str = SHARE_DEFAULT_TAG        # the guest mounts it by this name
     read_only: bool = False
+    view_top: tuple[str, ...] | None = None   # read-only shares: only these names at the root...
+    view_hidden: tuple[str, ...] = ()         # ...and never these paths (kvmlite sandbox's root)
 
     @classmethod
     def parse(cls, text: str) -> "ShareConfig":

@@ -126,13 +126,15 @@ class DeviceManager:
             return []
         from kvmlite.devices.virtio.ninep import Virtio9p
         from kvmlite.devices.virtio.p9 import P9Server
+        from kvmlite.devices.virtio.p9.fs import View
         from kvmlite.guest.cmdline import shares_option
 
         devices: list[tuple[str, object, EventLoop]] = []
         try:
             for index, share in enumerate(shares):
                 name = f"virtio-9p{index}"
-                server = P9Server(share.path, readonly=share.read_only)    # ShareError: one line
+                server = P9Server(share.path, readonly=share.read_only,    # ShareError: one line
+                                  view=View.of(share.view_top, share.view_hidden))
                 loop = EventLoop(name)
                 self.device_loops.append(loop)
                 devices.append((name, Virtio9p(server, share.tag, loop, name=name), loop))

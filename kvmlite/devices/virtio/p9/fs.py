@@ -83,6 +83,8 @@ class View:
     def of(cls, top: "Iterable[str] | None" = None, hidden: "Iterable[str]" = ()) -> "View":
         """From host-style names: ``top=("usr", "etc")``, ``hidden=("etc/shadow",)``."""
         parts = frozenset(tuple(os.fsencode(p) for p in h.strip("/").split("/")) for h in hidden if h.strip("/"))
+        if top is None and not parts:
+            return EVERYTHING
         return cls(None if top is None else frozenset(os.fsencode(t) for t in top), parts)
 
     def hides(self, path: tuple[bytes, ...]) -> bool:
