@@ -80,7 +80,7 @@ def sandbox_config(base: VmConfig, command: list[str], cwd: str, uid: int, gid: 
     ``uid``/``gid``."""
     root = ShareConfig("/", ROOT_TAG, read_only=True, view_top=ROOT_TOP, view_hidden=ROOT_HIDDEN)
     here = ShareConfig.parse(f"{cwd},{CWD_TAG}")
-    params = " ".join(p for p in (f"root={ROOT_TAG} rootfstype=9p kvmlite.overlay=1 quiet loglevel=1",
+    params = " ".join(p for p in (f"root={ROOT_TAG} rootfstype=9p rw kvmlite.overlay=1 quiet loglevel=1",
                                   base.params, encode_command(guest_command(command, here.path, uid, gid, environ)))
                       if p)
     return replace(base, shares=(root, here, *base.shares), params=params)
@@ -96,6 +96,7 @@ def guest_command(command: list[str], cwd: str, uid: int, gid: int, environ: dic
            "LOGNAME": environ.get("LOGNAME", environ.get("USER", str(uid)))}
     q = shlex.quote
     steps = [
+        "mkdir -p /tmp",
         "mount -t tmpfs -o mode=1777 tmpfs /tmp",
         f"mkdir -p {q(cwd)} {q(home)}",
         f"chown {uid}:{gid} {q(home)}",
