@@ -33,7 +33,7 @@ def test_sandbox_config_root_view_overlay_and_cwd_share(tmp_path: Path) -> None:
     assert not {"home", "root", "run", "tmp", "proc", "sys", "var"} & set(ROOT_TOP)
     assert (here.path, here.tag, here.read_only) == (str(tmp_path), CWD_TAG, False)
     assert extra.tag == "data"
-    assert f"root={ROOT_TAG} rootfstype=9p kvmlite.overlay=1" in config.params
+    assert f"root={ROOT_TAG} rootfstype=9p rw kvmlite.overlay=1" in config.params
     assert "console=hvc0" in config.params
 
 
