@@ -9,12 +9,13 @@ See docs/guest.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from kvmlite.errors import UsageError
 from kvmlite.guest import rootfs
 from kvmlite.guest.progress import Progress
-from kvmlite.guest.setup import SOURCES, SetupOptions, setup_default_guest
+from kvmlite.guest.setup import SOURCES, SetupOptions, SetupResult, setup_default_guest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +33,19 @@ def run(args: argparse.Namespace) -> int:
     if args.rootfs is not None or args.image is not None or args.size is not None:
         return _run_rootfs(args)
     result = setup_default_guest(SetupOptions(kernel_source=args.kernel_source, force=args.force), Progress())
-    if not result.rebuilt:
-        print(f"default guest is up to date: {result.directory}")
-        return 0
-    print(f"default guest ready: {result.directory} (kernel {result.guest.version})")
+    _report("default guest", result)
+    if result.share_guest is not None:
+        _report("guest for shares (--9p, sandbox)", result.share_guest)
+    elif result.share_error:
+        print(f"kvmlite: warning: no guest can mount shares (--9p, sandbox): {result.share_error}", file=sys.stderr)
     return 0
+
+
+def _report(what: str, result: "SetupResult") -> None:
+    if result.rebuilt:
+        print(f"{what} ready: {result.directory} (kernel {result.guest.version})")
+    else:
+        print(f"{what} is up to date: {result.directory}")
 
 
 def _run_rootfs(args: argparse.Namespace) -> int:

@@ -136,18 +136,18 @@ def _values(text: str, prefix: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def share_guest() -> DefaultGuest:
+    """What `kvmlite setup` prepares, brought up to date (an init changed
+    since the cache was built is rebuilt, as setup does)."""
+    from kvmlite.errors import KvmliteError
+    from kvmlite.guest.setup import setup_default_guest
+
+    try:
+        result = setup_default_guest()     # idempotent; rebuilds what changed
+    except KvmliteError as exc:
+        pytest.skip(f"cannot prepare the default guest: {exc}")
     guest = default_guest(shares=True)
     if guest is None:
-        from kvmlite.errors import KvmliteError
-        from kvmlite.guest.setup import setup_default_guest
-
-        try:
-            result = setup_default_guest()     # what `kvmlite setup` does; idempotent
-        except KvmliteError as exc:
-            pytest.skip(f"cannot prepare the default guest: {exc}")
-        guest = default_guest(shares=True)
-        if guest is None:
-            pytest.skip(f"no 9p-capable guest: {result.share_error}")
+        pytest.skip(f"no 9p-capable guest: {result.share_error}")
     return guest
 
 

@@ -49,6 +49,7 @@ def test_setup_first_run_builds_manifest_with_checksums(cache_home: Path) -> Non
     assert done.returncode == 0, done.stderr
     directory = cache_home / "kvmlite" / "default"
     assert done.stdout.startswith(f"default guest ready: {directory}")
+    assert f"guest for shares (--9p, sandbox) ready: {directory / '9p'}" in done.stdout
     manifest = json.loads((directory / "manifest.json").read_text())
     for part in ("kernel", "initramfs"):
         assert sha256_file(Path(manifest[part]["path"])) == manifest[part]["sha256"]
@@ -65,7 +66,8 @@ def test_setup_second_run_does_nothing(cache_home: Path) -> None:
     done = _kvmlite(cache_home, "setup")
     # Assert
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"default guest is up to date: {directory}\n"
+    assert done.stdout == (f"default guest is up to date: {directory}\n"
+                           f"guest for shares (--9p, sandbox) is up to date: {directory / '9p'}\n")
     assert _stamps(directory) == before
     assert (directory / "9p" / "manifest.json").is_file()
 
