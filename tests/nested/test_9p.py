@@ -28,7 +28,7 @@ import shlex
 
 import pytest
 
-from kvmlite.guest.setup import DefaultGuest, default_guest
+from kvmlite.guest.setup import DefaultGuest
 
 from .linux import hardware_kvm, run_linux_script
 from .testhost import RunResult, TestHost
@@ -132,23 +132,6 @@ def _values(text: str, prefix: str) -> dict[str, str]:
         if match:
             found[match.group(1)] = match.group(2).strip()
     return found
-
-
-@pytest.fixture(scope="module")
-def share_guest() -> DefaultGuest:
-    """What `kvmlite setup` prepares, brought up to date (an init changed
-    since the cache was built is rebuilt, as setup does)."""
-    from kvmlite.errors import KvmliteError
-    from kvmlite.guest.setup import setup_default_guest
-
-    try:
-        result = setup_default_guest()     # idempotent; rebuilds what changed
-    except KvmliteError as exc:
-        pytest.skip(f"cannot prepare the default guest: {exc}")
-    guest = default_guest(shares=True)
-    if guest is None:
-        pytest.skip(f"no 9p-capable guest: {result.share_error}")
-    return guest
 
 
 @pytest.fixture(scope="module")

@@ -39,23 +39,6 @@ section after sh -c 'cat made-here.txt; ls /usr/kvmlite-sandbox-probe 2>&1 || tr
 
 
 @pytest.fixture(scope="module")
-def share_guest() -> DefaultGuest:
-    """What `kvmlite setup` prepares, brought up to date (the sandbox boots
-    the guest that can mount shares from the cache, as a user's would)."""
-    from kvmlite.errors import KvmliteError
-    from kvmlite.guest.setup import default_guest, setup_default_guest
-
-    try:
-        result = setup_default_guest()          # idempotent; rebuilds what changed
-    except KvmliteError as exc:
-        pytest.skip(f"cannot prepare the default guest: {exc}")
-    guest = default_guest(shares=True)
-    if guest is None:
-        pytest.skip(f"no 9p-capable guest: {result.share_error}")
-    return guest
-
-
-@pytest.fixture(scope="module")
 def runs(request: pytest.FixtureRequest, share_guest: DefaultGuest,
          tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     host: TestHost | None = None if hardware_kvm() else request.getfixturevalue("testhost")
