@@ -10,14 +10,22 @@ all the time and waited on for room only after a short write): epoll knows
 an fd once, so both are one registration whose event mask is the union.
 Epoll always reports EPOLLHUP and EPOLLERR; either wakes the fd's reader and
 its writer, whose read or write then meets the error.
+
+Timers (``call_later``) are for coarse deadlines (a peer that never finishes
+a handshake), not for pacing I/O: they run after the ready fds of the poll
+that reached them, in deadline order, on the loop thread like any callback.
+A cancelled timer stays in the heap until its deadline, then is skipped.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import select
 import threading
+import time
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -28,6 +36,21 @@ _READ_EVENTS = select.EPOLLIN | select.EPOLLPRI | select.EPOLLHUP | select.EPOLL
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 
 
+class Timer:
+    """A callback :meth:`EventLoop.call_later` will run; ``cancel`` stops it
+    (any thread; a timer already running is not stopped)."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class EventLoop:
     def __init__(self, name: str = "io") -> None:
         self.name = name
@@ -35,7 +58,9 @@ class EventLoop:
         self._callbacks: dict[int, Callback] = {}      # readers
         self._writers: dict[int, Callback] = {}
         self._pending: list[Callback] = []
-        self._pending_lock = threading.Lock()
+        self._pending_lock = threading.Lock()                 # guards _pending and _timers
+        self._timers: list[tuple[float, int, Timer]] = []     # a heap by deadline
+        self._timer_seq = itertools.count()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self._stopping = False
@@ -92,6 +117,34 @@ class EventLoop:
             self._pending.append(callback)
         self._wake()
 
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        """Run ``callback()`` on the loop thread once ``delay`` seconds have
+        passed (thread-safe); returns the :class:`Timer` that can cancel it."""
+        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        with self._pending_lock:
+            heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
+            earliest = self._timers[0][2] is timer
+        if earliest and not self.on_loop_thread():
+            self._wake()                # the loop may be sleeping past this deadline
+        return timer
+
+    def _poll_timeout(self) -> float:
+        """Seconds until the earliest timer (-1: none, sleep until an fd is ready)."""
+        with self._pending_lock:
+            if not self._timers:
+                return -1
+            return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while True:
+            with self._pending_lock:
+                if not self._timers or self._timers[0][0] > now:
+                    return
+                timer = heapq.heappop(self._timers)[2]
+            if not timer.cancelled:
+                self._run_callback(None, timer.callback)
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
@@ -125,7 +178,7 @@ class EventLoop:
         try:
             while not self._stopping:
                 try:
-                    events = self._epoll.poll()
+                    events = self._epoll.poll(self._poll_timeout())
                 except InterruptedError:
                     continue
                 for fd, mask in events:
@@ -133,6 +186,7 @@ class EventLoop:
                         self._drain_wakeups()
                         continue
                     self._dispatch(fd, mask)
+                self._run_due_timers()
         finally:
             # Thread idents are reused once a thread ends: a later thread
             # must not pass for this loop's.

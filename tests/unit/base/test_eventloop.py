@@ -139,3 +139,49 @@ def test_failing_writer_is_removed_and_reader_stays(running: EventLoop, pair) ->
     assert _wait_for(lambda: a.fileno() not in running._writers)
     b.send(b"still")
     assert _wait_for(lambda: reads == [b"still"])
+
+
+# --- timers ---
+
+def test_call_later_runs_on_the_loop_thread_after_the_delay(running: EventLoop) -> None:
+    ran: list[tuple[float, bool]] = []
+    start = time.monotonic()
+
+    running.call_later(0.05, lambda: ran.append((time.monotonic() - start, running.on_loop_thread())))
+
+    assert _wait_for(lambda: ran)
+    assert ran[0][0] >= 0.05 and ran[0][1]
+
+
+def test_call_later_timers_run_in_deadline_order(running: EventLoop) -> None:
+    order: list[str] = []
+
+    running.call_later(0.08, lambda: order.append("late"))
+    running.call_later(0.02, lambda: order.append("early"))     # earlier than the one the loop sleeps for
+
+    assert _wait_for(lambda: len(order) == 2)
+    assert order == ["early", "late"]
+
+
+def test_call_later_cancelled_timer_never_runs(running: EventLoop) -> None:
+    ran: list[str] = []
+    timer = running.call_later(0.03, lambda: ran.append("cancelled"))
+    running.call_later(0.06, lambda: ran.append("kept"))
+
+    timer.cancel()
+
+    assert _wait_for(lambda: ran == ["kept"])
+    time.sleep(0.02)
+    assert ran == ["kept"]
+
+
+def test_call_later_failing_timer_is_logged_and_the_loop_goes_on(running: EventLoop) -> None:
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("timer failed")
+
+    running.call_later(0, broken)
+    running.call_later(0.01, lambda: ran.append(1))
+
+    assert _wait_for(lambda: ran == [1])
