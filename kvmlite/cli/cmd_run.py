@@ -16,7 +16,7 @@ from typing import Callable
 from kvmlite import log
 from kvmlite.errors import ConfigError, UsageError
 from kvmlite.vmm.config import (CONSOLES, SHARE_DEFAULT_TAG, TRANSPORTS, DiskConfig, NetConfig, ShareConfig,
-                                VmConfig, parse_mem_mib)
+                                VmConfig, VsockConfig, parse_mem_mib)
 
 EPILOG = """exit status: 0 guest powered off, 1 kvmlite failed, 2 bad usage, 3 guest reset,
 4 guest crashed, N the guest's own status (kvmlite run -- CMD, or a write to port 0x501).
@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "it read-only; repeat for more, each with its own tag.  The default guest mounts each "
                         "at /mnt/TAG; another guest: mount -t 9p -o trans=virtio,version=9p2000.L TAG MOUNTPOINT")
     g.add_argument("--rng", action="store_true", help="add a virtio-rng device (host getrandom)")
+    g.add_argument("--vsock", metavar="CID[,socket=PATH][,trans=pci|mmio]",
+                   help="add a virtio-vsock device; the guest's context ID is CID (3..4294967294).  Host programs "
+                        "connect to the Unix socket PATH (default: $XDG_RUNTIME_DIR/kvmlite/NAME.d/vsock.sock, NAME "
+                        "being --name or guest-PID) and write 'CONNECT PORT\\n' to reach guest port PORT; the guest "
+                        "reaches host port P at PATH_P (docs/vsock.md)")
     g.add_argument("--console", choices=CONSOLES, default="serial",
                    help="guest console: serial (ttyS0, default) or virtio (hvc0)")
     g.add_argument("--virtio-transport", choices=TRANSPORTS, default="pci",
@@ -113,6 +118,7 @@ def config_from_args(args: argparse.Namespace, need_shares: bool = False) -> VmC
         nics=_nics(args.network, default_guest=args.kernel is None and args.image is None),
         name=args.name, console=args.console, disks=tuple(DiskConfig.parse(d) for d in args.disk),
         shares=tuple(ShareConfig.parse(s) for s in args.shares),
+        vsock=VsockConfig.parse(args.vsock) if args.vsock is not None else None,
         rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,
         default_cmdline=not args.no_default_params)
 

@@ -5,6 +5,8 @@ Every running VMM owns two files in the per-user runtime directory
 
     NAME.sock   its control socket (mode 0600)
     NAME.lock   holds its pid; the VMM keeps an exclusive flock(2) on it
+    NAME.d/     its other runtime files, made when needed (mode 0700): the
+                vsock socket vsock.sock (docs/vsock.md)
 
 The lock is what tells a live VMM from a dead one: the kernel drops it when
 the process dies, however it dies (SIGKILL included).  So an entry whose
@@ -38,6 +40,7 @@ from kvmlite.paths import runtime_dir
 
 SOCKET_SUFFIX = ".sock"
 LOCK_SUFFIX = ".lock"
+VM_DIR_SUFFIX = ".d"               # no NAME.sock or NAME.lock ends so: no name's files collide
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SUN_PATH_MAX = 107                 # sizeof(sockaddr_un.sun_path) - 1 on Linux
 CLAIM_RETRY_S = 1.0
@@ -96,6 +99,10 @@ class Registry:
     def lock_path(self, name: str) -> Path:
         return self.directory / f"{check_name(name)}{LOCK_SUFFIX}"
 
+    def vm_dir(self, name: str) -> Path:
+        """The directory of ``name``'s other runtime files (``NAME.d``)."""
+        return self.directory / f"{check_name(name)}{VM_DIR_SUFFIX}"
+
     # --- the directory ---
 
     def ensure_directory(self) -> Path:
@@ -120,6 +127,23 @@ class Registry:
                                f"(uid {os.geteuid()}); refusing to use it")
         if st.st_mode & 0o077:
             os.chmod(self.directory, DIR_MODE)
+
+    def ensure_vm_dir(self, name: str) -> Path:
+        """Create ``name``'s directory (0700), or check an existing one is a
+        directory of ours (not a symlink) and make it private."""
+        self.ensure_directory()
+        path = self.vm_dir(name)
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise KvmliteError(f"{path} is not a directory of yours; refusing to use it") from None
+            if st.st_mode & 0o077:
+                os.chmod(path, DIR_MODE)
+        except OSError as exc:
+            raise KvmliteError(f"cannot create {path}: {exc.strerror}") from None
+        return path
 
     # --- the VMM's side ---
 

@@ -202,6 +202,59 @@ class NetConfig:
                    vhost=vhost == "1", script=values.get("script"), trans=trans, hostfwd=forwards)
 
 
+VSOCK_MIN_CID = 3                          # 0-2 are the hypervisor, local and host (vsock(7))
+VSOCK_MAX_CID = 0xFFFF_FFFE                # 0xFFFFFFFF is VMADDR_CID_ANY
+VSOCK_SOCKET_MAX = 107 - len("_4294967295")  # sun_path less the room for a guest port's _PORT suffix
+_VSOCK_KEYS = ("socket", "trans")
+
+
+@dataclass(frozen=True)
+class VsockConfig:
+    """A virtio-vsock device (lkvm's ``--vsock CID``) with Firecracker's
+    hybrid host side: host programs connect to ``socket`` and write
+    ``CONNECT <port>\\n``; the guest reaches ``<socket>_<port>``
+    (docs/vsock.md)."""
+
+    cid: int                              # the guest's context ID, 3..2**32-2
+    socket: str | None = None             # default: vsock.sock in the VM's runtime directory
+    trans: str | None = None              # pci or mmio; default: the VM's --virtio-transport
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cid, bool) or not isinstance(self.cid, int) \
+                or not VSOCK_MIN_CID <= self.cid <= VSOCK_MAX_CID:
+            raise ConfigError(f"--vsock {self.cid!r}: a guest CID is a number from {VSOCK_MIN_CID} to "
+                              f"{VSOCK_MAX_CID} (0-2 are reserved, {VSOCK_MAX_CID + 1} means any)")
+        if self.trans is not None and self.trans not in TRANSPORTS:
+            raise ConfigError(f"--vsock trans={self.trans!r}: choose one of {', '.join(TRANSPORTS)}")
+        if self.socket is not None:
+            if not self.socket:
+                raise ConfigError("--vsock socket=: empty path")
+            size = len(os.fsencode(self.socket))
+            if size > VSOCK_SOCKET_MAX:
+                raise ConfigError(f"--vsock socket={self.socket}: {size} bytes is too long for a Unix socket "
+                                  f"with a _PORT suffix (at most {VSOCK_SOCKET_MAX})")
+
+    @classmethod
+    def parse(cls, text: str) -> "VsockConfig":
+        """``CID[,socket=PATH][,trans=pci|mmio]``; a relative PATH is made absolute."""
+        cid_text, *items = text.split(",")
+        if not re.fullmatch(r"[0-9]+", cid_text):
+            raise ConfigError(f"--vsock {text!r}: the guest CID {cid_text!r} is not a number "
+                              f"({VSOCK_MIN_CID}..{VSOCK_MAX_CID})")
+        values: dict[str, str] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if key not in _VSOCK_KEYS:
+                raise ConfigError(f"--vsock {text!r}: unknown key {key!r} (known: {', '.join(_VSOCK_KEYS)})")
+            if not sep or not value:
+                raise ConfigError(f"--vsock {key}: missing value (write {key}=VALUE)")
+            if key in values:
+                raise ConfigError(f"--vsock {key}: given twice")
+            values[key] = value
+        socket = values.get("socket")
+        return cls(int(cid_text), os.path.abspath(socket) if socket else None, values.get("trans"))
+
+
 @dataclass(frozen=True)
 class VmConfig:
     kernel: str
@@ -217,6 +270,7 @@ class VmConfig:
     hugepages: bool = False
     nics: tuple[NetConfig, ...] = ()
     shares: tuple[ShareConfig, ...] = ()
+    vsock: VsockConfig | None = None
     default_cmdline: bool = True     # False: use params as the whole command line
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 

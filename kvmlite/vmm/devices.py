@@ -16,8 +16,8 @@ Legacy devices, in port order::
     0xCF8, 0xCFC   PCI configuration mechanism #1
 
 Virtio devices (disks in ``-d`` order, then the console with ``--console
-virtio``, then rng, the NICs, and the shared directories in ``--9p``
-order) go on PCI bus 0 from slot 1 (``--virtio-transport
+virtio``, then rng, the NICs, the shared directories in ``--9p``
+order, and vsock) go on PCI bus 0 from slot 1 (``--virtio-transport
 pci``, BAR 0 in the 32-bit window, MSI-X through irqfds) or on virtio-mmio
 windows from ``VIRTIO_MMIO_START`` with GSIs from ``IRQ_VIRTIO_MMIO_FIRST``,
 announced on the kernel command line (``virtio_mmio.device=``).
@@ -37,6 +37,8 @@ from kvmlite.vmm.exitcodes import EndReason
 from kvmlite.vmm.interrupts import IrqRouter, KvmIoEventRegistrar, KvmIrqLine, KvmMsiAllocator
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from kvmlite.base.memory import GuestMemory
     from kvmlite.vmm.config import NetConfig
     from kvmlite.vmm.vm import Vm
@@ -65,6 +67,8 @@ class DeviceManager:
         self._transports: dict[str, str | None] = {}   # a device's own transport (-n trans=)
         self._guest_net = ""
         self._guest_shares = ""
+        self.vsock_path: str | None = None      # the vsock device's Unix socket (docs/vsock.md)
+        self._vsock_dir: "Path | None" = None    # the VM's runtime directory, when the socket is there
         self._pci_slots: list[int] = []
         self._mmio_devices: list[tuple[int, int]] = []     # (base, gsi)
 
@@ -90,7 +94,8 @@ class DeviceManager:
         """(name, device, the loop serving its queue notifications) each."""
         config = self.vm.config
         devices: list[tuple[str, object, EventLoop]] = []
-        if not (config.disks or config.console == "virtio" or config.rng or config.nics or config.shares):
+        if not (config.disks or config.console == "virtio" or config.rng or config.nics or config.shares
+                or config.vsock):
             return devices
         from kvmlite.devices.virtio.block import VirtioBlock
         from kvmlite.devices.virtio.console import VirtioConsole
@@ -113,7 +118,44 @@ class DeviceManager:
             devices.append(("virtio-rng", VirtioRng(), self.vm.event_loop))
         devices += self._net_devices()
         devices += self._share_devices()
+        try:
+            devices += self._vsock_devices()
+        except BaseException:
+            for _name, device, _loop in devices:    # not yet on a transport: close() would not reach them
+                if hasattr(device, "close"):
+                    device.close()
+            raise
         return devices
+
+    def _vsock_devices(self) -> list[tuple[str, object, EventLoop]]:
+        """``--vsock``: one virtio-vsock with an event loop of its own (the
+        listener, every stream and the queues are served there) and its
+        Unix socket: the configured one, or ``vsock.sock`` in the VM's
+        runtime directory (``$XDG_RUNTIME_DIR/kvmlite/NAME.d``), removed
+        with the VM (``close``)."""
+        vsock = self.vm.config.vsock
+        if vsock is None:
+            return []
+        from kvmlite.devices.virtio.vsock import VirtioVsock
+
+        path = vsock.socket or self._default_vsock_path()
+        loop = EventLoop("virtio-vsock")
+        self.device_loops.append(loop)
+        device = VirtioVsock(vsock.cid, path, loop)      # VsockError: one line
+        self._transports["virtio-vsock"] = vsock.trans
+        self.vsock_path = path
+        return [("virtio-vsock", device, loop)]
+
+    def _default_vsock_path(self) -> str:
+        from kvmlite.control.registry import Registry
+        from kvmlite.vmm.config import VSOCK_SOCKET_MAX
+
+        self._vsock_dir = Registry().ensure_vm_dir(self._vm_name())
+        path = str(self._vsock_dir / "vsock.sock")
+        if len(path.encode()) > VSOCK_SOCKET_MAX:
+            raise ConfigError(f"--vsock: the socket path {path} is too long for a Unix socket with a _PORT "
+                              f"suffix; point XDG_RUNTIME_DIR at a shorter directory or give --vsock CID,socket=PATH")
+        return path
 
     def _share_devices(self) -> list[tuple[str, object, EventLoop]]:
         """One virtio-9p per ``--9p``, each with its file server and an event
@@ -229,6 +271,16 @@ class DeviceManager:
         devices = self._virtio_devices()
         if not devices:
             return          # and the virtio modules are never imported: faster start-up
+        try:
+            self._place_virtio(devices)
+        except BaseException:
+            for _name, device, _loop in devices[len(self.virtio):]:   # not on a transport: close() misses them
+                if hasattr(device, "close"):
+                    device.close()
+            raise
+
+    def _place_virtio(self, devices: list[tuple[str, object, EventLoop]]) -> None:
+        """Put each device on its transport (PCI or MMIO), in order."""
         from kvmlite.devices.virtio.transport.mmio import VirtioMmioTransport, cmdline_device
         from kvmlite.devices.virtio.transport.pci import VirtioPciTransport
 
@@ -361,12 +413,23 @@ class DeviceManager:
         for loop in self.device_loops:
             loop.close()
         self.device_loops.clear()
+        self._remove_vsock_dir()
         for backend in self.net_backends:
             try:
                 backend.close()           # a tap kvmlite made goes away; passt stops
             except Exception:
                 log.exception("closing a network backend failed")
         self.net_backends.clear()
+
+    def _remove_vsock_dir(self) -> None:
+        """The VM's runtime directory goes once empty (the device removed its
+        socket); a host program's ``vsock.sock_PORT`` listener keeps it."""
+        if self._vsock_dir is not None:
+            try:
+                self._vsock_dir.rmdir()
+            except OSError:
+                pass
+            self._vsock_dir = None
 
     def stats(self) -> dict[str, dict[str, int]]:
         out = {f"com{i + 1}": s.stats() for i, s in enumerate(self.serial)}

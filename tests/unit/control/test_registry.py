@@ -180,3 +180,43 @@ def test_check_name_invalid_usage_error(name: str) -> None:
 def test_generated_name_uses_pid() -> None:
     assert generated_name(1234) == "guest-1234"
     check_name(generated_name())
+
+
+# --- a VM's own runtime directory (NAME.d) ---
+
+def test_vm_dir_created_private_and_not_taken_for_a_name(registry: Registry) -> None:
+    path = registry.ensure_vm_dir("web")
+
+    assert path == registry.directory / "web.d"
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+    assert registry.names() == []
+    assert registry.ensure_vm_dir("web") == path        # an existing one is fine
+
+
+def test_vm_dir_of_any_name_never_collides_with_another_names_files(registry: Registry) -> None:
+    assert registry.vm_dir("x") not in {registry.socket_path(n) for n in ("x", "x.d", "x.sock")}
+    assert registry.vm_dir("x.sock") != registry.socket_path("x")
+
+
+def test_vm_dir_existing_one_made_private(registry: Registry) -> None:
+    registry.ensure_directory()
+    (registry.directory / "web.d").mkdir(mode=0o755)
+    os.chmod(registry.directory / "web.d", 0o755)
+
+    registry.ensure_vm_dir("web")
+
+    assert stat.S_IMODE(os.lstat(registry.directory / "web.d").st_mode) == 0o700
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_vm_dir_that_is_not_a_directory_refused(registry: Registry, tmp_path: Path, kind: str) -> None:
+    registry.ensure_directory()
+    target = registry.directory / "web.d"
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.write_text("")
+
+    with pytest.raises(KvmliteError, match="web.d is not a directory of yours; refusing to use it"):
+        registry.ensure_vm_dir("web")
