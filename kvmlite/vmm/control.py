@@ -98,8 +98,11 @@ class VmControl:
 
     def info(self) -> dict[str, Any]:
         config = self.vm.config
-        return {"state": self.state(), "vcpus": len(self.vm.vcpus), "memory_mib": config.mem_mib,
+        info = {"state": self.state(), "vcpus": len(self.vm.vcpus), "memory_mib": config.mem_mib,
                 "uptime_s": round(self.uptime(), 3), "kernel": config.kernel}
+        if config.vsock is not None:        # where host programs CONNECT (docs/vsock.md)
+            info["vsock"] = {"cid": config.vsock.cid, "socket": self.vm.devices.vsock_path}
+        return info
 
     # --- pause and resume ---
 

@@ -173,3 +173,16 @@ def test_process_memory_reads_kb_lines(tmp_path) -> None:
     status.write_text("Name:\tpython\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n")
     assert process_memory(str(status)) == {"peak_rss_bytes": 2 << 20, "rss_bytes": 1 << 20}
     assert process_memory(str(tmp_path / "missing")) == {}
+
+
+def test_info_names_the_vsock_socket_only_with_vsock() -> None:
+    from kvmlite.vmm.config import VsockConfig
+
+    vm = FakeVm()
+    vm.config.vsock = None
+    assert "vsock" not in VmControl(vm).info()
+
+    vm.config.vsock = VsockConfig(7)
+    vm.devices.vsock_path = "/run/user/1/kvmlite/web.d/vsock.sock"
+
+    assert VmControl(vm).info()["vsock"] == {"cid": 7, "socket": "/run/user/1/kvmlite/web.d/vsock.sock"}
