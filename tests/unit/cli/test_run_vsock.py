@@ -18,7 +18,7 @@ import pytest
 from kvmlite.cli.cmd_run import config_from_args
 from kvmlite.cli.main import build_parser, find_command, main
 from kvmlite.errors import ConfigError, KvmliteError
-from kvmlite.vmm.config import VSOCK_SOCKET_MAX, VmConfig, VsockConfig
+from kvmlite.vmm.config import VmConfig, VsockConfig
 
 
 def run_status(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -264,7 +264,8 @@ class VirtioVsock(VirtioDevice):
 
     def _check_notify(self, active: _Activation, signals: _Signals) -> None:
         for index in signals.used:
-            if active.queues[index].needs_notification(active.memory):
+            queue = active.queues[index]
+            if queue is not None and queue.needs_notification(active.memory):
                 signals.notify.add(index)
 
     # --- tx: packets from the guest ---

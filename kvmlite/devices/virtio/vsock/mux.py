@@ -5,13 +5,11 @@ Connections are keyed ``(host port, guest port)``.  Every packet the guest
 sends has passed :func:`~.packet.tx_problem` (address, type, op, length)
 before :meth:`Muxer.receive` acts on it.
 
-Host-initiated (Firecracker's hybrid vsock): the listener accepts, the
-stream has ``handshake_timeout`` seconds to send ``CONNECT <port>\\n`` (read
-a byte at a time, so nothing after the newline is consumed), then the
-guest gets a REQUEST from a fresh host port (from 2**30 up) and has
-``connect_timeout`` seconds to answer: RESPONSE writes ``OK <host port>\\n``
-to the stream and the relay starts; RST (no listener) or silence closes
-the stream.  A malformed or over-long line, or no driver, closes it at once.
+Host-initiated (Firecracker's hybrid vsock): once a host stream has sent
+its ``CONNECT <port>\\n`` line (:mod:`.host`), the guest gets a REQUEST
+from a fresh host port (from 2**30 up) and has ``connect_timeout`` seconds
+to answer: RESPONSE writes ``OK <host port>\\n`` to the stream and the
+relay starts; RST (no listener) or silence closes the stream.
 
 Guest-initiated: a REQUEST to port P connects to ``<uds_path>_P`` without
 blocking (a Unix connect succeeds or fails at once): RESPONSE or RST.
@@ -51,14 +49,14 @@ import logging
 import select
 import socket
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
-from kvmlite.base.eventloop import EventLoop, Timer
+from kvmlite.base.eventloop import EventLoop
 from kvmlite.base.memory import GuestMemory
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.vsock import unix
+from kvmlite.devices.virtio.vsock.host import Acceptor, Guard
 from kvmlite.devices.virtio.vsock.connection import Connection, State
 from kvmlite.devices.virtio.vsock.packet import (HEADER_SIZE, HOST_CID, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV,
                                                  SHUTDOWN_SEND, TYPE_STREAM, Header, Op, Verdict, reply_header,
@@ -66,11 +64,8 @@ from kvmlite.devices.virtio.vsock.packet import (HEADER_SIZE, HOST_CID, MAX_PAYL
 
 log = logging.getLogger(__name__)
 
-ACCEPT_PAUSE = 1.0                  # seconds the listener rests when the process is out of fds
 FIRST_HOST_PORT = 1 << 30           # host ports for host-initiated connections (Firecracker's choice)
 LAST_HOST_PORT = 0xFFFF_FFFE
-
-Guard = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 @dataclass(frozen=True)
@@ -83,15 +78,6 @@ class VsockLimits:
     connect_timeout: float = 5.0    # seconds for the guest to answer a REQUEST
     close_timeout: float = 8.0      # seconds for a closing connection (Linux's VSOCK_CLOSE_TIMEOUT)
     control_backlog: int = 256      # control packets waiting for rx buffers before tx stops
-
-
-@dataclass(eq=False)
-class _Handshake:
-    """A host stream that has not sent its whole CONNECT line yet."""
-
-    sock: socket.socket
-    line: bytearray = field(default_factory=bytearray)
-    timer: Timer | None = None
 
 
 class Muxer:
@@ -107,14 +93,13 @@ class Muxer:
         self.guard = guard
         self.active = False             # a driver is there (the device sets it)
         self.conns: dict[tuple[int, int], Connection] = {}
-        self._handshakes: set[_Handshake] = set()
         self._control: deque[tuple[Connection | None, Header]] = deque()
         self._ready: deque[Connection] = deque()
         self._next_port = FIRST_HOST_PORT
         self._host_ports: set[int] = set()
         self._errors = RateLimitedLog(log)
-        self.listener = unix.Listener(uds_path)
-        loop.add_reader(self.listener.fileno(), guard(self._accept))
+        self.acceptor = Acceptor(unix.Listener(uds_path), loop, guard, limits.handshake_timeout,
+                                 admit=self._admit, connect=self._connect_guest, error=self._host_error)
 
     # --- what the device asks ---
 
@@ -133,101 +118,35 @@ class Muxer:
     def close(self) -> None:
         """Drop every connection and stop listening; removes the socket file."""
         self.drop_all()
-        self.loop.remove_reader(self.listener.fileno())
-        self.listener.close()
+        self.acceptor.close()
 
     def drop_all(self) -> None:
         """Close every stream and handshake, forget every queued packet (a
         reset: the guest forgets its side too)."""
         for conn in list(self.conns.values()):
             self._forget(conn)
-        for handshake in list(self._handshakes):
-            self._end_handshake(handshake)
+        self.acceptor.drop_all()
         self._control.clear()
         self._ready.clear()
 
-    # --- the host side: new streams and their CONNECT line ---
+    # --- the host side: a stream's CONNECT line ---
 
-    def _accept(self) -> None:
-        for _ in range(self.limits.max_connections):
-            try:
-                sock = self.listener.accept()
-            except OSError as exc:      # out of fds or memory: the backlog waits, the loop must not spin
-                self._host_error(f"cannot accept a host connection: {exc.strerror or exc}; "
-                                 f"listening again in {ACCEPT_PAUSE:g} s")
-                self._pause_accepting()
-                return
-            if sock is None:
-                return
-            if not self.active or len(self.conns) + len(self._handshakes) >= self.limits.max_connections:
-                self._host_error(f"host connection refused: {'no driver' if not self.active else 'too many'}")
-                sock.close()
-                continue
-            handshake = _Handshake(sock)
-            self._handshakes.add(handshake)
-            handshake.timer = self.loop.call_later(self.limits.handshake_timeout,
-                                                   self.guard(functools.partial(self._handshake_expired, handshake)))
-            self.loop.add_reader(sock.fileno(), self.guard(functools.partial(self._read_line, handshake)))
+    def _admit(self) -> str | None:
+        """Why a new host stream may not wait for its CONNECT line, or None."""
+        if not self.active:
+            return "no driver"
+        if len(self.conns) + len(self.acceptor) >= self.limits.max_connections:
+            return f"{self.limits.max_connections} connections open"
+        return None
 
-    def _pause_accepting(self) -> None:
-        fd = self.listener.fileno()
-        self.loop.remove_reader(fd)
-        self.loop.call_later(ACCEPT_PAUSE, self.guard(self._resume_accepting))
-
-    def _resume_accepting(self) -> None:
-        if self.listener.sock.fileno() >= 0:    # not closed meanwhile
-            self.loop.add_reader(self.listener.fileno(), self.guard(self._accept))
-
-    def _read_line(self, handshake: _Handshake) -> None:
-        """Take the CONNECT line a byte at a time: what follows it is the
-        guest's, and stays in the socket."""
-        if handshake not in self._handshakes:
-            return
-        while len(handshake.line) < unix.MAX_LINE:
-            try:
-                byte = handshake.sock.recv(1)
-            except BlockingIOError:
-                return
-            except OSError:
-                byte = b""
-            if not byte:
-                self._host_error("host connection closed before its CONNECT line")
-                self._end_handshake(handshake)
-                return
-            handshake.line += byte
-            if byte == b"\n":
-                self._connect_guest(handshake, unix.parse_connect(bytes(handshake.line)))
-                return
-        self._host_error(f"host connection sent over {unix.MAX_LINE} bytes without a CONNECT line")
-        self._end_handshake(handshake)
-
-    def _handshake_expired(self, handshake: _Handshake) -> None:
-        if handshake in self._handshakes:
-            self._host_error(f"host connection sent no CONNECT line in {self.limits.handshake_timeout:g} s")
-            self._end_handshake(handshake)
-
-    def _end_handshake(self, handshake: _Handshake, keep_socket: bool = False) -> None:
-        self._handshakes.discard(handshake)
-        self.loop.remove_reader(handshake.sock.fileno())
-        if handshake.timer is not None:
-            handshake.timer.cancel()
-        if not keep_socket:
-            handshake.sock.close()
-
-    def _connect_guest(self, handshake: _Handshake, port: int | None) -> None:
-        """A whole line: send the guest a REQUEST for ``port``."""
-        if port is None:
-            self._host_error(f"host connection sent {bytes(handshake.line)[:unix.MAX_LINE]!r}, "
-                             "not 'CONNECT <port>\\n'")
-            self._end_handshake(handshake)
-            return
+    def _connect_guest(self, sock: socket.socket, port: int) -> None:
+        """A host stream asked for guest ``port``: send the guest a REQUEST."""
         local = self._allocate_port()
         if local is None or not self.active:
             self._host_error(f"CONNECT {port} refused: {'no driver' if not self.active else 'no free host port'}")
-            self._end_handshake(handshake)
+            sock.close()
             return
-        self._end_handshake(handshake, keep_socket=True)
-        conn = Connection(local, port, handshake.sock, self.limits.buf_alloc, True, State.CONNECTING)
+        conn = Connection(local, port, sock, self.limits.buf_alloc, True, State.CONNECTING)
         self.conns[conn.key] = conn
         self._host_ports.add(local)
         conn.timer = self.loop.call_later(self.limits.connect_timeout,
@@ -281,7 +200,7 @@ class Muxer:
             self._refuse(header, f"REQUEST for guest port {header.src_port} to host port {header.dst_port}, "
                                  "already connected", rst=True)
             return
-        if len(self.conns) + len(self._handshakes) >= self.limits.max_connections:
+        if len(self.conns) + len(self.acceptor) >= self.limits.max_connections:
             self._refuse(header, f"REQUEST refused: {self.limits.max_connections} connections open", rst=True)
             return
         try:
@@ -319,8 +238,9 @@ class Muxer:
             self._kill(conn, rst=False)
             return
         conn.state = State.ESTABLISHED
-        conn.timer.cancel()
-        conn.timer = None
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
         try:
             conn.sock.send(f"OK {conn.local_port}\n".encode(), socket.MSG_NOSIGNAL)
         except OSError:                 # a fresh stream has room for a line: the host is gone

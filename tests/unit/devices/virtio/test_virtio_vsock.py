@@ -485,6 +485,41 @@ def test_host_connect_line_never_finished_closes_stream_after_timeout(vsock: Vso
     assert vsock.stat("host_errors") == 1 and vsock.quiet() == []
 
 
+def test_host_connect_closed_before_its_line_is_forgotten(vsock: VsockHarness) -> None:
+    sock = vsock.host_connect(0, b"CONNECT 5")
+
+    sock.close()
+
+    assert wait_until(lambda: vsock.stat("host_errors") == 1)
+    assert vsock.quiet() == [] and vsock.stat("open") == 0
+
+
+def test_host_accept_out_of_fds_rests_then_listens_again(vsock: VsockHarness, monkeypatch) -> None:
+    import errno
+
+    from kvmlite.devices.virtio.vsock import host
+
+    monkeypatch.setattr(host, "ACCEPT_PAUSE", 0.05)
+    listener = vsock.device._mux.acceptor.listener
+    real_accept = listener.accept
+    until = time.monotonic() + 0.25     # out of fds for a quarter of a second
+    calls = []
+
+    def accept():
+        calls.append(1)
+        if time.monotonic() < until:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_accept()
+
+    monkeypatch.setattr(listener, "accept", accept)
+
+    vsock.host_connect(5)
+
+    vsock.expect_one(Op.REQUEST)        # once fds are back, from the backlog
+    assert len(calls) <= 12             # a try per pause, not a spin on the readable listener
+    assert 2 <= vsock.stat("host_errors") <= 7
+
+
 def test_host_connect_port_0_and_max_accepted(vsock: VsockHarness) -> None:
     vsock.host_connect(0)
     vsock.host_connect(0xFFFF_FFFF)
