@@ -1,0 +1,54 @@
+"""The nested network and 9p benchmarks' parsing: medians, ratios in the
+right direction, and a failed side reported with its reason, never a blank."""
+
+from __future__ import annotations
+
+from bench import net_nested, p9_nested
+
+
+def _net_lines(vmm: str, case: str, rtt: str, up: str, down: str) -> str:
+    return "\n".join(f"@@NET {vmm} {case} {m} {v}" for m, v in
+                     (("rtt_ms", rtt), ("up_mbits", up), ("down_mbits", down))) + "\n"
+
+
+def test_net_parse_medians_and_ratios() -> None:
+    console = (_net_lines("kvmlite", "tap", "2.0", "100", "300") + _net_lines("qemu", "tap", "1.0", "200", "100")
+               + _net_lines("kvmlite", "tap", "4.0", "300", "500") + _net_lines("qemu", "tap", "3.0", "400", "300"))
+    tap = net_nested.parse(console)["tap"]
+    assert tap["kvmlite_up_mbits"] == 200.0 and tap["qemu_up_mbits"] == 300.0
+    assert tap["ratio_qemu_up_mbits"] == round(200 / 300, 2)
+    assert tap["ratio_qemu_down_mbits"] == 2.0
+    # a shorter round trip is better: the RTT ratio is QEMU's over kvmlite's
+    assert tap["ratio_qemu_rtt_ms"] == round(2.0 / 3.0, 2)
+
+
+def test_net_parse_failed_side_names_its_error() -> None:
+    console = (_net_lines("kvmlite", "user", "failed", "100", "50")
+               + _net_lines("qemu", "user", "1.0", "10", "20")
+               + "qemu-system-x86_64: -netdev stream: Could not connect\n")
+    user = net_nested.parse(console)["user"]
+    assert user["kvmlite_rtt_ms"].startswith("failed: ")
+    assert user["ratio_qemu_rtt_ms"].startswith("none: kvmlite")
+    assert user["qemu_passt_up_mbits"] == "failed: -netdev stream: Could not connect" or \
+        "Could not connect" in user["qemu_passt_up_mbits"]
+    assert user["ratio_qemu_up_mbits"] == 10.0
+    assert "NaN" not in repr(net_nested.parse(""))
+
+
+def test_net_guest_command_reads_receiver_rate() -> None:
+    cmd = net_nested.guest_command("tap", "192.168.33.1")
+    assert "-R" in cmd and "receiver" in cmd and "@@NET $VMM tap up_mbits" in cmd
+
+
+def test_p9_parse_medians_ratios_and_failures() -> None:
+    rows = [("kvmlite", 100, 50), ("qemu", 50, 100), ("kvmlite", 300, 70), ("qemu", 150, 90)]
+    console = "".join(f"VMM={v} p9bench mode=seqread bytes=1 files=0 seconds=1 mbps={m} rate={m}\n"
+                      f"VMM={v} p9bench mode=meta bytes=0 files=10 seconds=1 mbps=0 rate={r}\n"
+                      for v, m, r in rows)
+    out = p9_nested.parse(console + "kvmlite: error: cannot open share\n")
+    assert out["kvmlite_seqread_MBps"] == 200.0 and out["qemu_seqread_MBps"] == 100.0
+    assert out["ratio_seqread"] == 2.0
+    assert out["ratio_meta"] == round(60 / 95, 2)
+    assert out["kvmlite_seqwrite_MBps"] == "failed: cannot open share" or \
+        "cannot open share" in out["kvmlite_seqwrite_MBps"]
+    assert out["ratio_seqwrite"].startswith("none: kvmlite")
