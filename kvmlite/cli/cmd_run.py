@@ -14,8 +14,9 @@ import sys
 from typing import Callable
 
 from kvmlite import log
+from kvmlite.control.cli import seconds
 from kvmlite.errors import ConfigError, UsageError
-from kvmlite.vmm.config import (CONSOLES, SHARE_DEFAULT_TAG, TRANSPORTS, DiskConfig, NetConfig, ShareConfig,
+from kvmlite.vmm.config import (CONSOLES, MAX_TIMEOUT, SHARE_DEFAULT_TAG, TRANSPORTS, DiskConfig, NetConfig, ShareConfig,
                                 VmConfig, VsockConfig, parse_mem_mib)
 
 EPILOG = """exit status: 0 guest powered off, 1 kvmlite failed, 2 bad usage, 3 guest reset,
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="guest console: serial (ttyS0, default) or virtio (hvc0)")
     g.add_argument("--virtio-transport", choices=TRANSPORTS, default="pci",
                    help="virtio transport: pci (default) or mmio")
+    g.add_argument("--timeout", type=seconds(MAX_TIMEOUT), metavar="SECONDS",
+                   help="stop the VM after SECONDS (E2B's sandbox timeout; 'kvmlite' control op set_timeout "
+                        "moves it)")
     g.add_argument("--hugepages", action="store_true", help="back guest memory with hugetlbfs pages")
     n = parser.add_argument_group("networking options")
     n.add_argument("-n", "--network", action="append", default=[], metavar="OPTIONS",
@@ -120,7 +124,7 @@ def config_from_args(args: argparse.Namespace, need_shares: bool = False) -> VmC
         shares=tuple(ShareConfig.parse(s) for s in args.shares),
         vsock=VsockConfig.parse(args.vsock) if args.vsock is not None else None,
         rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,
-        default_cmdline=not args.no_default_params)
+        default_cmdline=not args.no_default_params, timeout=args.timeout)
 
 
 def run(args: argparse.Namespace) -> int:

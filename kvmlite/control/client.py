@@ -159,6 +159,10 @@ class ControlClient:
     def sysrq(self, key: str) -> None:
         self.call("sysrq", {"key": key})
 
+    def set_timeout(self, seconds: float) -> float:
+        """Stop the VM ``seconds`` from now."""
+        return float(self.call("set_timeout", {"seconds": seconds})["timeout_s"])
+
 
 def _check_peer(sock: socket.socket, target: str) -> None:
     """Refuse a server running as another user (the socket's owner can lie)."""

@@ -17,6 +17,7 @@ from kvmlite.control.protocol import BAD_ARGS, UNKNOWN_OP, ProtocolError
 
 MAX_PAUSE_TIMEOUT = 60.0
 MAX_STOP_TIMEOUT = 3600.0
+MAX_LIFETIME = 366 * 86400.0       # set_timeout: as VmConfig.timeout allows
 DEFAULT_PAUSE_TIMEOUT = 5.0
 DEFAULT_STOP_TIMEOUT = 30.0
 
@@ -33,6 +34,7 @@ class ControlTarget(Protocol):
     def registers(self) -> list[dict[str, Any]]: ...
     def inject_nmi(self, vcpu: int | None = None) -> list[int]: ...
     def sysrq(self, key: str) -> None: ...
+    def set_timeout(self, seconds: float) -> float: ...
 
 
 Args = dict[str, Any]
@@ -116,6 +118,11 @@ def _stop(t: ControlTarget, a: Args) -> Result:
     return {"method": t.shutdown(timeout, force=force)}
 
 
+def _set_timeout(t: ControlTarget, a: Args) -> Result:
+    seconds = number(a, "seconds", -1.0, 0.0, MAX_LIFETIME)     # required: the default is refused
+    return {"timeout_s": t.set_timeout(seconds)}
+
+
 def _stats(t: ControlTarget, a: Args) -> Result:
     return t.stats()
 
@@ -147,6 +154,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     _op("registers", _registers, blocking=True),
     _op("nmi", _nmi, "vcpu", blocking=True),
     _op("sysrq", _sysrq, "key", blocking=True),
+    _op("set_timeout", _set_timeout, "seconds", blocking=False),
 )}
 
 

@@ -15,6 +15,7 @@ from kvmlite.errors import ConfigError
 
 MiB = 1 << 20
 MIN_MEM_MIB = 16
+MAX_TIMEOUT = 366 * 86400        # seconds: a VM's lifetime (--timeout) is at most a year
 DEFAULT_MEM_MIB = 256
 CONSOLES = ("serial", "virtio")
 TRANSPORTS = ("pci", "mmio")
@@ -272,6 +273,8 @@ class VmConfig:
     shares: tuple[ShareConfig, ...] = ()
     vsock: VsockConfig | None = None
     default_cmdline: bool = True     # False: use params as the whole command line
+    timeout: float | None = None     # seconds the VM may live; then it is stopped (--timeout)
+    labels: tuple[tuple[str, str], ...] = ()   # shown by `kvmlite list`/info (the sandbox SDK's marks)
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -288,6 +291,8 @@ class VmConfig:
         twice = next((tag for tag in tags if tags.count(tag) > 1), None)
         if twice is not None:
             raise ConfigError(f"--9p: tag {twice!r} names two shares (give each its own: --9p DIR,TAG)")
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
+            raise ConfigError(f"--timeout {self.timeout:g}: give a number of seconds from 0 to {MAX_TIMEOUT}")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ConfigError(f"--name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-'")
 

@@ -79,6 +79,9 @@ class VmControl:
         self._paused_clock: int | None = None     # kvmclock at a requested pause
         self._stopper: threading.Thread | None = None
         self._stop_method: str | None = None
+        self._deadline: float | None = None          # monotonic; the VM's lifetime (set_timeout)
+        self._deadline_changed = threading.Condition()
+        self._lifetime: threading.Thread | None = None
 
     # --- state ---
 
@@ -100,9 +103,42 @@ class VmControl:
         config = self.vm.config
         info = {"state": self.state(), "vcpus": len(self.vm.vcpus), "memory_mib": config.mem_mib,
                 "uptime_s": round(self.uptime(), 3), "kernel": config.kernel}
+        if self._deadline is not None:
+            info["timeout_s"] = round(max(0.0, self._deadline - time.monotonic()), 3)
+            info["end_at"] = round(time.time() + info["timeout_s"], 3)
+        if config.labels:
+            info["labels"] = dict(config.labels)
         if config.vsock is not None:        # where host programs CONNECT (docs/vsock.md)
             info["vsock"] = {"cid": config.vsock.cid, "socket": self.vm.devices.vsock_path}
         return info
+
+    # --- lifetime ---
+
+    def set_timeout(self, seconds: float) -> float:
+        """End the VM ``seconds`` from now, replacing any earlier deadline;
+        a paused VM's time counts too (as with E2B's sandbox timeout).  One
+        daemon thread (``<name>:lifetime``) waits for the deadline."""
+        with self._deadline_changed:
+            self._deadline = time.monotonic() + seconds
+            self._deadline_changed.notify_all()
+            if self._lifetime is None:
+                self._lifetime = threading.Thread(target=self._wait_deadline, daemon=True,
+                                                  name=f"{getattr(self.vm, 'name', None) or 'vm'}:lifetime")
+                self._lifetime.start()
+        return seconds
+
+    def _wait_deadline(self) -> None:
+        with self._deadline_changed:
+            while not _has_ended(self.vm):
+                assert self._deadline is not None
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._deadline_changed.wait(min(left, 1.0))
+            else:
+                return
+        log.info("the VM's timeout passed: stopping it")
+        self.vm.end(EndReason.STOPPED, None, "stopped: its timeout passed")
 
     # --- pause and resume ---
 

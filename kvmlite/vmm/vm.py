@@ -180,6 +180,8 @@ class Vm:
         self.event_loop.start()
         for vcpu in self.vcpus:
             vcpu.start()
+        if self.config.timeout is not None:
+            self.control.set_timeout(self.config.timeout)
 
     def wait(self, timeout: float | None = None) -> VmResult | None:
         """Block until the VM ends (or ``timeout``); return how it ended."""
@@ -238,6 +240,10 @@ class Vm:
 
     def sysrq(self, key: str) -> None:
         self.control.sysrq(key)
+
+    def set_timeout(self, seconds: float) -> float:
+        """Stop the VM ``seconds`` from now (E2B's ``set_timeout``); returns ``seconds``."""
+        return self.control.set_timeout(seconds)
 
     def shutdown(self, timeout: float = 30.0, force: bool = False) -> str:
         """Graceful stop (ACPI power button or Ctrl-Alt-Del), hard after ``timeout``."""

@@ -55,6 +55,10 @@ class FakeTarget:
     def sysrq(self, key: str) -> None:
         self.calls.append(("sysrq", key))
 
+    def set_timeout(self, seconds: float) -> float:
+        self.calls.append(("set_timeout", seconds))
+        return seconds
+
 
 def sample_registers(vcpu: int) -> dict[str, Any]:
     """One vCPU's entry of a ``registers`` reply, as VmControl builds it."""

@@ -39,6 +39,8 @@ def test_stop_passes_force_and_timeout() -> None:
     ("sysrq", {}), ("sysrq", {"key": ""}), ("sysrq", {"key": "ab"}), ("sysrq", {"key": " "}),
     ("sysrq", {"key": "\n"}), ("sysrq", {"key": "é"}),
     ("info", {"verbose": True}), ("pause", {"timeoutt": 1}),
+    ("set_timeout", {}), ("set_timeout", {"seconds": 0}), ("set_timeout", {"seconds": "10"}),
+    ("set_timeout", {"seconds": 1e12}), ("set_timeout", {"seconds": float("nan")}),
 ])
 def test_bad_args_rejected_before_reaching_target(op: str, args: dict) -> None:
     target = FakeTarget()
@@ -54,4 +56,10 @@ def test_nmi_null_vcpu_means_all() -> None:
 
 
 def test_only_reading_ops_run_on_the_server_thread() -> None:
-    assert {name for name, op in OPS.items() if not op.blocking} == {"info", "stats"}
+    # set_timeout only moves a deadline: it never parks a vCPU or waits
+    assert {name for name, op in OPS.items() if not op.blocking} == {"info", "stats", "set_timeout"}
+
+
+def test_set_timeout_reaches_target() -> None:
+    result, target = run("set_timeout", seconds=90)
+    assert result == {"timeout_s": 90.0} and target.calls == [("set_timeout", 90.0)]

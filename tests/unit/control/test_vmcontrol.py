@@ -25,7 +25,7 @@ class FakeVm:
     """What VmControl reads of a Vm, with real legacy devices."""
 
     def __init__(self, console: str = "serial") -> None:
-        self.config = SimpleNamespace(mem_mib=64, kernel="vmlinuz", console=console)
+        self.config = SimpleNamespace(mem_mib=64, kernel="vmlinuz", console=console, vsock=None, labels=())
         self.started_at = time.monotonic()
         self.vcpus: list = []
         self.ends: list[tuple[EndReason, str]] = []
@@ -186,3 +186,43 @@ def test_info_names_the_vsock_socket_only_with_vsock() -> None:
     vm.devices.vsock_path = "/run/user/1/kvmlite/web.d/vsock.sock"
 
     assert VmControl(vm).info()["vsock"] == {"cid": 7, "socket": "/run/user/1/kvmlite/web.d/vsock.sock"}
+
+
+# --- lifetime (--timeout, set_timeout) ---
+
+def test_vmcontrol_set_timeout_ends_vm_at_deadline_reports_time_left() -> None:
+    vm = FakeVm()
+    control = VmControl(vm)
+    control.set_timeout(0.3)
+    left = control.info()["timeout_s"]
+    assert 0 < left <= 0.3
+    assert vm.wait_ended(5)
+    assert vm.ends == [(EndReason.STOPPED, "stopped: its timeout passed")]
+
+
+def test_vmcontrol_set_timeout_again_moves_deadline_later() -> None:
+    vm = FakeVm()
+    control = VmControl(vm)
+    control.set_timeout(0.2)
+    control.set_timeout(30)
+    assert not vm.wait_ended(0.6)             # the first deadline no longer holds
+    assert control.info()["timeout_s"] > 25
+    control.set_timeout(0.1)                  # and an earlier one takes effect
+    assert vm.wait_ended(5)
+
+
+def test_vmcontrol_lifetime_thread_leaves_when_vm_ends_first() -> None:
+    vm = FakeVm()
+    control = VmControl(vm)
+    control.set_timeout(60)
+    vm.stop()
+    assert control._lifetime is not None
+    control._lifetime.join(3)
+    assert not control._lifetime.is_alive()
+    assert vm.ends == [(EndReason.STOPPED, "stopped")]
+
+
+def test_vmcontrol_info_shows_labels() -> None:
+    vm = FakeVm()
+    vm.config.labels = (("kvmlite.sandbox", "1"), ("team", "a"))
+    assert VmControl(vm).info()["labels"] == {"kvmlite.sandbox": "1", "team": "a"}
