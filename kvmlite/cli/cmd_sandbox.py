@@ -15,7 +15,17 @@ and its exit status is kvmlite's.
 
 The guest is the default guest that can mount shares (``kvmlite setup``
 prepares it). Everything ``kvmlite run`` takes works here too (``-m``,
-``-c``, ``-n``, ``--9p`` for more shares, ...).
+``-c``, ``-n``, ``--9p`` for more shares, ``--timeout``, ...).
+
+``kvmlite sandbox --agent`` (what the Python SDK starts, docs/sdk.md) runs
+no command: the guest's init starts the sandbox agent
+(:mod:`kvmlite.agent`, run by the host's python3 from the read-only root,
+with this package shared read-only beside it) as root on vsock port
+``--agent-port``, and the VM lives until it is stopped, its timeout passes
+or the agent ends.  The current directory is not shared then: an agent
+sandbox sees nothing of the host's files but its programs and the shares
+it is given.  Host programs reach the agent through the VM's vsock socket
+(``kvmlite exec``, the SDK).
 """
 
 from __future__ import annotations
@@ -32,10 +42,16 @@ from kvmlite.cli import cmd_run
 from kvmlite.errors import UsageError
 from kvmlite.guest.cmdline import encode_command
 from kvmlite.guest.initscript import READY_MARKER
-from kvmlite.vmm.config import ShareConfig, VmConfig
+from kvmlite.vmm.config import ShareConfig, VmConfig, VsockConfig
 
 ROOT_TAG = "sandboxroot"
 CWD_TAG = "sandboxcwd"
+PACKAGE_TAG = "kvmlitepkg"              # this package, read-only, for the agent
+AGENT_PORT = 1024                       # the agent's vsock port (kvmlite.agent's default)
+AGENT_CID = 3                           # the guest's vsock CID when --vsock is not given
+AGENT_HOME = "/home/user"               # the agent's working directory and HOME, on the overlay
+SANDBOX_LABEL = "kvmlite.sandbox"       # labels: marks an agent sandbox for Sandbox.list()
+PORT_LABEL = "kvmlite.agent_port"
 # What of the host's root the guest sees: programs and libraries.
 ROOT_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt")
 # Never shown, even read-only: credentials, keys and the like.
@@ -52,24 +68,56 @@ for 'kvmlite run' when the guest fails."""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cmd_run.add_arguments(parser)
-    parser.usage = "kvmlite sandbox [run options] -- CMD [ARGS...]"
+    a = parser.add_argument_group("agent options (the Python SDK's sandboxes)")
+    a.add_argument("--agent", action="store_true",
+                   help="run no command: start the sandbox agent in the guest and keep the VM until it is "
+                        "stopped or its --timeout passes; host programs reach it through the vsock socket "
+                        "(kvmlite exec -n NAME -- CMD)")
+    a.add_argument("--agent-port", type=int, default=AGENT_PORT, metavar="PORT",
+                   help=f"the agent's vsock port (default {AGENT_PORT})")
+    a.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label shown by 'kvmlite list' and Sandbox.list() (the SDK's metadata); repeatable")
+    parser.usage = "kvmlite sandbox [run options] -- CMD [ARGS...]\n       kvmlite sandbox --agent [run options]"
     parser.epilog = EPILOG
 
 
 def run(args: argparse.Namespace) -> int:
     log.setup(args.loglevel)
     command = list(getattr(args, "passthrough", None) or [])
-    if not command:
+    if args.agent and command:
+        raise UsageError("--agent runs no command: drop what follows '--' (use kvmlite exec to run one)")
+    if not command and not args.agent:
         raise UsageError("give the command to run after '--': kvmlite sandbox -- CMD [ARGS...]")
     if args.kernel or args.image:
         raise UsageError("kvmlite sandbox boots the guest that can mount shares; -k is not taken")
     args.passthrough = None
     base = cmd_run.config_from_args(args, need_shares=True)
+    if args.agent:
+        labels = tuple(_label(text) for text in args.label)
+        config = agent_config(base, args.agent_port, os.getuid(), os.getgid(), labels)
+        return cmd_run.run_vm(config)
     config = sandbox_config(base, command, os.getcwd(), os.getuid(), os.getgid(), dict(os.environ))
     boot = BootFilter(READY_MARKER.encode())
     status = cmd_run.run_vm(config, wrap_output=boot.wrap)
     boot.show_unseen(sys.stderr.buffer)
     return status
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--label {text!r}: write KEY=VALUE")
+    return key, value
+
+
+def root_share() -> ShareConfig:
+    """The host's root as the guest sees it: programs and libraries, read-only."""
+    return ShareConfig("/", ROOT_TAG, read_only=True, view_top=ROOT_TOP, view_hidden=ROOT_HIDDEN)
+
+
+def _root_params(base: VmConfig, command: str) -> str:
+    return " ".join(p for p in (f"root={ROOT_TAG} rootfstype=9p rw kvmlite.overlay=1 quiet loglevel=1",
+                                base.params, encode_command(command)) if p)
 
 
 def sandbox_config(base: VmConfig, command: list[str], cwd: str, uid: int, gid: int,
@@ -78,12 +126,63 @@ def sandbox_config(base: VmConfig, command: list[str], cwd: str, uid: int, gid: 
     turned into the sandbox: the host's root as a read-only view with a
     tmpfs overlay, ``cwd`` shared read-write, ``command`` run in it as
     ``uid``/``gid``."""
-    root = ShareConfig("/", ROOT_TAG, read_only=True, view_top=ROOT_TOP, view_hidden=ROOT_HIDDEN)
     here = ShareConfig.parse(f"{cwd},{CWD_TAG}")
-    params = " ".join(p for p in (f"root={ROOT_TAG} rootfstype=9p rw kvmlite.overlay=1 quiet loglevel=1",
-                                  base.params, encode_command(guest_command(command, here.path, uid, gid, environ)))
-                      if p)
-    return replace(base, shares=(root, here, *base.shares), params=params)
+    params = _root_params(base, guest_command(command, here.path, uid, gid, environ))
+    return replace(base, shares=(root_share(), here, *base.shares), params=params)
+
+
+def agent_config(base: VmConfig, port: int, uid: int, gid: int,
+                 labels: tuple[tuple[str, str], ...] = ()) -> VmConfig:
+    """``base`` turned into an agent sandbox: the read-only root and overlay,
+    this package shared read-only, a vsock device (CID 3 unless ``base``
+    has one), and the agent started as root on ``port``; the agent's
+    working directory :data:`AGENT_HOME` belongs to ``uid``/``gid``."""
+    if not 1 <= port <= 0xFFFF_FFFE:
+        raise UsageError(f"--agent-port {port}: give a vsock port from 1 to 4294967294")
+    package = ShareConfig(str(package_parent()), PACKAGE_TAG, read_only=True, view_top=("kvmlite",))
+    vsock = base.vsock or VsockConfig(AGENT_CID)
+    marks = ((SANDBOX_LABEL, "1"), (PORT_LABEL, str(port)), *labels)
+    return replace(base, shares=(root_share(), package, *base.shares), vsock=vsock,
+                   params=_root_params(base, agent_command(port, uid, gid, guest_python())),
+                   labels=base.labels + marks)
+
+
+def package_parent() -> "Path":
+    """The directory that holds this ``kvmlite`` package."""
+    from pathlib import Path
+
+    import kvmlite
+
+    return Path(kvmlite.__file__).resolve().parent.parent
+
+
+def guest_python() -> str:
+    """The host's python3 as the guest sees it: this interpreter when it lives
+    in the directories the root view shows, else /usr/bin/python3."""
+    for candidate in (sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3"):
+        top = candidate.lstrip("/").split("/", 1)[0]
+        if candidate and top in ROOT_TOP and os.access(candidate, os.X_OK):
+            return candidate
+    raise UsageError(f"the agent needs a python3 the sandbox can see (under /{', /'.join(ROOT_TOP)}); "
+                     f"{sys.executable} is not, and /usr/bin/python3 is missing")
+
+
+def agent_command(port: int, uid: int, gid: int, python: str) -> str:
+    """The shell line the guest's init runs as root: /tmp and the agent's
+    home made, then the agent (which ends the VM when it exits)."""
+    q = shlex.quote
+    env = {"PATH": GUEST_PATH, "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": f"/mnt/{PACKAGE_TAG}",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    steps = [
+        "mkdir -p /tmp",
+        "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+        f"mkdir -p {AGENT_HOME}",
+        f"chown {uid}:{gid} {AGENT_HOME}",
+        f"cd {AGENT_HOME}",
+        "exec env -i {0} {1} -B -m kvmlite.agent --vsock-port {2} --workdir {3} --env HOME={3}".format(
+            " ".join(q(f"{k}={v}") for k, v in env.items()), q(python), port, AGENT_HOME),
+    ]
+    return " && ".join(steps)
 
 
 def guest_command(command: list[str], cwd: str, uid: int, gid: int, environ: dict[str, str]) -> str:

@@ -31,6 +31,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("run", "Start a virtual machine", "kvmlite.cli.cmd_run"),
     Command("setup", "Prepare the default guest (kernel and initramfs) in the cache", "kvmlite.cli.cmd_setup"),
     Command("sandbox", "Run a command in a throwaway guest", "kvmlite.cli.cmd_sandbox"),
+    Command("exec", "Run a command in a running sandbox through its agent", "kvmlite.cli.cmd_exec"),
     Command("list", "List running virtual machines", "kvmlite.cli.cmd_list"),
     Command("stop", "Stop a running virtual machine", "kvmlite.cli.cmd_stop"),
     Command("pause", "Pause a running virtual machine", "kvmlite.cli.cmd_pause"),

@@ -82,3 +82,52 @@ def test_sandbox_without_command_exit_2_one_line(capsys) -> None:
 def test_sandbox_kernel_option_refused(capsys) -> None:
     assert main(["sandbox", "-k", "/boot/vmlinuz", "--", "true"]) == 2
     assert "-k is not taken" in capsys.readouterr().err
+
+
+# --- kvmlite sandbox --agent (the SDK's sandboxes) ---
+
+def test_agent_config_shares_root_and_package_not_cwd_adds_vsock_and_labels() -> None:
+    from kvmlite.cli.cmd_sandbox import PACKAGE_TAG, PORT_LABEL, SANDBOX_LABEL, agent_config, package_parent
+
+    base = VmConfig(kernel="/k", initrd="/i")
+    config = agent_config(base, 1024, 1000, 1001, (("team", "a"),))
+    root, package = config.shares
+    assert (root.tag, root.read_only, root.view_top) == (ROOT_TAG, True, ROOT_TOP)
+    assert (package.tag, package.read_only, package.view_top) == (PACKAGE_TAG, True, ("kvmlite",))
+    assert Path(package.path) == package_parent() and (package_parent() / "kvmlite" / "agent").is_dir()
+    assert CWD_TAG not in {s.tag for s in config.shares}          # an agent sandbox sees no host files
+    assert config.vsock is not None and config.vsock.cid == 3
+    assert dict(config.labels) == {SANDBOX_LABEL: "1", PORT_LABEL: "1024", "team": "a"}
+    command = decoded_command(config.params)
+    assert "-m kvmlite.agent --vsock-port 1024" in command and "PYTHONPATH=/mnt/kvmlitepkg" in command
+    assert "chown 1000:1001 /home/user" in command and command.split(" && ")[-1].startswith("exec env -i ")
+    assert f"root={ROOT_TAG} rootfstype=9p" in config.params
+
+
+def test_agent_config_keeps_given_vsock_and_refuses_bad_port() -> None:
+    from kvmlite.cli.cmd_sandbox import agent_config
+    from kvmlite.errors import UsageError
+    from kvmlite.vmm.config import VsockConfig
+
+    base = VmConfig(kernel="/k", vsock=VsockConfig(7))
+    assert agent_config(base, 5000, 0, 0).vsock == VsockConfig(7)
+    with pytest.raises(UsageError, match="--agent-port 0"):
+        agent_config(base, 0, 0, 0)
+
+
+def test_agent_python_is_one_the_root_view_shows() -> None:
+    from kvmlite.cli.cmd_sandbox import guest_python
+
+    assert guest_python().lstrip("/").split("/")[0] in ROOT_TOP
+
+
+def test_sandbox_agent_with_command_exit_2_one_line(capsys) -> None:
+    assert main(["sandbox", "--agent", "--", "true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--agent runs no command" in err[0]
+
+
+def test_sandbox_bad_label_exit_2(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr("kvmlite.cli.cmd_run.config_from_args", lambda args, need_shares=False: VmConfig(kernel="/k"))
+    assert main(["sandbox", "--agent", "--label", "novalue"]) == 2
+    assert "--label 'novalue': write KEY=VALUE" in capsys.readouterr().err

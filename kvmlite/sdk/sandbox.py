@@ -1,0 +1,253 @@
+"""``from kvmlite import Sandbox``: throwaway VMs from Python, in the shape
+of E2B's SDK (docs/sdk.md lists where it differs).
+
+A sandbox is ``kvmlite sandbox --agent`` run as a process of its own (the
+VMM; it outlives the Python process that made it, until it is killed or
+its timeout passes, as an E2B sandbox does).  Its guest sees the host's
+programs read-only with a tmpfs overlay for writes, and nothing of the
+host's files but the shares it is given; the agent (:mod:`kvmlite.agent`)
+in it serves ``sb.commands`` and ``sb.files`` over virtio-vsock, reached
+through the VM's vsock Unix socket (one stream per operation).
+
+Lifecycle:
+
+* :meth:`Sandbox.create` starts the VMM with its console going to an
+  unlinked temporary file (read back when the boot fails, gone with the
+  last descriptor) and waits until the agent answers a hello; a VMM that
+  exits first raises :class:`SandboxError` with its last console lines.
+* The deadline lives in the VMM (``--timeout``; ``set_timeout`` moves it
+  through the control socket), so it holds even when this process ends.
+* :meth:`kill` stops the VMM; its sockets and directory go with it.
+  Every call waiting on the agent then raises at once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Mapping, Sequence
+
+from kvmlite.agent.client import AgentClient, connect_hybrid
+from kvmlite.agent.errors import AgentConnectionError, SandboxError
+from kvmlite.cli.cmd_sandbox import AGENT_PORT, PORT_LABEL, SANDBOX_LABEL
+from kvmlite.sdk.commands import Commands
+from kvmlite.sdk.files import Filesystem
+
+DEFAULT_TIMEOUT = 300            # seconds a sandbox lives (E2B's default)
+DEFAULT_BOOT_TIMEOUT = 120.0     # seconds to wait for the agent's first answer
+CONSOLE_TAIL = 4096              # bytes of console shown when a boot fails
+POLL = 0.1
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """What :meth:`Sandbox.get_info` and :meth:`Sandbox.list` tell (E2B's names)."""
+
+    sandbox_id: str
+    state: str
+    started_at: float | None            # seconds since the epoch
+    end_at: float | None                # when its timeout stops it
+    metadata: dict[str, str] = field(default_factory=dict)
+    cpu_count: int = 0
+    memory_mb: int = 0
+
+
+class Sandbox:
+    """One sandbox.  ``Sandbox(...)`` and ``Sandbox.create(...)`` are the same."""
+
+    def __init__(self, template: str | None = None, timeout: float = DEFAULT_TIMEOUT, *,
+                 metadata: Mapping[str, str] | None = None, envs: Mapping[str, str] | None = None,
+                 cpus: int = 1, memory_mb: int = 512, shares: Sequence[str] = (),
+                 network: bool | str = False, name: str | None = None,
+                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT, request_timeout: float | None = None,
+                 _attach: dict[str, Any] | None = None) -> None:
+        """Start a sandbox and wait until its agent answers.
+
+        ``template`` must be None (one template: the host's userland).
+        ``timeout``: seconds until the sandbox is killed.  ``envs``: the
+        environment every command gets (a command's own ``envs`` win).
+        ``shares``: host directories, ``DIR[,TAG][,ro]`` as ``--9p`` takes
+        them (mounted at /mnt/TAG).  ``network``: False for none, True for
+        user-mode networking (passt), or an ``-n`` option string.
+        """
+        self.envs = dict(envs or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._console: IO[bytes] | None = None
+        if _attach is not None:
+            self.sandbox_id, socket_path, port = _attach["name"], _attach["socket"], _attach["port"]
+        else:
+            if template is not None:
+                raise SandboxError(f"template {template!r}: kvmlite has one template, the host's userland "
+                                   "(leave template unset)")
+            self.sandbox_id = name or f"sb-{secrets.token_hex(4)}"
+            socket_path, port = self._start(timeout, metadata or {}, cpus, memory_mb, shares, network)
+        self._socket_path, self._port = socket_path, port
+        self._agent = AgentClient(lambda: connect_hybrid(self._socket_path, self._port, request_timeout or 10.0))
+        self.commands = Commands(self._agent, self.envs)
+        self.files = Filesystem(self._agent)
+        if _attach is None:
+            self._wait_ready(boot_timeout)
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> "Sandbox":
+        """E2B's spelling of ``Sandbox(...)``."""
+        return cls(*args, **kwargs)
+
+    # --- starting ----------------------------------------------------------------------
+
+    def _start(self, timeout: float, metadata: Mapping[str, str], cpus: int, memory_mb: int,
+               shares: Sequence[str], network: bool | str) -> tuple[str, int]:
+        from kvmlite.control.registry import Registry
+
+        argv = [sys.executable, "-m", "kvmlite", "sandbox", "--agent", "--name", self.sandbox_id,
+                "-c", str(cpus), "-m", str(memory_mb), "--timeout", f"{timeout:g}",
+                "-n", network if isinstance(network, str) else ("mode=user" if network else "mode=none")]
+        for share in shares:
+            argv += ["--9p", share]
+        for key, value in metadata.items():
+            argv += ["--label", f"{key}={value}"]
+        self._console = tempfile.TemporaryFile(prefix="kvmlite-sandbox-")
+        env = dict(os.environ, PYTHONPATH=_package_path(os.environ.get("PYTHONPATH")))
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._console,
+                                      stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        threading.Thread(target=self._proc.wait, daemon=True, name=f"{self.sandbox_id}:reaper").start()
+        return str(Registry().vm_dir(self.sandbox_id) / "vsock.sock"), AGENT_PORT
+
+    def _wait_ready(self, boot_timeout: float) -> None:
+        deadline = time.monotonic() + boot_timeout
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise SandboxError(f"sandbox {self.sandbox_id}: the VM exited with status "
+                                   f"{self._proc.returncode} before its agent answered: {self._console_tail()}")
+            if os.path.exists(self._socket_path):
+                try:
+                    self._agent.hello()
+                    return
+                except AgentConnectionError:
+                    pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise SandboxError(f"sandbox {self.sandbox_id}: no answer from its agent within "
+                                   f"{boot_timeout:g} s: {self._console_tail()}")
+            time.sleep(POLL)
+
+    def _console_tail(self) -> str:
+        if self._console is None:
+            return "(no console)"
+        self._console.seek(0, os.SEEK_END)
+        size = self._console.tell()
+        self._console.seek(max(0, size - CONSOLE_TAIL))
+        lines = [line for line in self._console.read().decode(errors="replace").splitlines() if line.strip()]
+        return " | ".join(lines[-8:]) or "(the console is empty)"
+
+    # --- the running sandbox -----------------------------------------------------------
+
+    def _control(self):  # type: ignore[no-untyped-def]
+        from kvmlite.control.client import ControlClient
+
+        return ControlClient(self.sandbox_id)
+
+    def is_running(self) -> bool:
+        try:
+            with self._control() as control:
+                return control.info().get("state") in ("running", "paused", "created")
+        except Exception:
+            return False
+
+    def kill(self) -> bool:
+        """Stop the sandbox now; False when it was not running."""
+        stopped = False
+        try:
+            with self._control() as control:
+                control.stop(force=True)
+                stopped = True
+        except Exception:
+            pass
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            stopped = stopped or self._proc.returncode is not None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        return stopped
+
+    def set_timeout(self, timeout: float) -> None:
+        """Kill the sandbox ``timeout`` seconds from now (replaces the earlier deadline)."""
+        with self._control() as control:
+            control.set_timeout(timeout)
+
+    def get_info(self) -> SandboxInfo:
+        with self._control() as control:
+            return _info(self.sandbox_id, control.info())
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def __repr__(self) -> str:
+        return f"Sandbox(sandbox_id={self.sandbox_id!r})"
+
+    # --- every sandbox -----------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, sandbox_id: str, *, request_timeout: float | None = None) -> "Sandbox":
+        """The running sandbox ``sandbox_id`` (made by this or another process)."""
+        from kvmlite.control.client import ControlClient
+
+        try:
+            with ControlClient(sandbox_id) as control:
+                info = control.info()
+        except Exception as exc:
+            raise SandboxError(f"sandbox {sandbox_id}: not running ({exc})") from None
+        labels = info.get("labels", {})
+        if labels.get(SANDBOX_LABEL) != "1" or "vsock" not in info:
+            raise SandboxError(f"{sandbox_id} is a VM but not a sandbox (no agent)")
+        attach = {"name": sandbox_id, "socket": info["vsock"]["socket"],
+                  "port": int(labels.get(PORT_LABEL, AGENT_PORT))}
+        return cls(_attach=attach, request_timeout=request_timeout)
+
+    @staticmethod
+    def list() -> list[SandboxInfo]:
+        """Every running sandbox of this user."""
+        from kvmlite.control.client import ControlClient
+        from kvmlite.control.registry import Registry
+
+        found = []
+        for name in Registry().names():
+            try:
+                with ControlClient(name) as control:
+                    info = control.info()
+            except Exception:
+                continue
+            if info.get("labels", {}).get(SANDBOX_LABEL) == "1":
+                found.append(_info(name, info))
+        return found
+
+
+def _info(name: str, info: dict[str, Any]) -> SandboxInfo:
+    labels = info.get("labels", {})
+    uptime = float(info.get("uptime_s", 0.0))
+    return SandboxInfo(sandbox_id=name, state=str(info.get("state")), started_at=round(time.time() - uptime, 3),
+                       end_at=info.get("end_at"),
+                       metadata={k: v for k, v in labels.items() if not k.startswith("kvmlite.")},
+                       cpu_count=int(info.get("vcpus", 0)), memory_mb=int(info.get("memory_mib", 0)))
+
+
+def _package_path(current: str | None) -> str:
+    """PYTHONPATH for the VMM: this package first, so the VMM is this kvmlite."""
+    from kvmlite.cli.cmd_sandbox import package_parent
+
+    here = str(package_parent())
+    return here if not current else f"{here}{os.pathsep}{current}"
