@@ -61,7 +61,7 @@ ELF32_GUESTS: dict[str, tuple[list[str], str]] = {
 # itself: they boot under kvmlite and under QEMU (-kernel on -M pc).
 _VIRTIO = ["virtio/main.c", "virtio/pci.c", "virtio/mmio.c", "virtio/virtq.c", "virtio/blk.c",
            "virtio/hostile.c", "virtio/bench.c", "virtio/user.c", "virtio/user.S", "virtio/rng.c",
-           "virtio/console.c", "virtio/net.c"]
+           "virtio/console.c", "virtio/net.c", "virtio/vsock.c"]
 PVH64_GUESTS: dict[str, tuple[list[str], str]] = {
     "virtio": (["virtio/entry.S", "lib/idt64.S", "lib/idt64.c", "lib/apic.c", *_VIRTIO], "virtio/linker.ld"),
 }

@@ -10,10 +10,11 @@
  *   mode=net-dhcp, mode=net-tap
  *                 virtio-net on the first such device: DHCP and ARP with
  *                 kvmlite's user-mode network, or frames to and from a tap
+ *   mode=vsock    virtio-vsock streams to and from the host (vsock.c)
  *
  * Other words: transport=pci|mmio (default: PCI, then MMIO if PCI has no
  * virtio device), timeout=SECONDS (watchdog, default 60), and the options
- * of each program (blk.c, hostile.c, bench.c, console.c, net.c).
+ * of each program (blk.c, hostile.c, bench.c, console.c, net.c, vsock.c).
  *
  * Every result is one "virtio: ..." line on COM1.  Exit status (port
  * 0x501): 42 when every check passed, 43 when one failed, 44 with no
@@ -189,6 +190,7 @@ static const char *type_name(u32 type)
 	case VIRTIO_ID_BLOCK: return "blk";
 	case VIRTIO_ID_CONSOLE: return "console";
 	case VIRTIO_ID_RNG: return "rng";
+	case VIRTIO_ID_VSOCK: return "vsock";
 	default: return "other";
 	}
 }
@@ -304,6 +306,13 @@ void virtio_main(const struct hvm_start_info *si)
 			guest_exit(EXIT_NO_DEVICE);
 		}
 		net_test(d, cmdline);
+	} else if (cmdline_is(cmdline, "mode", "vsock")) {
+		struct vdev *d = first_of(VIRTIO_ID_VSOCK);
+		if (!d) {
+			puts("virtio: no virtio-vsock device\n");
+			guest_exit(EXIT_NO_DEVICE);
+		}
+		vsock_test(d, cmdline);
 	} else if (cmdline_is(cmdline, "mode", "hostile") || bench) {
 		struct vdev *d = first_of(VIRTIO_ID_BLOCK);
 		if (!d) {

@@ -1,12 +1,13 @@
 /* A small virtio 1.2 driver for kvmlite's test guest: the PCI and MMIO
  * transports, split virtqueues, and what the tests and the benchmark do
- * with virtio-blk, virtio-rng, virtio-console and virtio-net.
+ * with virtio-blk, virtio-rng, virtio-console, virtio-net and virtio-vsock.
  *
  * Section numbers are those of "Virtual I/O Device (VIRTIO) Version 1.2"
  * (OASIS, 2022).  The guest is single-CPU and its kernel runs with
  * interrupts off except inside wait_until() (sti; hlt); the benchmark's
- * user-mode loop (bench.c, user.c) runs with them on.  Interrupt handlers
- * only count and set flags, so no other code races with them. */
+ * user-mode loop (bench.c, user.c) and vsock.c's user-mode checksums run
+ * with them on.  Interrupt handlers only count and set flags, so no other
+ * code races with them. */
 #ifndef GUEST_VIRTIO_H
 #define GUEST_VIRTIO_H
 #include "../lib/x86.h"
@@ -42,6 +43,7 @@ static inline void rmb(void) { __asm__ volatile("" ::: "memory"); }
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_CONSOLE 3
 #define VIRTIO_ID_RNG 4
+#define VIRTIO_ID_VSOCK 19
 
 /* --- split virtqueues (§2.7) --- */
 #define VIRTQ_DESC_F_NEXT 1
@@ -89,7 +91,7 @@ struct transport_ops {
 	int (*config_setup)(struct vdev *d);                /* after queues, before DRIVER_OK */
 };
 
-#define MAX_QUEUES 2
+#define MAX_QUEUES 3               /* vsock's rx, tx and event */
 #define MAX_DEVICES 8
 
 struct vdev {
@@ -165,5 +167,6 @@ int blk_bench(struct vdev *d, const char *cmdline);
 int rng_test(struct vdev *d);
 int console_test(struct vdev *d, const char *cmdline);
 int net_test(struct vdev *d, const char *cmdline);
+int vsock_test(struct vdev *d, const char *cmdline);
 
 #endif
