@@ -42,6 +42,7 @@ from kvmlite.base.eventloop import EventLoop
 from kvmlite.vmm.exitcodes import DEFAULT_CODES, EndReason
 from kvmlite.base.memory import GuestMemory
 from kvmlite.vmm.control import VmControl
+from kvmlite.vmm.limits import raise_nofile_limit
 from kvmlite.vmm.vcpu import Request, Vcpu, install_kick_handler
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Vm:
         from kvmlite.vmm.devices import DeviceManager
 
         config = self.config
+        raise_nofile_limit()            # shares and streams hold many descriptors (kvmlite/vmm/limits.py)
         self._check_kvm()
         self.vm_fd: VmFd = self.kvm.create_vm()
         self._setup_irqchip()
