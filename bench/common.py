@@ -171,3 +171,13 @@ def measure(name: str, make_cmd, value, repeat: int, digits: int = 1) -> float |
         else:
             values.append(got)
     return number_or_failure(values, failures, digits)
+
+
+def keep_console(name: str, console: str) -> Path:
+    """Save a nested benchmark's test-host console beside the results
+    (bench/results/NAME-console.log, not committed), for when a side fails."""
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}-console.log"
+    path.write_text(console)
+    return path

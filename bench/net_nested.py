@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import error_line, number_or_failure, ratio
+from bench.common import keep_console, error_line, number_or_failure, ratio
 
 ROUNDS = 2
 SECONDS = 5                 # iperf3 -t, after a 1 s warm-up it leaves out (-O 1)
@@ -194,6 +194,7 @@ def run() -> dict:
         tools = build_tools(work)
         from tests.nested.linux import script_env
         result = host.run(script_env(guest.kernel, guest.initrd) + script(tools), 3600, work)
+        keep_console("net_nested", result.console)
         numbers = parse(result.console)
         return {"what": f"virtio-net in a Linux guest, nested test host: iperf3 TCP {SECONDS} s each way "
                         f"(Mbit/s), ping RTT (ms, ratio = QEMU/kvmlite), median of {ROUNDS}",

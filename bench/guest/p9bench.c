@@ -1,7 +1,7 @@
 /* p9bench: file-system throughput and metadata rate from inside a Linux
  * guest, for a virtio-9p share.
  *
- *   p9bench DIR MIB FILES
+ *   p9bench DIR MIB FILES [MODE]
  *
  * In DIR (a directory on the share):
  *   seqwrite  MIB MiB to DIR/p9bench.dat in 1 MiB write()s, then fsync;
@@ -9,7 +9,8 @@
  *             without a page cache, so every read goes to the server);
  *   meta      FILES times: create DIR/m/fN (open O_CREAT, 16 bytes, close),
  *             stat it, unlink it.
- * Prints one line per mode:
+ * MODE (seqwrite, seqread or meta) runs only that step; without it, all
+ * three in one process.  Prints one line per mode:
  *   p9bench mode=M bytes=B files=F seconds=S mbps=X rate=Y
  * (rate = files per second for meta, MB/s for the others.)  Built
  * statically with the machine's gcc by bench/p9_nested.py.
@@ -111,28 +112,36 @@ static void meta(const char *dir, long files)
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: p9bench DIR MIB FILES\n");
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: p9bench DIR MIB FILES [seqwrite|seqread|meta]\n");
 		return 2;
 	}
 	const char *dir = argv[1];
 	int mib = atoi(argv[2]);
 	long files = atol(argv[3]);
 	char path[4096], sub[4096];
-	char *buf = malloc(MiB);
-	if (!buf || mib <= 0 || files <= 0) {
+	char *buf = NULL;
+	/* page-aligned, as dd's: the 9p client maps the user pages for its
+	 * zero-copy reads and writes */
+	if (posix_memalign((void **)&buf, 4096, MiB) || mib <= 0 || files <= 0) {
 		fprintf(stderr, "p9bench: bad arguments\n");
 		return 2;
 	}
 	memset(buf, 0x5a, MiB);
 	snprintf(path, sizeof path, "%s/p9bench.dat", dir);
 	snprintf(sub, sizeof sub, "%s/m", dir);
-	seqwrite(path, mib, buf);
-	seqread(path, mib, buf);
-	unlink(path);
-	if (mkdir(sub, 0755) < 0 && errno != EEXIST)
-		die("mkdir", sub);
-	meta(sub, files);
-	rmdir(sub);
+	const char *only = argc == 5 ? argv[4] : NULL;
+	if (!only || !strcmp(only, "seqwrite"))
+		seqwrite(path, mib, buf);
+	if (!only || !strcmp(only, "seqread")) {
+		seqread(path, mib, buf);
+		unlink(path);
+	}
+	if (!only || !strcmp(only, "meta")) {
+		if (mkdir(sub, 0755) < 0 && errno != EEXIST)
+			die("mkdir", sub);
+		meta(sub, files);
+		rmdir(sub);
+	}
 	return 0;
 }
