@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -181,3 +182,24 @@ def keep_console(name: str, console: str) -> Path:
     path = out / f"{name}-console.log"
     path.write_text(console)
     return path
+
+
+def tools_image(work: Path, programs: list[str], size: str) -> Path:
+    """An ext4 image (``work/tools.img``) holding the host's ``programs``,
+    every library they link and the dynamic loader, flat, for a guest
+    without them: run as ``/mnt/ld-linux-x86-64.so.2 --library-path /mnt
+    /mnt/PROGRAM`` once mounted at /mnt.  RuntimeError naming the Debian
+    package's program when one is missing."""
+    tools = work / "tools"
+    tools.mkdir()
+    for name in programs:
+        binary = shutil.which(name)
+        if binary is None:
+            raise RuntimeError(f"{name} is not installed: apt-get install {name}")
+        shutil.copy(binary, tools / name)
+        ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+        for lib in re.findall(r"(/\S+\.so[.\d]*)", ldd):
+            shutil.copy(lib, tools / Path(lib).name)
+    image = work / "tools.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tools), str(image), size], check=True)
+    return image

@@ -32,13 +32,10 @@ from __future__ import annotations
 import base64
 import re
 import shlex
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import keep_console, error_line, number_or_failure, ratio
+from bench.common import keep_console, tools_image, error_line, number_or_failure, ratio
 
 ROUNDS = 2
 SECONDS = 5                 # iperf3 -t, after a 1 s warm-up it leaves out (-O 1)
@@ -64,18 +61,7 @@ RESULT = re.compile(r"^@@NET (\S+) (\S+) (\S+) (\S+)$", re.M)
 
 def build_tools(work: Path) -> Path:
     """An ext4 image holding iperf3, the libraries it links and their loader."""
-    binary = shutil.which("iperf3")
-    if binary is None:
-        raise RuntimeError("iperf3 is not installed: apt-get install iperf3")
-    tools = work / "tools"
-    tools.mkdir()
-    shutil.copy(binary, tools / "iperf3")
-    ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
-    for lib in re.findall(r"(/\S+\.so[.\d]*)", ldd):
-        shutil.copy(lib, tools / Path(lib).name)
-    image = work / "tools.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tools), str(image), "32M"], check=True)
-    return image
+    return tools_image(work, ["iperf3"], "32M")
 
 
 def guest_command(case: str, server: str) -> str:

@@ -74,8 +74,9 @@ QEMU = "qemu-system-x86_64"
 # kvm_amd pulls in irqbypass, kvm, ccp; 9p pulls in 9pnet, netfs, fscache;
 # virtio_pci and 9pnet_virtio the virtio transport (HOST.md's list).
 # tun, veth and vhost_net (which pulls in vhost, vhost_iotlb and tap) give
-# the test host taps, veth pairs and /dev/vhost-net.
-HOST_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "tun", "veth", "vhost_net")
+# the test host taps, veth pairs and /dev/vhost-net; vhost_vsock gives it
+# /dev/vhost-vsock and AF_VSOCK (QEMU's vhost-vsock-pci, the vsock benchmark).
+HOST_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "tun", "veth", "vhost_net", "vhost_vsock")
 HOST_CMDLINE = "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tsc=reliable"
 READY = "@@TESTHOST READY"
 DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)

@@ -52,3 +52,27 @@ def test_p9_parse_medians_ratios_and_failures() -> None:
     assert out["kvmlite_seqwrite_MBps"] == "failed: cannot open share" or \
         "cannot open share" in out["kvmlite_seqwrite_MBps"]
     assert out["ratio_seqwrite"].startswith("none: kvmlite")
+
+
+def test_vsock_parse_medians_ratios_sdk_and_errors() -> None:
+    from bench import vsock_nested
+
+    console = ("@@VS kvmlite up_MBps 50\n@@VS qemu up_MBps 100\n@@VS kvmlite up_MBps 70\n@@VS qemu up_MBps 120\n"
+               "@@VS kvmlite down_error ConnectionRefusedError: [Errno 111] refused\n"
+               "@@VS qemu down_MBps 80\n"
+               "@@VS kvmlite run_true_ms 30\n@@VS kvmlite echo_ms 20\n@@VS kvmlite create_to_first_result_s 55.5\n")
+    out = vsock_nested.parse(console)
+    assert out["kvmlite_up_MBps"] == 60.0 and out["qemu_up_MBps"] == 110.0
+    assert out["ratio_up_MBps"] == round(60 / 110, 2)
+    assert "ConnectionRefusedError" in out["kvmlite_down_MBps"] and out["kvmlite_down_MBps"].startswith("failed: ")
+    assert out["ratio_down_MBps"].startswith("none: kvmlite")
+    assert out["run_true_over_echo"] == 1.5 and out["create_to_first_result_s"] == 55.5
+    assert out["file_write_MBps"].startswith("failed: ")
+    assert "NaN" not in repr(out)
+
+
+def test_vsock_guest_command_sends_then_receives() -> None:
+    from bench import vsock_nested
+
+    cmd = vsock_nested.guest_command()
+    assert cmd.index("VSOCK-CONNECT:2:5000") < cmd.index("VSOCK-LISTEN:5001")
