@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, error_line, ratio
+from bench.common import console_error, REPO, ratio
 
 MODES = ("seqread", "seqwrite", "randread", "randwrite")
 SECONDS = 4
@@ -89,11 +89,8 @@ def parse(console: str) -> dict:
 
 
 def vmm_error(console: str, vmm: str) -> str:
-    """The VMM's own error line on the console (QEMU's start with its name,
-    kvmlite's with ``kvmlite:``), else a pointer to the log."""
-    prefix = "qemu-system-x86_64:" if vmm == "qemu" else "kvmlite:"
-    lines = [line for line in console.splitlines() if line.strip().startswith(prefix)]
-    return error_line("\n".join(lines)) if lines else f"{vmm} printed no result and no error line"
+    """The VMM's own error line on the console, else a pointer to the log."""
+    return console_error(console, vmm) or f"{vmm} printed no result and no error line"
 
 
 def run() -> dict:

@@ -203,3 +203,12 @@ def tools_image(work: Path, programs: list[str], size: str) -> Path:
     image = work / "tools.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tools), str(image), size], check=True)
     return image
+
+
+def console_error(console: str, vmm: str, extra: tuple[str, ...] = ()) -> str | None:
+    """A VMM's own error line on a nested benchmark's console (QEMU's start
+    with its program name, kvmlite's with ``kvmlite:``; ``extra`` prefixes
+    count too), or None."""
+    prefixes = ("qemu-system-x86_64:" if vmm.startswith("qemu") else "kvmlite:", *extra)
+    lines = [line for line in console.splitlines() if line.strip().startswith(prefixes)]
+    return error_line("\n".join(lines)) if lines else None

@@ -35,7 +35,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from bench.common import keep_console, tools_image, error_line, number_or_failure, ratio
+from bench.common import console_error, keep_console, tools_image, number_or_failure, ratio
 
 ROUNDS = 2
 SECONDS = 5                 # iperf3 -t, after a 1 s warm-up it leaves out (-O 1)
@@ -161,10 +161,9 @@ def parse(console: str) -> dict:
 
 def vmm_error(console: str, vmm: str, case: str) -> str:
     """Why a VMM gave no number: its own error line, else a pointer to the log."""
-    prefix = "qemu-system-x86_64:" if vmm.startswith("qemu") else "kvmlite:"
-    lines = [line for line in console.splitlines() if line.strip().startswith(prefix)]
-    if lines:
-        return error_line("\n".join(lines))
+    found = console_error(console, vmm)
+    if found:
+        return found
     if f"@@NET {vmm} {case}" in console:
         return "the guest's tool printed no number (see the console log)"
     return f"{vmm} printed no result and no error line"

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import keep_console, REPO, error_line, number_or_failure, ratio
+from bench.common import console_error, keep_console, REPO, number_or_failure, ratio
 
 MIB = 64
 FILES = 10_000
@@ -80,10 +80,7 @@ def parse(console: str) -> dict:
 
 def vmm_error(console: str, vmm: str) -> str:
     """The VMM's own error line (or p9bench's), else a pointer to the log."""
-    prefixes = ("qemu-system-x86_64:",) if vmm == "qemu" else ("kvmlite:",)
-    lines = [line for line in console.splitlines()
-             if line.strip().startswith(prefixes) or line.startswith(f"VMM={vmm} p9bench:")]
-    return error_line("\n".join(lines)) if lines else f"{vmm} printed no result and no error line"
+    return console_error(console, vmm, (f"VMM={vmm} p9bench:",)) or f"{vmm} printed no result and no error line"
 
 
 def build_tool(work: Path) -> Path:

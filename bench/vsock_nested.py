@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, error_line, keep_console, number_or_failure, ratio, tools_image
+from bench.common import console_error, REPO, keep_console, number_or_failure, ratio, tools_image
 
 MIB = 128
 ROUNDS = 2
@@ -116,9 +116,7 @@ def parse(console: str) -> dict:
 
 
 def vmm_error(console: str, vmm: str) -> str:
-    prefix = "qemu-system-x86_64:" if vmm == "qemu" else "kvmlite:"
-    lines = [line for line in console.splitlines() if line.strip().startswith(prefix)]
-    return error_line("\n".join(lines)) if lines else f"{vmm} printed no result and no error line"
+    return console_error(console, vmm) or f"{vmm} printed no result and no error line"
 
 
 def run() -> dict:
