@@ -94,7 +94,8 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
                                            VIRTIO_ID_NET, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.net_vhost import VhostDataPath, VhostNetKernel
-from kvmlite.devices.virtio.queue import USED_ELEM_SIZE, DescriptorChain, Queue, QueueError, RingAddressError
+from kvmlite.devices.virtio.queue import (USED_ELEM_SIZE, DescriptorChain, Queue, QueueError, RingAddressError,
+                                          pop_writable)
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -736,21 +737,12 @@ class VirtioNet(VirtioDevice):
         """The next receive chain fit to take a frame, or None when the ring
         is empty (notifications re-enabled).  A chain with readable
         descriptors or too short for a header goes back unused (§5.1.6.3.1)."""
-        queue, memory = active.rx, active.memory
-        while True:
-            chain = queue.pop(memory)
-            if chain is None:
-                if queue.enable_notification(memory):
-                    continue
-                return None
-            if chain.nread == 0 and chain.writable_len >= VNET_HDR_LEN:
-                return chain
-            chain.release()
-            queue.add_used(memory, chain.head, 0)
+        def refused(chain: DescriptorChain) -> None:
             signals.used[RECEIVEQ] += 1
             self._count("rx_errors")
             self._errors.warning(f"virtio-net: receive chain {chain.head} refused: "
                                  f"{chain.readable_len} readable, {chain.writable_len} writable bytes")
+        return pop_writable(active.rx, active.memory, VNET_HDR_LEN, refused)
 
     def _place_single(self, active: _Activation, signals: _Signals) -> bool:
         """Without MRG_RXBUF: the frame in one chain, or dropped if it does not fit."""

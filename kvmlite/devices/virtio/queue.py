@@ -48,6 +48,7 @@ import re
 import struct
 import threading
 from operator import add
+from typing import Callable
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from kvmlite.devices.virtio.iov import Segments
@@ -433,6 +434,26 @@ class Queue:
         except GuestMemoryError as exc:
             raise RingAddressError(str(exc)) from None
         return vring_need_event(used_event, new, old)
+
+
+def pop_writable(queue: "Queue", memory: GuestMemory, least: int,
+                 refused: Callable[[DescriptorChain], None]) -> DescriptorChain | None:
+    """The next chain that is device-writable only and holds at least
+    ``least`` bytes, for a device that fills buffers (a receive queue).
+    Any other chain is handed to ``refused`` (to count and log it), then
+    returned unused (used length 0); the caller signals the used ring.  None
+    when the ring is empty, with notifications re-enabled (§2.7.10)."""
+    while True:
+        chain = queue.pop(memory)
+        if chain is None:
+            if queue.enable_notification(memory):
+                continue
+            return None
+        if chain.nread == 0 and chain.writable_len >= least:
+            return chain
+        refused(chain)
+        chain.release()
+        queue.add_used(memory, chain.head, 0)
 
 
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:

@@ -61,7 +61,7 @@ from kvmlite.base.eventloop import EventLoop
 from kvmlite.base.memory import GuestMemory, GuestMemoryError
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_VSOCK, VirtioDevice, VirtioInterrupt)
-from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
+from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError, pop_writable
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.vsock.mux import Muxer, VsockLimits
 from kvmlite.devices.virtio.vsock.packet import (EVENT, EVENT_TRANSPORT_RESET, HEADER_SIZE, MAX_GUEST_CID,
@@ -329,19 +329,11 @@ class VirtioVsock(VirtioDevice):
                       least: int) -> DescriptorChain | None:
         """The next chain that is device-writable only and holds at least
         ``least`` bytes; others go back unused.  None when the ring is empty."""
-        while True:
-            chain = queue.pop(memory)
-            if chain is None:
-                if queue.enable_notification(memory):
-                    continue
-                return None
-            if chain.nread == 0 and chain.writable_len >= least:
-                return chain
-            chain.release()
-            queue.add_used(memory, chain.head, 0)
+        def refused(chain: DescriptorChain) -> None:
             signals.used.add(index)
             self._refuse(f"queue {index} chain {chain.head} refused: {chain.readable_len} readable, "
                          f"{chain.writable_len} writable bytes")
+        return pop_writable(queue, memory, least, refused)
 
     # --- the event queue ---
 
