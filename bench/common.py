@@ -210,5 +210,6 @@ def console_error(console: str, vmm: str, extra: tuple[str, ...] = ()) -> str | 
     with its program name, kvmlite's with ``kvmlite:``; ``extra`` prefixes
     count too), or None."""
     prefixes = ("qemu-system-x86_64:" if vmm.startswith("qemu") else "kvmlite:", *extra)
-    lines = [line for line in console.splitlines() if line.strip().startswith(prefixes)]
+    lines = [line for line in console.splitlines()
+             if line.strip().startswith(prefixes) and "warning:" not in line]      # warnings are not why
     return error_line("\n".join(lines)) if lines else None

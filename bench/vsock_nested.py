@@ -27,6 +27,7 @@ echo on the same VM.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shlex
 import sys
@@ -36,7 +37,7 @@ from pathlib import Path
 from bench.common import console_error, REPO, keep_console, number_or_failure, ratio, tools_image
 
 MIB = 128
-ROUNDS = 2
+ROUNDS = int(os.environ.get("KVMLITE_BENCH_ROUNDS", "2"))
 SDK_ROUNDS = 30
 FILE_MIB = 32
 CID = 3
@@ -49,7 +50,7 @@ SDK_METRICS = ("create_to_first_result_s", "run_true_ms", "echo_ms", "file_write
 def guest_command() -> str:
     socat = "/mnt/ld-linux-x86-64.so.2 --library-path /mnt /mnt/socat"
     return (f"mount -o ro /dev/vda /mnt; "
-            f"head -c {MIB}M /dev/zero | {socat} -u - VSOCK-CONNECT:2:5000; "
+            f"dd if=/dev/zero bs=1048576 count={MIB} 2>/dev/null | {socat} -u - VSOCK-CONNECT:2:5000; "
             f"echo \"@@VS $VMM guest_down_bytes $({socat} -u VSOCK-LISTEN:5001 - | wc -c)\"")
 
 
