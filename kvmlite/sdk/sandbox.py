@@ -123,8 +123,10 @@ class Sandbox:
         deadline = time.monotonic() + boot_timeout
         while True:
             if self._proc is not None and self._proc.poll() is not None:
-                raise SandboxError(f"sandbox {self.sandbox_id}: the VM exited with status "
-                                   f"{self._proc.returncode} before its agent answered: {self._console_tail()}")
+                message = (f"sandbox {self.sandbox_id}: the VM exited with status {self._proc.returncode} "
+                           f"before its agent answered: {self._console_tail()}")
+                self.kill()                   # closes the console file
+                raise SandboxError(message)
             if os.path.exists(self._socket_path):
                 try:
                     self._agent.hello()

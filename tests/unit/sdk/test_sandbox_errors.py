@@ -55,3 +55,10 @@ def test_top_level_names_import_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_sandbox_failed_create_leaves_no_descriptor(no_guest) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(SandboxError):
+        Sandbox.create(timeout=30, boot_timeout=60)
+    assert len(os.listdir("/proc/self/fd")) == before
