@@ -7,10 +7,6 @@ cheap (the sandbox agent imports this package inside the guest)::
     from kvmlite import Vm, VmConfig     # embed a VM: Vm(VmConfig(kernel=...)).run()
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -24,7 +20,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kvmlite' has no attribute {name!r}")

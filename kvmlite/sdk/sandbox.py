@@ -140,6 +140,7 @@ class Sandbox:
             time.sleep(POLL)
 
     def _console_tail(self) -> str:
+        """The last lines of the VMM's console (its own error line last when it failed)."""
         if self._console is None:
             return "(no console)"
         self._console.seek(0, os.SEEK_END)

@@ -34,8 +34,10 @@ def check(name: str):  # type: ignore[no-untyped-def]
             start = time.monotonic()
             try:
                 values = fn(*args) or {}
-            except BaseException as exc:       # reported, never hidden
-                emit(name, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-1500:])
+            except BaseException as exc:       # reported, never hidden, with the sandbox's console
+                console = args[0]._console_tail() if args and isinstance(args[0], Sandbox) else ""
+                emit(name, error=f"{type(exc).__name__}: {exc} [sandbox console: {console}]",
+                     trace=traceback.format_exc()[-1500:])
                 return
             emit(name, seconds=round(time.monotonic() - start, 2), **values)
         return run
