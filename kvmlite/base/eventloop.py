@@ -129,13 +129,19 @@ class EventLoop:
         return timer
 
     def _poll_timeout(self) -> float:
-        """Seconds until the earliest timer (-1: none, sleep until an fd is ready)."""
+        """Seconds until the earliest timer (-1: none, sleep until an fd is ready).
+        Without timers (every device but vsock) no lock and no clock read: a
+        timer added meanwhile from another thread wakes the loop itself."""
+        if not self._timers:
+            return -1
         with self._pending_lock:
             if not self._timers:
                 return -1
             return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _run_due_timers(self) -> None:
+        if not self._timers:            # the common case, on every turn of every loop
+            return
         now = time.monotonic()
         while True:
             with self._pending_lock:
