@@ -97,11 +97,24 @@ class DeviceManager:
         if not (config.disks or config.console == "virtio" or config.rng or config.nics or config.shares
                 or config.vsock):
             return devices
+        try:
+            self._add_virtio_devices(devices)
+        except BaseException:
+            for _name, device, _loop in devices:    # not yet on a transport: close() would not reach them
+                if hasattr(device, "close"):
+                    device.close()
+            raise
+        return devices
+
+    def _add_virtio_devices(self, devices: list[tuple[str, object, EventLoop]]) -> None:
+        """Append every configured virtio device to ``devices`` as it is made,
+        so a failure part-way closes those already made."""
         from kvmlite.devices.virtio.block import VirtioBlock
         from kvmlite.devices.virtio.console import VirtioConsole
         from kvmlite.devices.virtio.disk import RawDisk
         from kvmlite.devices.virtio.rng import VirtioRng
 
+        config = self.vm.config
         for i, disk in enumerate(config.disks):
             image = RawDisk.open(disk.path, read_only=disk.read_only)
             # Each disk gets its own event loop: it serves the disk's notifications and io_uring
@@ -118,14 +131,7 @@ class DeviceManager:
             devices.append(("virtio-rng", VirtioRng(), self.vm.event_loop))
         devices += self._net_devices()
         devices += self._share_devices()
-        try:
-            devices += self._vsock_devices()
-        except BaseException:
-            for _name, device, _loop in devices:    # not yet on a transport: close() would not reach them
-                if hasattr(device, "close"):
-                    device.close()
-            raise
-        return devices
+        devices += self._vsock_devices()
 
     def _vsock_devices(self) -> list[tuple[str, object, EventLoop]]:
         """``--vsock``: one virtio-vsock with an event loop of its own (the
