@@ -214,3 +214,36 @@ def test_collect_deadline_is_a_timeout(tmp_path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     result = _collect(proc, tmp_path / "log", 2, None)
     assert result.timed_out and not result.stalled and "tick" in result.console
+
+
+def test_run_retries_a_test_host_that_ended_before_the_script(tmp_path, monkeypatch) -> None:
+    # Arrange: a stand-in for QEMU whose first boot panics half-way through
+    # the script and whose second boot finishes it
+    from . import testhost
+
+    marker = tmp_path / "booted-once"
+    first = "echo '@@BEGIN a'; echo one; echo '@@END a rc=0'; echo 'Kernel panic - not syncing: Fatal exception'"
+    second = f"{first.rsplit(';', 1)[0]}; echo '@@BEGIN b'; echo two; echo '@@END b rc=0'; echo '@@TESTHOST DONE rc=0'"
+    script = f"if [ -e {marker} ]; then {second}; else touch {marker}; {first}; fi"
+    host = object.__new__(testhost.TestHost)
+    monkeypatch.setattr(host, "argv", lambda workdir, extra=(): ["sh", "-c", script], raising=False)
+    # Act
+    result = host.run("true", 30, tmp_path)
+    # Assert: the second boot's whole output is the result, and the first was kept in its own log
+    assert result.script_rc == 0 and not result.ended_early
+    assert set(result.sections) == {"a", "b"}
+    assert result.log_path.name == "testhost-console.2.log"
+    assert "Kernel panic" in (tmp_path / "testhost-console.log").read_text()
+
+
+def test_run_gives_up_after_the_retries_and_says_how_it_ended(tmp_path, monkeypatch, capsys) -> None:
+    from . import testhost
+
+    host = object.__new__(testhost.TestHost)
+    monkeypatch.setattr(host, "argv", lambda workdir, extra=(): ["sh", "-c", "echo 'BUG: kernel NULL pointer'"],
+                        raising=False)
+    result = host.run("true", 30, tmp_path)
+    assert result.ended_early and result.script_rc is None
+    err = capsys.readouterr().err
+    assert err.count("ended before the script did (BUG: kernel NULL pointer)") == testhost.STALL_ATTEMPTS
+    assert "giving up" in err

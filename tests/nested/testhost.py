@@ -83,6 +83,7 @@ DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)
 SECTION = re.compile(r"^@@BEGIN (\S+)\n(.*?)^@@END \1 rc=(\d+)$", re.M | re.S)
 SCRIPT_DIR = ".testhost"
 SOFT_LOCKUP = b"watchdog: BUG: soft lockup"
+KERNEL_COMPLAINT = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|reboot: ")
 SILENT_STALL = 300          # seconds without a byte on the console: frozen without a word
 STALL_ATTEMPTS = 2
 
@@ -201,6 +202,17 @@ class RunResult:
     script_rc: int | None = None
     sections: dict[str, Section] = field(default_factory=dict)
     stalled: bool = False                   # the emulated test host froze (soft lockup or silence)
+
+    @property
+    def ended_early(self) -> bool:
+        """QEMU ended before the script's DONE line: the emulated test host
+        powered off, rebooted or panicked in the middle of the run."""
+        return not self.timed_out and not self.stalled and self.script_rc is None
+
+    def last_words(self) -> str:
+        """The test host kernel's last complaint (panic, oops, BUG), if any."""
+        found = [line.strip() for line in self.console.splitlines() if KERNEL_COMPLAINT.search(line)]
+        return found[-1][:200] if found else "no kernel message"
 
     def section(self, name: str) -> Section:
         """The section, or an AssertionError naming the console log."""
@@ -383,10 +395,11 @@ class TestHost:
             proc = subprocess.Popen(self.argv(workdir, extra=extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             result = _collect(proc, log_path, max(1.0, deadline - time.monotonic()), echo)
-            if not result.stalled:
+            if not (result.stalled or result.ended_early):
                 return result
-            print(f"testhost: the emulated test host stalled (a soft lockup, or {SILENT_STALL} s of silence); "
-                  f"{result.where()}; "
+            what = (f"stalled (a soft lockup, or {SILENT_STALL} s of silence)" if result.stalled
+                    else f"ended before the script did ({result.last_words()})")
+            print(f"testhost: the emulated test host {what}; {result.where()}; "
                   f"{'retrying' if attempt < STALL_ATTEMPTS else 'giving up'}", file=sys.stderr)
         return result
 
