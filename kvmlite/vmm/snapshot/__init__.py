@@ -1,0 +1,1 @@
+"""Snapshot, restore and fork of a VM (docs/snapshot.md)."""
