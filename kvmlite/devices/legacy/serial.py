@@ -30,6 +30,12 @@ bus's per-device lock; the I/O thread calls :meth:`enqueue_input` and
 taken inside the bus lock.  ``irq.set_level`` is called with ``_lock`` held
 (so levels reach the line in order); ``sink`` is called after ``_lock`` is
 released but still under the bus lock, which keeps output in order.
+
+Snapshots (:mod:`kvmlite.base.state`): :meth:`Serial.save_state` keeps every
+register, the divisor, the FIFO mode and trigger level, the pending line
+status errors, the THRE interrupt latch, MSR (with its delta bits), the RX
+FIFO and the host input still waiting on the wire.  ``sink``, the input
+limit and the stats counters are host-side and not saved.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import logging
 import threading
 from typing import Callable
 
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.irq import IrqLine
 
 log = logging.getLogger(__name__)
@@ -177,6 +184,33 @@ class Serial:
             self._reset_registers()
             self._refill()
             self._update_irq()
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {"ier": self._ier, "lcr": self._lcr, "mcr": self._mcr, "scr": self._scr,
+                    "divisor": self._divisor, "fifo_enabled": self._fifo_enabled,
+                    "rx_trigger": self._rx_trigger, "lsr_errors": self._lsr_errors,
+                    "thr_pending": self._thr_pending, "msr": self._msr,
+                    "rx": _pack_chars(self._rx), "input": _pack_chars(self._input)}
+
+    def restore_state(self, state: dict, part: str = "serial") -> None:
+        """Load :meth:`save_state`'s dict into this (fresh) UART, then drive
+        the IRQ line to the level the registers imply.  Checks everything
+        before changing anything: a StateError leaves the UART as it was."""
+        r = Reader(state, part)
+        regs = _read_registers(r)
+        rx = _unpack_chars(r, "rx")
+        pending = _unpack_chars(r, "input")
+        _check_consistent(r, regs, len(rx), pending, self._input_limit)
+        with self._lock:
+            for name, value in regs.items():
+                setattr(self, "_" + name, value)
+            self._rx = collections.deque(rx)
+            self._input = collections.deque(pending)
+            self._irq_level = self._level()
+            self._irq.set_level(self._irq_level)   # a fresh line: drive it either way
 
     # --- BusDevice (vCPU threads) ---
 
@@ -318,11 +352,7 @@ class Serial:
     def _modem_inputs(self) -> int:
         """CTS, DSR, RI, DCD (MSR bits 4-7).  In loopback they are RTS, DTR,
         OUT1, OUT2 (datasheet, MCR bit 4); otherwise a connected terminal."""
-        if not self._mcr & MCR_LOOP:
-            return MSR_CONNECTED
-        mcr = self._mcr
-        return ((MSR_CTS if mcr & MCR_RTS else 0) | (MSR_DSR if mcr & MCR_DTR else 0)
-                | (MSR_RI if mcr & MCR_OUT1 else 0) | (MSR_DCD if mcr & MCR_OUT2 else 0))
+        return _modem_inputs(self._mcr)
 
     def _note_modem_change(self, old: int, new: int) -> None:
         changed = old ^ new
@@ -380,9 +410,67 @@ class Serial:
             return IIR_RX_TIMEOUT
         return IIR_RX_DATA
 
-    def _update_irq(self) -> None:
+    def _level(self) -> bool:
         gate = self._mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
-        level = bool(gate) and self._pending_interrupt() != IIR_NO_INT
+        return bool(gate) and self._pending_interrupt() != IIR_NO_INT
+
+    def _update_irq(self) -> None:
+        level = self._level()
         if level != self._irq_level:
             self._irq_level = level
             self._irq.set_level(level)
+
+
+def _modem_inputs(mcr: int) -> int:
+    """MSR bits 4-7 for MCR ``mcr`` (see :meth:`Serial._modem_inputs`)."""
+    if not mcr & MCR_LOOP:
+        return MSR_CONNECTED
+    return ((MSR_CTS if mcr & MCR_RTS else 0) | (MSR_DSR if mcr & MCR_DTR else 0)
+            | (MSR_RI if mcr & MCR_OUT1 else 0) | (MSR_DCD if mcr & MCR_OUT2 else 0))
+
+
+# --- snapshot helpers ---
+
+def _pack_chars(chars: collections.deque[int]) -> dict:
+    """RX characters as bytes plus the positions of breaks (``BREAK``)."""
+    return {"bytes": pack_bytes(bytes(c & 0xFF for c in chars)),
+            "breaks": [i for i, c in enumerate(chars) if c & BREAK]}
+
+
+def _unpack_chars(r: Reader, key: str) -> list[int]:
+    sub = r.sub(key)
+    chars = list(sub.bytes("bytes"))
+    for i in sub.ints("breaks", high=max(len(chars) - 1, 0)):
+        if i >= len(chars) or chars[i]:
+            raise StateError(f"{sub.part}: break at {i} is not a 0 character")
+        chars[i] = BREAK
+    return chars
+
+
+def _read_registers(r: Reader) -> dict[str, int | bool]:
+    """The register fields of a saved UART, range-checked."""
+    regs: dict[str, int | bool] = {
+        "ier": r.int("ier", 0, IER_MASK), "lcr": r.int("lcr", 0, 0xFF),
+        "mcr": r.int("mcr", 0, MCR_MASK), "scr": r.int("scr", 0, 0xFF),
+        "divisor": r.int("divisor", 0, 0xFFFF), "fifo_enabled": r.bool("fifo_enabled"),
+        "rx_trigger": r.int("rx_trigger", 1, FIFO_DEPTH), "lsr_errors": r.int("lsr_errors", 0, 0xFF),
+        "thr_pending": r.bool("thr_pending"), "msr": r.int("msr", 0, 0xFF)}
+    if regs["rx_trigger"] not in RX_TRIGGER_LEVELS.values():
+        raise StateError(f"{r.part}: rx_trigger={regs['rx_trigger']} is not a 16550 trigger level")
+    if int(regs["lsr_errors"]) & ~LSR_ERRORS:
+        raise StateError(f"{r.part}: lsr_errors={regs['lsr_errors']:#x} has bits other than OE/PE/FE/BI")
+    return regs
+
+
+def _check_consistent(r: Reader, regs: dict[str, int | bool], rx: int, pending: list[int],
+                      input_limit: int) -> None:
+    """What the registers say must agree with the FIFO and the modem lines."""
+    capacity = FIFO_DEPTH if regs["fifo_enabled"] else 1
+    if rx > capacity:
+        raise StateError(f"{r.part}: rx holds {rx} characters, the FIFO {capacity}")
+    data = sum(1 for c in pending if not c & BREAK)   # send_break queues past the limit
+    if data > input_limit:
+        raise StateError(f"{r.part}: input holds {data} bytes, more than the limit {input_limit}")
+    mcr = int(regs["mcr"])
+    if int(regs["msr"]) & ~MSR_DELTAS != _modem_inputs(mcr):
+        raise StateError(f"{r.part}: msr={regs['msr']:#x} disagrees with mcr={mcr:#x}")
