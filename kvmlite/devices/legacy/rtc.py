@@ -14,6 +14,17 @@ alarm and update-ended flags in register C stay 0 and IRQ 8 is never raised.
 The century is kept at CMOS index 0x32 (the IBM PC convention).
 
 Only vCPU threads touch it, under the bus's lock; it has no lock of its own.
+
+Snapshots: :meth:`Rtc.save_state` keeps the CMOS RAM (registers A-D, the
+alarm bytes 1/3/5 and the periodic rate in A live there; the chip here
+raises no interrupts, so there is no other alarm or periodic state), the
+index register, the time fields frozen while B.SET is on, and the guest's
+offset from the host's UTC clock, in whole seconds.  The offset, not the
+guest time, is what is kept: a restored guest's RTC reads host time plus
+the same offset, so it shows the time of the restore, as a battery-backed
+clock would after the machine was switched off, rather than resuming from
+the moment of the snapshot (the guest's system clock, which Linux reads
+from the RTC only at boot and resume, is kvmclock's business).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import logging
 import time
 from typing import Callable
 
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.legacy.ports import fill
 
 log = logging.getLogger(__name__)
@@ -58,7 +70,8 @@ B_DEFAULT = B_24H          # BCD, 24-hour: what Linux's rtc-cmos wants
 D_VRT = 0x80               # valid RAM and time: the battery is fine
 HOUR_PM = 0x80             # 12-hour mode: bit 7 of the hours byte
 
-UIP_WINDOW = 244e-6        # seconds before each update during which UIP reads 1
+UIP_WINDOW = 244e-6
+MAX_OFFSET = 1 << 40       # seconds: far beyond any year the registers can show        # seconds before each update during which UIP reads 1
 
 _TIME_REGISTERS = (REG_SECONDS, REG_MINUTES, REG_HOURS, REG_WEEKDAY, REG_DAY,
                    REG_MONTH, REG_YEAR, REG_CENTURY)
@@ -86,6 +99,25 @@ class Rtc:
     def guest_time(self) -> float:
         """The guest's idea of now, seconds since the epoch (UTC)."""
         return self._clock() + self._offset
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        frozen = None if self._frozen is None else [self._frozen[i] for i in _TIME_REGISTERS]
+        return {"cmos": pack_bytes(self._cmos), "index": self._index,
+                "offset": int(self._offset), "frozen": frozen}
+
+    def restore_state(self, state: dict, part: str = "rtc") -> None:
+        """Load :meth:`save_state`'s dict; the clock then reads host time plus
+        the saved offset (see the module doc)."""
+        r = Reader(state, part)
+        cmos = bytearray(r.bytes("cmos", CMOS_SIZE))
+        index = r.int("index", 0, INDEX_MASK)
+        offset = r.int("offset", -MAX_OFFSET, MAX_OFFSET)
+        frozen = _read_frozen(r, bool(cmos[REG_B] & B_SET))
+        if cmos[REG_A] & A_UIP:
+            raise StateError(f"{part}: register A has UIP set (it is never stored)")
+        self._cmos, self._index, self._offset, self._frozen = cmos, index, float(offset), frozen
 
     # --- BusDevice ---
 
@@ -187,6 +219,18 @@ class Rtc:
         if index == REG_HOURS and not b & B_24H:
             value = value % 12 + (12 if pm else 0)
         return value
+
+
+def _read_frozen(r: Reader, set_bit: bool) -> dict[int, int] | None:
+    """The time fields held while B.SET is on (None when it is off)."""
+    if "frozen" in r.state and r.state["frozen"] is None:
+        if set_bit:
+            raise StateError(f"{r.part}: register B has SET but frozen is null")
+        return None
+    if not set_bit:
+        raise StateError(f"{r.part}: frozen time fields without SET in register B")
+    values = r.ints("frozen", len(_TIME_REGISTERS), 0, 0xFF)
+    return dict(zip(_TIME_REGISTERS, values))
 
 
 def _check_fields(fields: dict[int, int]) -> None:
