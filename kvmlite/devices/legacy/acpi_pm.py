@@ -27,6 +27,13 @@ Threads and locks: vCPU threads reach the four blocks under four bus locks;
 guards the PM1 registers and is taken inside the bus locks.  The SCI line
 and the ``poweroff``/``reset`` callbacks are called with ``_lock`` held: the
 callbacks must only request the stop or reset, not wait for it.
+
+Snapshots: :meth:`AcpiPm.save_state` keeps PM1_STS, PM1_EN, PM1_CNT's
+stored bits and the PM timer's count.  Restoring sets the timer's epoch so
+that it reads the saved count at the moment of the restore and counts on
+from there: a guest that uses PM_TMR as a clocksource sees no jump (the
+time the VM spent saved does not exist for it).  The SCI is driven to the
+level STS & EN imply.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import threading
 import time
 from typing import Callable
 
+from kvmlite.base.state import Reader, StateError
 from kvmlite.devices.irq import IrqLine
 from kvmlite.devices.legacy.ports import PortView
 
@@ -56,6 +64,7 @@ STS_RTC = 1 << 10
 STS_PCIEXP_WAKE = 1 << 14
 STS_WAK = 1 << 15
 EN_WRITABLE = STS_TMR | STS_GBL | STS_PWRBTN | STS_SLPBTN | STS_RTC | STS_PCIEXP_WAKE
+STS_DEFINED = EN_WRITABLE | STS_BM | STS_WAK
 SCI_SOURCES = STS_TMR | STS_GBL | STS_PWRBTN | STS_SLPBTN | STS_RTC   # bit 14 in EN is a *disable*
 
 # §4.8.3.2.1 PM1 Control register
@@ -103,6 +112,31 @@ class AcpiPm:
         with self._lock:
             self._sts |= STS_PWRBTN
             self._update_sci()
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {"sts": self._sts, "en": self._en, "cnt": self._cnt, "timer": self.timer_value()}
+
+    def restore_state(self, state: dict, part: str = "acpi-pm") -> None:
+        """Load :meth:`save_state`'s dict; the timer counts on from the saved value."""
+        r = Reader(state, part)
+        sts, en = r.int("sts", 0, 0xFFFF), r.int("en", 0, 0xFFFF)
+        cnt, ticks = r.int("cnt", 0, 0xFFFF), r.int("timer", 0, self._timer_mask)
+        if sts & ~STS_DEFINED:
+            raise StateError(f"{part}: sts={sts:#x} has bits PM1_STS does not have")
+        if en & ~EN_WRITABLE:
+            raise StateError(f"{part}: en={en:#x} has bits PM1_EN does not have")
+        if cnt & ~(CNT_STORED | CNT_SCI_EN):
+            raise StateError(f"{part}: cnt={cnt:#x} has write-only or reserved bits")
+        # ceil: (elapsed * HZ) // 1e9 is then exactly ``ticks`` (a tick is > 1 ns)
+        elapsed_ns = -(-ticks * 1_000_000_000 // PM_TIMER_HZ)
+        with self._lock:
+            self._sts, self._en, self._cnt = sts, en, cnt | CNT_SCI_EN
+            self._epoch_ns = self._clock_ns() - elapsed_ns
+            self._sci_level = bool(self._sts & self._en & SCI_SOURCES)
+            self._sci.set_level(self._sci_level)     # a fresh line: drive it either way
 
     # --- PM1a_EVT: PM1_STS at 0-1, PM1_EN at 2-3 ---
 
