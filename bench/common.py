@@ -213,3 +213,20 @@ def console_error(console: str, vmm: str, extra: tuple[str, ...] = ()) -> str | 
     lines = [line for line in console.splitlines()
              if line.strip().startswith(prefixes) and "warning:" not in line]      # warnings are not why
     return error_line("\n".join(lines)) if lines else None
+
+
+def share_guest() -> tuple[object | None, str]:
+    """The default guest that mounts shares (the sandbox's), brought up to
+    date as ``kvmlite setup`` does (idempotent: only what changed is
+    rebuilt); (None, why) when there is none."""
+    from kvmlite.errors import KvmliteError
+    from kvmlite.guest.setup import default_guest, setup_default_guest
+
+    try:
+        result = setup_default_guest()
+    except KvmliteError as exc:
+        return None, f"cannot prepare the default guest: {exc}"
+    guest = default_guest(shares=True)
+    if guest is None:
+        return None, f"no default guest can mount shares: {result.share_error}"
+    return guest, ""

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import console_error, keep_console, REPO, number_or_failure, ratio
+from bench.common import console_error, keep_console, REPO, number_or_failure, ratio, share_guest
 
 MIB = 64
 # The 10,000 files; under the emulated test host QEMU itself creates
@@ -95,12 +95,11 @@ def build_tool(work: Path) -> Path:
 
 
 def run() -> dict:
-    from kvmlite.guest.setup import default_guest
     from tests.nested.testhost import TestHost
 
-    guest = default_guest(shares=True)
+    guest, why = share_guest()
     if guest is None:
-        return {"error": "no 9p-capable default guest: run 'kvmlite setup'"}
+        return {"error": why}
     host = TestHost.prepare()
     with tempfile.TemporaryDirectory(prefix="kvmlite-p9bench-") as tmp:
         work = Path(tmp)

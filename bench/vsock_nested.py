@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import console_error, REPO, keep_console, number_or_failure, ratio, tools_image
+from bench.common import console_error, REPO, keep_console, number_or_failure, ratio, share_guest, tools_image
 
 MIB = 128
 ROUNDS = int(os.environ.get("KVMLITE_BENCH_ROUNDS", "2"))
@@ -125,6 +125,9 @@ def run() -> dict:
     from tests.nested.linux import script_env
     from tests.nested.testhost import TestHost
 
+    sandbox_guest, why = share_guest()     # the sandbox SDK part boots it
+    if sandbox_guest is None:
+        return {"error": why}
     host = TestHost.prepare()
     guest = host.files.guest
     with tempfile.TemporaryDirectory(prefix="kvmlite-vsbench-") as tmp:
