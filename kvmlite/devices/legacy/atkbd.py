@@ -9,12 +9,19 @@ in its current scan code set; translation to set 1 is the controller's job
 
 Not thread-safe by itself: :class:`~kvmlite.devices.legacy.i8042.I8042`
 calls it with its lock held.
+
+Snapshots: :meth:`AtKeyboard.save_state` keeps the bytes queued for the
+controller, a command waiting for its argument, the last byte sent (for
+RESEND), the scan code set, scanning, LEDs and typematic setting; the
+controller (``I8042``) saves it inside its own state.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+
+from kvmlite.base.state import Reader, StateError, pack_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ DEFAULT_SET = 2
 # to that even when keys were queued before the driver ran.
 BUFFER_SIZE = 15
 REPLY_ROOM = 3             # the longest reply (ACK + 2 ID bytes) always fits
+MAX_SAVED_OUTPUT = 4096    # sanity bound on a restored queue (RESEND may grow it past the buffer)
 
 _ARGUMENT_COMMANDS = frozenset({CMD_SET_LEDS, CMD_SCANCODE_SET, CMD_SET_TYPEMATIC,
                                 *range(CMD_SET3_KEY_FIRST, CMD_SET3_KEY_LAST + 1)})
@@ -87,6 +95,26 @@ class AtKeyboard:
         if awaiting is not None and self._argument(awaiting, byte):
             return
         self._command(byte)
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        return {"out": pack_bytes(bytes(self._out)), "awaiting": self._awaiting,
+                "last_sent": self._last_sent, "scancode_set": self.scancode_set,
+                "scanning": self.scanning, "leds": self.leds, "typematic": self.typematic}
+
+    def restore_state(self, state: dict, part: str = "atkbd") -> None:
+        """Load :meth:`save_state`'s dict; checks all of it before changing anything."""
+        r = Reader(state, part)
+        out = r.bytes("out")
+        if len(out) > MAX_SAVED_OUTPUT:
+            raise StateError(f"{part}: out holds {len(out)} bytes, more than {MAX_SAVED_OUTPUT}")
+        awaiting = _read_awaiting(r)
+        last_sent, scancode_set = r.int("last_sent", 0, 0xFF), r.int("scancode_set", 1, 3)
+        scanning, leds, typematic = r.bool("scanning"), r.int("leds", 0, 0x07), r.int("typematic", 0, 0x7F)
+        self._out = collections.deque(out)
+        self._awaiting, self._last_sent = awaiting, last_sent
+        self.scancode_set, self.scanning, self.leds, self.typematic = scancode_set, scanning, leds, typematic
 
     # --- commands ---
 
@@ -153,3 +181,13 @@ class AtKeyboard:
         # for them), but a host that never reads cannot grow it without end.
         if len(self._out) + len(data) <= self._buffer_size + REPLY_ROOM:
             self._out.extend(data)
+
+
+def _read_awaiting(r: Reader) -> int | None:
+    """A command that waits for its argument byte, or None."""
+    if "awaiting" in r.state and r.state["awaiting"] is None:
+        return None
+    awaiting = r.int("awaiting", 0, 0xFF)
+    if awaiting not in _ARGUMENT_COMMANDS:
+        raise StateError(f"{r.part}: awaiting={awaiting:#04x} is not a command that takes an argument")
+    return awaiting

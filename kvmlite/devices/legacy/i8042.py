@@ -28,6 +28,14 @@ bus's lock for each; the I/O or control thread calls :meth:`send_scancodes`.
 ``_lock`` guards all state and is taken inside the bus locks.  The reset
 callback and the IRQ lines are called with ``_lock`` held: ``reset`` must
 only request the reset, not wait for it.
+
+Snapshots: :meth:`I8042.save_state` keeps the controller RAM (the command
+byte is byte 0), the output port, the output buffer and the controller's
+queued replies (with their aux/time-out flags), a command waiting for its
+argument, the A2 flag, the last byte read, the translator's half-seen
+``F0``, and the keyboard's own state (``keyboard``).  The stats and the
+reset callback are host-side.  Restoring drives IRQ 1 and IRQ 12 to the
+levels the output buffer and command byte imply.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ import logging
 import threading
 from typing import Callable, NamedTuple
 
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.irq import IrqLine
-from kvmlite.devices.legacy.atkbd import AtKeyboard
+from kvmlite.devices.legacy.atkbd import MAX_SAVED_OUTPUT, AtKeyboard
 from kvmlite.devices.legacy.ports import PortView, fill
 from kvmlite.devices.legacy.scancodes import CTRL_ALT_DEL, Translator
 
@@ -88,6 +97,8 @@ AUX_NO_DEVICE = 0xFE
 OUTPUT_PORT_RESET = 0x01     # output port bit 0: CPU reset line (active low)
 OUTPUT_PORT_A20 = 0x02
 RAM_SIZE = 32
+_ARGUMENT_COMMANDS = frozenset({*range(CMD_WRITE_RAM, CMD_WRITE_RAM + RAM_SIZE), CMD_WRITE_OUTPUT_PORT,
+                                CMD_WRITE_KBD_BUFFER, CMD_WRITE_AUX_BUFFER, CMD_WRITE_AUX})
 
 
 class _Byte(NamedTuple):
@@ -148,6 +159,38 @@ class I8042:
     @property
     def command_byte(self) -> int:
         return self._ram[0]
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {"ram": pack_bytes(self._ram), "output_port": self._output_port,
+                    "awaiting": self._awaiting, "a2": self._a2, "last_read": self._last_read,
+                    "out": None if self._out is None else list(self._out),
+                    "replies": [list(b) for b in self._replies],
+                    "xlat_release": self._translator.release_pending,
+                    "keyboard": self.keyboard.save_state()}
+
+    def restore_state(self, state: dict, part: str = "i8042") -> None:
+        """Load :meth:`save_state`'s dict and drive the IRQ lines; a StateError
+        (naming the field) leaves the controller and keyboard unchanged."""
+        r = Reader(state, part)
+        ram, output_port = bytearray(r.bytes("ram", RAM_SIZE)), r.int("output_port", 0, 0xFF)
+        if not output_port & OUTPUT_PORT_A20:
+            raise StateError(f"{part}: output_port={output_port:#04x} has A20 off (always on under KVM)")
+        awaiting = _read_awaiting(r)
+        a2, last_read, release = r.bool("a2"), r.int("last_read", 0, 0xFF), r.bool("xlat_release")
+        out = None if r.state.get("out", 0) is None else _read_byte(r, r.list("out"), "out")
+        replies = [_read_byte(r, b, f"replies[{i}]") for i, b in enumerate(r.list("replies"))]
+        if len(replies) > MAX_SAVED_OUTPUT:
+            raise StateError(f"{part}: {len(replies)} replies queued, more than {MAX_SAVED_OUTPUT}")
+        with self._lock:
+            self.keyboard.restore_state(r.sub("keyboard").state, f"{part} keyboard")   # may raise: nothing set yet
+            self._ram, self._output_port, self._awaiting = ram, output_port, awaiting
+            self._a2, self._last_read, self._translator.release_pending = a2, last_read, release
+            self._out, self._replies = out, collections.deque(replies)
+            self._levels = [False, False]
+            self._drive_irqs()
 
     # --- port 0x60 ---
 
@@ -272,11 +315,40 @@ class I8042:
                 return _Byte(translated)
         return None
 
-    def _update_irqs(self) -> None:
+    def _wanted_levels(self) -> tuple[bool, bool]:
         out, ctr = self._out, self._ram[0]
         kbd = out is not None and not out.aux and bool(ctr & CTR_KBDINT)
         aux = out is not None and out.aux and bool(ctr & CTR_AUXINT)
-        for i, (line, level) in enumerate(((self._kbd_irq, kbd), (self._aux_irq, aux))):
+        return kbd, aux
+
+    def _update_irqs(self) -> None:
+        for i, (line, level) in enumerate(zip((self._kbd_irq, self._aux_irq), self._wanted_levels())):
             if line is not None and level != self._levels[i]:
                 self._levels[i] = level
                 line.set_level(level)
+
+    def _drive_irqs(self) -> None:
+        """Set both lines to their levels whatever was driven before (a restore)."""
+        for i, (line, level) in enumerate(zip((self._kbd_irq, self._aux_irq), self._wanted_levels())):
+            self._levels[i] = level
+            if line is not None:
+                line.set_level(level)
+
+
+def _read_awaiting(r: Reader) -> int | None:
+    """A controller command that waits for its argument byte, or None."""
+    if "awaiting" in r.state and r.state["awaiting"] is None:
+        return None
+    awaiting = r.int("awaiting", 0, 0xFF)
+    if awaiting not in _ARGUMENT_COMMANDS:
+        raise StateError(f"{r.part}: awaiting={awaiting:#04x} is not a command that takes an argument")
+    return awaiting
+
+
+def _read_byte(r: Reader, item: object, what: str) -> _Byte:
+    """An output byte saved as [value, aux, timeout]."""
+    if (not isinstance(item, list) or len(item) != 3 or isinstance(item[0], bool)
+            or not isinstance(item[0], int) or not 0 <= item[0] <= 0xFF
+            or not all(isinstance(flag, bool) for flag in item[1:])):
+        raise StateError(f"{r.part}: {what}={item!r} is not [byte, aux, timeout]")
+    return _Byte(item[0], item[1], item[2])

@@ -92,6 +92,15 @@ class Translator:
     def reset(self) -> None:
         self._release = False
 
+    @property
+    def release_pending(self) -> bool:
+        """An ``F0`` was swallowed and the next byte becomes a release (snapshots)."""
+        return self._release
+
+    @release_pending.setter
+    def release_pending(self, value: bool) -> None:
+        self._release = value
+
 
 # Left Ctrl, Left Alt and Delete pressed, then released in reverse order, as
 # the keyboard sends them in each scan code set.  With XLAT on (set 2 through
