@@ -14,6 +14,7 @@ chipsets port 0x80 is write-only as well).  Register each with length 1.
 from __future__ import annotations
 
 from kvmlite.arch.x86.layout import PORT_IO_DELAY_ALT  # noqa: E402
+from kvmlite.base.state import Reader
 
 
 class IgnoredPort:
@@ -23,6 +24,15 @@ class IgnoredPort:
         self.name = name
         self.writes = 0
         self.last_value: int | None = None
+
+    def save_state(self) -> dict:
+        """Empty: reads are always 0xFF, and the write count and last value
+        are host-side diagnostics.  Present so that a snapshot can save every
+        legacy port alike, without a list of exceptions."""
+        return {}
+
+    def restore_state(self, state: dict, part: str | None = None) -> None:
+        Reader(state, part or f"ignored port {self.name}")    # only checks that it is an object
 
     def read(self, offset: int, data: memoryview) -> None:
         data[:] = b"\xff" * len(data)

@@ -12,12 +12,17 @@ the truth.  Bit 0 reads 0 (the reset pulse is over by the time a guest
 reads).  Register one port (``PORT_SYSTEM_CONTROL_A``, length 1).  The
 ``reset`` callback runs on the vCPU thread under the bus lock, so it must
 only request the reset.
+
+Snapshots: the state is the last value written (``{"value": n}``); the
+password-lock and activity-light bits are guest-visible through reads.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Callable
+
+from kvmlite.base.state import Reader
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,12 @@ class SystemControlPortA:
     def __init__(self, reset: Callable[[], None]) -> None:
         self._reset = reset
         self._value = ALT_A20
+
+    def save_state(self) -> dict:
+        return {"value": self._value}
+
+    def restore_state(self, state: dict, part: str = "port92") -> None:
+        self._value = Reader(state, part).int("value", 0, 0xFF)
 
     def read(self, offset: int, data: memoryview) -> None:
         data[:] = b"\xff" * len(data)
