@@ -77,6 +77,41 @@ class kvm_msr_list(_Struct):
     _fields_ = [("nmsrs", u32)]
 
 
+# asm/kvm.h: struct kvm_xsave (4096 bytes; KVM_GET_XSAVE2 may fill more,
+# as many as KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM says)
+class kvm_xsave(_Struct):
+    _fields_ = [("region", u32 * 1024)]
+
+
+# asm/kvm.h: struct kvm_xcr
+class kvm_xcr(_Struct):
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+# asm/kvm.h: struct kvm_xcrs (KVM_MAX_XCRS = 16)
+class kvm_xcrs(_Struct):
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * 16), ("padding", u64 * 16)]
+
+
+# asm/kvm.h: struct kvm_debugregs
+class kvm_debugregs(_Struct):
+    _fields_ = [("db", u64 * 4), ("dr6", u64), ("dr7", u64), ("flags", u64), ("reserved", u64 * 9)]
+
+
+# asm/kvm.h: struct kvm_pit_channel_state
+class kvm_pit_channel_state(_Struct):
+    _fields_ = [
+        ("count", u32), ("latched_count", u16), ("count_latched", u8), ("status_latched", u8),
+        ("status", u8), ("read_state", u8), ("write_state", u8), ("write_latch", u8),
+        ("rw_mode", u8), ("mode", u8), ("bcd", u8), ("gate", u8), ("count_load_time", ctypes.c_int64),
+    ]
+
+
+# asm/kvm.h: struct kvm_pit_state2
+class kvm_pit_state2(_Struct):
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", u32), ("reserved", u32 * 9)]
+
+
 # asm/kvm.h: struct kvm_cpuid_entry2
 class kvm_cpuid_entry2(_Struct):
     _fields_ = [
@@ -261,7 +296,8 @@ EXPECTED_SIZES: dict[type, int] = {
     kvm_userspace_memory_region: 32, kvm_irq_level: 8, kvm_irqchip: 520,
     kvm_pit_config: 64, kvm_irqfd: 32, kvm_ioeventfd: 64, kvm_clock_data: 48,
     kvm_irq_routing_entry: 48, kvm_irq_routing: 8, kvm_msi: 32, kvm_enable_cap: 104,
-    kvm_translation: 24, kvm_run: 2352,
+    kvm_translation: 24, kvm_run: 2352, kvm_xsave: 4096, kvm_xcr: 16, kvm_xcrs: 392,
+    kvm_debugregs: 128, kvm_pit_channel_state: 24, kvm_pit_state2: 112,
 }
 
 

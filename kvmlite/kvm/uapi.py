@@ -63,6 +63,8 @@ KVM_CREATE_PIT2 = _iow(0x77, s.kvm_pit_config)
 KVM_IOEVENTFD = _iow(0x79, s.kvm_ioeventfd)
 KVM_SET_CLOCK = _iow(0x7B, s.kvm_clock_data)
 KVM_GET_CLOCK = _ior(0x7C, s.kvm_clock_data)
+KVM_GET_PIT2 = _ior(0x9F, s.kvm_pit_state2)
+KVM_SET_PIT2 = _iow(0xA0, s.kvm_pit_state2)
 KVM_ENABLE_CAP = _iow(0xA3, s.kvm_enable_cap)
 KVM_SIGNAL_MSI = _iow(0xA5, s.kvm_msi)
 
@@ -86,7 +88,16 @@ KVM_SET_MP_STATE = _iow(0x99, s.kvm_mp_state)
 KVM_NMI = _io(0x9A)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, s.kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(0xA0, s.kvm_vcpu_events)
+KVM_GET_DEBUGREGS = _ior(0xA1, s.kvm_debugregs)
+KVM_SET_DEBUGREGS = _iow(0xA2, s.kvm_debugregs)
+KVM_SET_TSC_KHZ = _io(0xA2)
+KVM_GET_TSC_KHZ = _io(0xA3)
+KVM_GET_XSAVE = _ior(0xA4, s.kvm_xsave)
+KVM_SET_XSAVE = _iow(0xA5, s.kvm_xsave)
+KVM_GET_XCRS = _ior(0xA6, s.kvm_xcrs)
+KVM_SET_XCRS = _iow(0xA7, s.kvm_xcrs)
 KVM_KVMCLOCK_CTRL = _io(0xAD)
+KVM_GET_XSAVE2 = _ior(0xCF, s.kvm_xsave)
 
 # --- capabilities (KVM_CHECK_EXTENSION) ---
 KVM_CAP_IRQCHIP = 0
@@ -105,8 +116,14 @@ KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
 KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+KVM_CAP_PIT_STATE2 = 35
 KVM_CAP_ADJUST_CLOCK = 39
 KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
+KVM_CAP_TSC_CONTROL = 60
+KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_SIGNAL_MSI = 77
@@ -114,6 +131,7 @@ KVM_CAP_IRQFD_RESAMPLE = 82
 KVM_CAP_MAX_VCPU_ID = 128
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_EXIT_ON_EMULATION_FAILURE = 204
+KVM_CAP_XSAVE2 = 208
 
 # --- exit reasons (struct kvm_run.exit_reason) ---
 KVM_EXIT_UNKNOWN = 0
@@ -193,3 +211,5 @@ KVM_VCPUEVENT_VALID_SHADOW = 0x00000004
 
 # kvm_clock_data.flags
 KVM_CLOCK_TSC_STABLE = 2
+KVM_CLOCK_REALTIME = 1 << 2
+KVM_CLOCK_HOST_TSC = 1 << 3

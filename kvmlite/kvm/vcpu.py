@@ -153,6 +153,67 @@ class VcpuFd:
 
         ioctl(self.fd, uapi.KVM_SET_CPUID2, _Cpuid2Buffer.of(entries).raw)
 
+    def get_cpuid2(self, max_entries: int = 256) -> list[s.kvm_cpuid_entry2]:
+        """KVM_GET_CPUID2: the CPUID leaves set on this vCPU (growing the
+        buffer while KVM answers E2BIG)."""
+        from kvmlite.kvm.system import _Cpuid2Buffer
+
+        while True:
+            buf = _Cpuid2Buffer(max_entries)
+            try:
+                ioctl(self.fd, uapi.KVM_GET_CPUID2, buf.raw)
+            except KvmError as exc:
+                if exc.errno == errno.E2BIG and max_entries < 4096:
+                    max_entries *= 2
+                    continue
+                raise
+            return buf.entries()
+
+    def get_xsave(self) -> s.kvm_xsave:
+        """KVM_GET_XSAVE: the 4096-byte XSAVE area (x87, SSE, AVX, ...)."""
+        xsave = s.kvm_xsave()
+        ioctl(self.fd, uapi.KVM_GET_XSAVE, xsave)
+        return xsave
+
+    def get_xsave2(self, size: int) -> bytes:
+        """KVM_GET_XSAVE2: the XSAVE area, ``size`` bytes as
+        KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM reports (>= 4096)."""
+        buf = (ctypes.c_char * max(size, ctypes.sizeof(s.kvm_xsave)))()
+        ioctl(self.fd, uapi.KVM_GET_XSAVE2, buf)
+        return bytes(buf)
+
+    def set_xsave(self, data: bytes) -> None:
+        """KVM_SET_XSAVE: KVM reads as many bytes as KVM_CAP_XSAVE2 says, so
+        ``data`` must be at least that long (and at least 4096)."""
+        if len(data) < ctypes.sizeof(s.kvm_xsave):
+            raise ValueError(f"XSAVE area of {len(data)} bytes, KVM_SET_XSAVE needs at least 4096")
+        ioctl(self.fd, uapi.KVM_SET_XSAVE, (ctypes.c_char * len(data)).from_buffer_copy(data))
+
+    def get_xcrs(self) -> s.kvm_xcrs:
+        xcrs = s.kvm_xcrs()
+        ioctl(self.fd, uapi.KVM_GET_XCRS, xcrs)
+        return xcrs
+
+    def set_xcrs(self, xcrs: s.kvm_xcrs) -> None:
+        ioctl(self.fd, uapi.KVM_SET_XCRS, xcrs)
+
+    def get_debugregs(self) -> s.kvm_debugregs:
+        dregs = s.kvm_debugregs()
+        ioctl(self.fd, uapi.KVM_GET_DEBUGREGS, dregs)
+        return dregs
+
+    def set_debugregs(self, dregs: s.kvm_debugregs) -> None:
+        ioctl(self.fd, uapi.KVM_SET_DEBUGREGS, dregs)
+
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ: the guest TSC frequency (KVM_CAP_GET_TSC_KHZ)."""
+        return ioctl(self.fd, uapi.KVM_GET_TSC_KHZ)
+
+    def set_tsc_khz(self, khz: int) -> None:
+        """KVM_SET_TSC_KHZ: scaling needs KVM_CAP_TSC_CONTROL; without it KVM
+        accepts only (about) the host's own frequency."""
+        ioctl(self.fd, uapi.KVM_SET_TSC_KHZ, khz)
+
     def get_lapic(self) -> s.kvm_lapic_state:
         lapic = s.kvm_lapic_state()
         ioctl(self.fd, uapi.KVM_GET_LAPIC, lapic)

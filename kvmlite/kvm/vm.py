@@ -103,8 +103,19 @@ class VmFd:
         ioctl(self.fd, uapi.KVM_GET_CLOCK, data)
         return data
 
-    def set_clock(self, clock: int) -> None:
-        ioctl(self.fd, uapi.KVM_SET_CLOCK, s.kvm_clock_data(clock=clock))
+    def set_clock(self, clock: int, flags: int = 0, realtime: int = 0) -> None:
+        """KVM_SET_CLOCK: kvmclock to ``clock`` ns; with KVM_CLOCK_REALTIME in
+        ``flags`` KVM adds the host time elapsed since ``realtime``."""
+        ioctl(self.fd, uapi.KVM_SET_CLOCK, s.kvm_clock_data(clock=clock, flags=flags, realtime=realtime))
+
+    def get_pit2(self) -> s.kvm_pit_state2:
+        """KVM_GET_PIT2: the in-kernel i8254's channels (KVM_CAP_PIT_STATE2)."""
+        state = s.kvm_pit_state2()
+        ioctl(self.fd, uapi.KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state: s.kvm_pit_state2) -> None:
+        ioctl(self.fd, uapi.KVM_SET_PIT2, state)
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         ec = s.kvm_enable_cap(cap=cap, flags=flags)
