@@ -87,6 +87,10 @@ class VirtioDevice(ABC):
     device_type: int
     #: maximum size of each virtqueue; the number of entries is the number of queues
     queue_max_sizes: tuple[int, ...]
+    #: whether a snapshot may save this device (docs/snapshot.md); a device
+    #: whose state is not covered yet sets it False and its transport's
+    #: ``save_state`` refuses
+    snapshot_supported: bool = True
 
     def __init__(self) -> None:
         #: set by the transport: called with a one-line reason when the
@@ -134,3 +138,20 @@ class VirtioDevice(ABC):
     def stats(self) -> dict[str, int]:
         """Per-device I/O counters (requests, bytes, errors...)."""
         return {}
+
+    # --- snapshots (kvmlite.base.state) ---
+
+    def save_device_state(self) -> dict:
+        """The device's own part of a snapshot (JSON values only), beyond
+        what the transport saves (status, features, queues).  Called by the
+        transport's ``save_state`` with every vCPU parked and the
+        transport's lock held, before the queues are read: a device first
+        finishes the requests it has in flight.  None by default."""
+        return {}
+
+    def restore_device_state(self, state: dict) -> None:
+        """Load what :meth:`save_device_state` returned, on a freshly built
+        device.  Called by the transport's ``restore_state`` under its lock,
+        after it has re-activated the device when the saved status had
+        DRIVER_OK (so the device may use its queues here).  Raises
+        :class:`kvmlite.base.state.StateError` for a state it cannot load."""

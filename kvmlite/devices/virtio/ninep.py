@@ -156,6 +156,7 @@ class Virtio9p(VirtioDevice):
     Raises ValueError for an empty tag or one over ``MAX_TAG_LEN`` bytes."""
 
     device_type = VIRTIO_ID_9P
+    snapshot_supported = False      # its state is not saved yet (docs/snapshot.md)
 
     def __init__(self, server: P9Server, tag: str, loop: EventLoop, workers: int = WORKERS, *,
                  backlog: int = BACKLOG, queue_size: int = QUEUE_SIZE, name: str = "virtio-9p") -> None:
