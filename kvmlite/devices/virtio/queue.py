@@ -52,6 +52,7 @@ from typing import Callable
 
 from kvmlite.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from kvmlite.devices.virtio.iov import Segments
+from kvmlite.base.state import Reader, StateError
 from kvmlite.base.memory import DESC_BYTES, GuestMemory, GuestMemoryError, descriptor_lists
 
 # §2.7.5: struct virtq_desc flags
@@ -267,6 +268,48 @@ class Queue:
         self.event_idx = False
         self.indirect = False
         self._signalled_used: int | None = None
+
+    # --- snapshots (kvmlite.base.state) ---
+
+    def save_state(self) -> dict:
+        """What the VMM remembers of this queue: the transport's registers
+        (§4.1.4.3 / §4.2.2: size, enable, the three ring addresses, the
+        MSI-X vector) and the device's ring positions (§2.7.6 last seen
+        avail idx, §2.7.8 used idx shadow, §2.7.10 the used idx of the last
+        interrupt decision).  The rings themselves are in guest RAM, which
+        a snapshot saves whole."""
+        return {"size": self.size, "ready": self.ready, "desc_table": self.desc_table,
+                "avail_ring": self.avail_ring, "used_ring": self.used_ring,
+                "msix_vector": self.msix_vector, "next_avail": self.next_avail,
+                "next_used": self.next_used, "event_idx": self.event_idx,
+                "indirect": self.indirect,
+                "signalled_used": -1 if self._signalled_used is None else self._signalled_used}
+
+    def restore_state(self, state: dict, part: str = "virtqueue") -> None:
+        """Load :meth:`save_state`'s dict; every field is checked before any
+        is set (StateError naming ``part``).  Ring addresses are checked
+        against guest RAM by the transport, which knows the memory."""
+        r = Reader(state, part)
+        size = r.int("size", 1, self.max_size)
+        if size & (size - 1):       # §2.7: a split queue's size is a power of 2
+            raise StateError(f"{part}: size={size} is not a power of 2")
+        values = {"size": size, "ready": r.bool("ready"), "event_idx": r.bool("event_idx"),
+                  "indirect": r.bool("indirect"), "msix_vector": r.int("msix_vector", 0, NO_VECTOR),
+                  "next_avail": r.int("next_avail", 0, 0xFFFF), "next_used": r.int("next_used", 0, 0xFFFF)}
+        for field in ("desc_table", "avail_ring", "used_ring"):
+            values[field] = r.int(field)
+        signalled = r.int("signalled_used", -1, 0xFFFF)
+        for field, value in values.items():
+            setattr(self, field, value)
+        self._signalled_used = None if signalled < 0 else signalled
+
+    def signalled_used(self) -> int | None:
+        """The used idx at the last interrupt decision (None: decide anew)."""
+        return self._signalled_used
+
+    def set_signalled_used(self, value: int | None) -> None:
+        """Put back :meth:`signalled_used` after :meth:`configure` forgot it."""
+        self._signalled_used = value
 
     # --- activation ---
 
