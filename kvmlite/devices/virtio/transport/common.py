@@ -19,6 +19,7 @@ from kvmlite.devices.virtio.device import (STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEE
                                            STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
                                            STATUS_FEATURES_OK, VIRTIO_F_RING_PACKED,
                                            VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt)
+from kvmlite.base.state import Reader, StateError
 
 if TYPE_CHECKING:
     from kvmlite.devices.virtio.queue import Queue
@@ -32,6 +33,11 @@ NO_VECTOR = 0xFFFF
 MAX_QUEUE_SIZE = 32768
 
 QueueFactory = Callable[[int], "Queue"]
+#: whether the transport can deliver an MSI-X vector (virtio-pci); a
+#: queue restored with any other vector is refused
+VectorCheck = Callable[[int], bool]
+#: the status bits a driver sets before DRIVER_OK (§3.1.1 steps 1-5)
+STATUS_BEFORE_DRIVER_OK = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK
 
 #: Queue attribute for each of the three queue addresses
 QUEUE_ADDRESS_FIELDS = ("desc_table", "avail_ring", "used_ring")
@@ -338,3 +344,116 @@ class VirtioTransportCore:
             self.device.write_config(offset, data)
         except Exception:
             log.exception("%s: config write at %#x failed", self.name, offset)
+
+    # --- snapshots (kvmlite.base.state; the transport holds its lock) ---
+
+    def save_state(self) -> dict:
+        """The transport-independent state: status (§2.1), feature
+        negotiation (§2.2), the selectors, the configuration generation
+        (§2.5.1), each queue, and the device's own part under "device".
+        The device part is taken first, so a device finishes its in-flight
+        requests before its queues' positions are read."""
+        if not self.device.snapshot_supported:
+            raise StateError(f"{self.name} ({type(self.device).__name__}): "
+                             f"saving its state is not supported yet")
+        device = self.device.save_device_state()
+        return {"status": self.status, "needs_reset": self.needs_reset,
+                "driver_features": self.driver_features,
+                "device_feature_select": self.device_feature_select,
+                "driver_feature_select": self.driver_feature_select,
+                "queue_select": self.queue_select, "config_generation": self.config_generation,
+                "early_notify": sorted(self._early_notify),
+                "queues": [queue.save_state() for queue in self.queues], "device": device}
+
+    def restore_state(self, state: dict, vector_ok: VectorCheck | None = None) -> None:
+        """Put the transport where the guest's driver had driven it; with
+        DRIVER_OK, activate the device through the live path
+        (:meth:`_activate`), then hand the device its part.  Any error
+        leaves the transport reset (status 0) and raises StateError."""
+        r = Reader(state, self.name)
+        values = self._read_state(r)
+        queues = r.list("queues", len(self.queues))
+        device_state = r.sub("device").state
+        try:
+            self.reset()        # a fresh build is reset already; this makes sure
+            self._apply_state(values, queues, vector_ok)
+            self._restore_device(device_state)
+        except StateError:
+            self.reset()
+            raise
+
+    def _restore_device(self, state: dict) -> None:
+        try:
+            self.device.restore_device_state(state)
+        except StateError as exc:
+            raise StateError(f"{self.name}: {exc}") from None
+
+    def _read_state(self, r: Reader) -> dict:
+        """The scalar fields, checked against each other and the device."""
+        values = {"status": r.int("status", 0, 0xFF) & ~STATUS_DEVICE_NEEDS_RESET,
+                  "needs_reset": r.bool("needs_reset"), "driver_features": r.int("driver_features"),
+                  "device_feature_select": r.int("device_feature_select", 0, 0xFFFF_FFFF),
+                  "driver_feature_select": r.int("driver_feature_select", 0, 0xFFFF_FFFF),
+                  "queue_select": r.int("queue_select", 0, 0xFFFF_FFFF),
+                  "config_generation": r.int("config_generation"),
+                  "early_notify": r.ints("early_notify", None, 0, len(self.queues) - 1)}
+        status, features = values["status"], values["driver_features"]
+        if status & STATUS_FEATURES_OK:     # §2.2: only offered features, VERSION_1 among them
+            unoffered = features & ~self.device_features
+            if unoffered or not features & VIRTIO_F_VERSION_1:
+                raise StateError(f"{self.name}: driver_features={features:#x} were not accepted by "
+                                 f"this device (offers {self.device_features:#x})")
+        if status & STATUS_DRIVER_OK and (status & STATUS_BEFORE_DRIVER_OK != STATUS_BEFORE_DRIVER_OK
+                                          or status & STATUS_FAILED):
+            raise StateError(f"{self.name}: status={status:#x} has DRIVER_OK without "
+                             f"ACKNOWLEDGE, DRIVER and FEATURES_OK, or with FAILED (§3.1.1)")
+        return values
+
+    def _apply_state(self, values: dict, queues: list, vector_ok: VectorCheck | None) -> None:
+        status = values.pop("status")
+        needs_reset = values.pop("needs_reset")
+        early = values.pop("early_notify")
+        for name, value in values.items():
+            setattr(self, name, value)
+        for index, (queue, saved) in enumerate(zip(self.queues, queues)):
+            self._restore_queue(index, queue, saved, status, vector_ok)
+        self.status = status
+        if status & STATUS_DRIVER_OK:
+            self._restart(needs_reset)
+        else:
+            self._early_notify = set(early) if status & STATUS_FEATURES_OK else set()
+            self.needs_reset = needs_reset
+
+    def _restore_queue(self, index: int, queue: "Queue", saved: object, status: int,
+                       vector_ok: VectorCheck | None) -> None:
+        """One queue, checked as :meth:`enable_queue` checks a live enable
+        (§2.6: after FEATURES_OK, rings inside guest RAM and aligned)."""
+        part = f"{self.name} queue {index}"
+        queue.restore_state(saved, part)        # type: ignore[arg-type]
+        if queue.msix_vector != NO_VECTOR and vector_ok is not None \
+                and not vector_ok(queue.msix_vector):
+            raise StateError(f"{part}: msix_vector={queue.msix_vector} is not a vector of this device")
+        if not queue.ready:
+            return
+        if not status & STATUS_FEATURES_OK:
+            raise StateError(f"{part}: enabled before FEATURES_OK (§2.6)")
+        problem = self._queue_problem(queue)
+        if problem:
+            raise StateError(f"{part}: {problem}")
+
+    def _restart(self, needs_reset: bool) -> None:
+        """DRIVER_OK was set: activate the device as the status write did
+        (§3.1.1 step 8), keeping each queue's last interrupt decision
+        (§2.7.10), which ``Queue.configure`` forgets.  A device that had
+        asked for a reset (§2.1.2) stayed stopped and is not started."""
+        signalled = [queue.signalled_used() for queue in self.queues]
+        if needs_reset:
+            self.activated = True
+            self.needs_reset = True
+            return
+        self._activate()
+        if not self.activated:
+            raise StateError(f"{self.name}: the device did not start again (its error is logged)")
+        for queue, value in zip(self.queues, signalled):
+            if queue.signalled_used() is None:
+                queue.set_signalled_used(value)

@@ -33,6 +33,7 @@ from kvmlite.devices.irq import IrqLine
 from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.transport.common import QueueFactory, VirtioTransportCore
 from kvmlite.devices.virtio.transport.doorbells import Doorbell, ReaderLoop, make_doorbells
+from kvmlite.base.state import Reader, StateError
 
 if TYPE_CHECKING:
     from kvmlite.base.memory import GuestMemory
@@ -257,3 +258,36 @@ class VirtioMmioTransport:
     def _device_needs_reset(self, reason: str) -> None:
         if self.core.mark_needs_reset(reason):
             self.signal_config_change()
+
+    # --- snapshots (kvmlite.base.state) ---
+
+    def save_state(self) -> dict:
+        """The registers of §4.2.2 (the core's state, the device's part
+        under "device") and InterruptStatus (§4.2.3.4).  The window's base
+        and doorbells are configuration: the fresh build has them."""
+        with self.lock:
+            state = self.core.save_state()
+            with self._irq_lock:
+                state["interrupt_status"] = self._interrupt_status
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        """On a freshly built and attached transport (its doorbells already
+        placed at QueueNotify, as :meth:`attach` does at VM start): the
+        interrupt line is raised again for a pending InterruptStatus, then
+        the core replays the driver's setup, activating the device when the
+        status has DRIVER_OK."""
+        pending = Reader(state, self.name).int(
+            "interrupt_status", 0, INTERRUPT_USED_BUFFER | INTERRUPT_CONFIG_CHANGE)
+        with self.lock:
+            self._set_interrupt_status(pending)
+            try:
+                self.core.restore_state(state)
+            except StateError:
+                self._set_interrupt_status(0)
+                raise
+
+    def _set_interrupt_status(self, value: int) -> None:
+        with self._irq_lock:
+            self._interrupt_status = value
+            self._drive(bool(value))

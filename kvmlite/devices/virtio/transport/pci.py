@@ -39,6 +39,7 @@ from kvmlite.devices.virtio.device import (VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, V
 from kvmlite.devices.virtio.transport import pci_layout as L
 from kvmlite.devices.virtio.transport.common import NO_VECTOR, QueueFactory, VirtioTransportCore
 from kvmlite.devices.virtio.transport.doorbells import Doorbell, ReaderLoop, make_doorbells
+from kvmlite.base.state import Reader, StateError
 
 if TYPE_CHECKING:
     from kvmlite.base.memory import GuestMemory
@@ -359,3 +360,73 @@ class VirtioPciTransport(PciFunction):
         data = self.config.read(self._pci_cfg + L.PCI_CFG_CAP_DATA, length)
         self.bar_write(L.BAR_INDEX, offset, data)
 
+    # --- snapshots (kvmlite.base.state) ---
+    #
+    # HOOK (PCI function state): this transport IS the PCI function.  Its
+    # configuration space and INTx level are PciFunction's state, its MSI-X
+    # table and PBA the MsixCapability's (kvmlite/devices/pci/, another
+    # part of the snapshot work).  Each is saved here only when that class
+    # has save_state/restore_state (looked up at run time), under its own
+    # keys; the virtio part is under "virtio".  Restore order: PciFunction
+    # first (its BARs re-mapped, which calls bar_mapped and so re-registers
+    # the doorbell ioeventfds), then the MSI-X capability (it reads the
+    # restored message control; it re-installs every vector's MSI route),
+    # then the virtio part, which may activate the device and interrupt.
+
+    def save_state(self) -> dict:
+        """PciFunction's and the MSI-X capability's state (when they save
+        one) plus "virtio": the common configuration (§4.1.4.3, through the
+        core, the device's part under "device"), config_msix_vector and
+        the ISR byte (§4.1.4.5)."""
+        parent = getattr(super(), "save_state", None)
+        state = parent() if parent is not None else {}
+        msix = getattr(self.msix, "save_state", None)
+        if msix is not None:
+            state["msix"] = msix()
+        with self.lock:
+            virtio = self.core.save_state()
+            virtio["config_vector"] = self.config_vector
+            with self._irq_lock:
+                virtio["isr"] = self._isr
+        state["virtio"] = virtio
+        return state
+
+    def restore_state(self, state: dict, part: str | None = None) -> None:
+        """On a freshly built transport already added to its PciRoot;
+        ``part`` names it in errors (PciRoot.restore_functions passes one).
+        Takes :attr:`lock`: do not call with it held."""
+        part = part or self.name
+        r = Reader(state, part)
+        virtio = r.sub("virtio")
+        isr = virtio.int("isr", 0, ISR_QUEUE | ISR_CONFIG)
+        config_vector = virtio.int("config_vector", 0, NO_VECTOR)
+        parent = getattr(super(), "restore_state", None)
+        if parent is not None:
+            parent(state, f"pci {part}")
+        msix = getattr(self.msix, "restore_state", None)
+        if msix is not None:
+            msix(r.sub("msix").state, f"{part} msix")
+        with self.lock:
+            self._restore_virtio(virtio.state, config_vector, isr, drive_intx=parent is None)
+
+    def _restore_virtio(self, state: dict, config_vector: int, isr: int, drive_intx: bool) -> None:
+        if config_vector != NO_VECTOR and not self.msix.is_valid_vector(config_vector):
+            raise StateError(f"{self.name}: config_vector={config_vector} is not a vector "
+                             f"of this device ({self.msix.count})")
+        self._msix_enabled = self.msix.enabled     # as _msix_control_written would leave it
+        self._restore_interrupts(config_vector, isr, drive_intx)
+        try:
+            self.core.restore_state(state, self.msix.is_valid_vector)
+        except StateError:
+            self._restore_interrupts(NO_VECTOR, 0, True)     # as a reset (status 0) leaves them
+            raise
+
+    def _restore_interrupts(self, config_vector: int, isr: int, drive_intx: bool) -> None:
+        """The config vector and ISR.  INTx is PciFunction's state; without
+        it, INTx follows the ISR as ``_signal`` and ``_read_isr`` keep it
+        while MSI-X is off (§4.1.4.5)."""
+        self.config_vector = config_vector
+        with self._irq_lock:
+            self._isr = isr
+            if drive_intx and not self.msix.enabled:
+                self.set_intx(bool(isr))
