@@ -74,6 +74,7 @@ from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.uring import IORING_OP_READV, IORING_OP_WRITEV, Uring
 from kvmlite.base import eventfd
 from kvmlite.base.eventloop import EventLoop
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.base.memory import IOVEC_SHORT, GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -260,20 +261,58 @@ class VirtioBlock(VirtioDevice):
             return
         with active.lock:
             active.stopped = True
-        while True:         # wait for the requests in flight, if any
+        self._wait_inflight(active)
+        with active.lock:
+            active.memory = active.queue = active.interrupt = None
+        for _ in active.io_threads:     # one stop marker per thread started
+            active.requests.put(None)
+        self._close_uring(active)
+
+    def _wait_inflight(self, active: _Activation) -> None:
+        """Wait until no request of ``active`` is in flight."""
+        while True:
             with active.lock:
                 if active.idle.wait_for(lambda: active.inflight == 0, RESET_POLL if active.uring else None):
-                    active.memory = active.queue = active.interrupt = None
-                    break
-            # Reap here too: the event loop may be stopped (VM shutdown) or busy.
-            # (poll, not select: the eventfd may be numbered past FD_SETSIZE.)
+                    return
+            # Reap here too: the event loop may be stopped (VM shutdown), busy, or waiting for the
+            # transport's lock, which our caller holds.  (poll, not select: the eventfd may be
+            # numbered past FD_SETSIZE.)
             ready = select.poll()
             ready.register(active.completions, select.POLLIN)
             ready.poll(RESET_POLL * 1000)
             self._reap(active)
-        for _ in active.io_threads:     # one stop marker per thread started
-            active.requests.put(None)
-        self._close_uring(active)
+
+    # --- snapshots (kvmlite.base.state) ---
+
+    def save_device_state(self) -> dict:
+        """Finish every request in flight, then make the image durable
+        (fdatasync): every write the driver has seen completed is on disk
+        before the snapshot exists, as after a VIRTIO_BLK_T_FLUSH (§5.2.6).
+        The state is the configuration space the driver read (§5.2.4),
+        kept to check that the restored VM's disk is the same size."""
+        active = self._active
+        if active is not None:
+            self._wait_inflight(active)
+        if not self.disk.read_only:
+            try:
+                self.disk.flush()
+            except OSError as exc:
+                raise StateError(f"virtio-blk {self.disk.path}: flush failed: {exc}") from None
+        return {"config": pack_bytes(self._config), "read_only": self.disk.read_only}
+
+    def restore_device_state(self, state: dict) -> None:
+        """Nothing to load (the fresh build opened the image); the saved
+        configuration must be this device's, or the guest's view of the
+        disk (capacity, queue depth) would change under it."""
+        r = Reader(state, "virtio-blk")
+        saved = r.bytes("config")
+        if r.bool("read_only") != self.disk.read_only:
+            raise StateError(f"virtio-blk: saved read_only={not self.disk.read_only} but "
+                             f"{self.disk.path} is {'read-only' if self.disk.read_only else 'writable'}")
+        if saved != self._config:
+            old = struct.unpack_from("<Q", saved.ljust(8, b"\0"))[0]
+            raise StateError(f"virtio-blk: saved configuration ({old} sectors, {len(saved)} bytes) "
+                             f"differs from this disk's ({self.disk.capacity} sectors)")
 
     def stats(self) -> dict[str, int]:
         with self._stats_lock:

@@ -31,6 +31,7 @@ from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 from kvmlite.devices.virtio.serve import Served, serve_queue
 from kvmlite.base.memory import GuestMemory
+from kvmlite.base.state import Reader, pack_bytes
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,26 @@ class VirtioConsole(VirtioDevice):
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
+
+    # --- snapshots (kvmlite.base.state) ---
+
+    def save_device_state(self) -> dict:
+        """Host input not yet delivered to the receiveq (§5.3.6.1).  The
+        configuration space has nothing to save: without VIRTIO_CONSOLE_F_SIZE
+        and F_MULTIPORT every field reads 0 (§5.3.4)."""
+        with self._rx_lock:
+            return {"pending_input": pack_bytes(self._pending)}
+
+    def restore_device_state(self, state: dict) -> None:
+        """Queue the saved input ahead of any typed since, and deliver what
+        the driver has buffers for (the device is active again when the
+        saved status had DRIVER_OK)."""
+        saved = Reader(state, "virtio-console").bytes("pending_input")
+        with self._rx_lock:
+            self._pending[:0] = saved[:self._input_limit]
+            self._stats["rx_dropped"] += max(len(saved) - self._input_limit, 0)
+            del self._pending[self._input_limit:]
+        self._deliver()
 
     # --- receiveq: host to guest ---
 

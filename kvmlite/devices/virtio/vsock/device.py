@@ -63,6 +63,7 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
                                            VIRTIO_ID_VSOCK, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError, pop_writable
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
+from kvmlite.base.state import Reader
 from kvmlite.devices.virtio.vsock.mux import Muxer, VsockLimits
 from kvmlite.devices.virtio.vsock.packet import (EVENT, EVENT_TRANSPORT_RESET, HEADER_SIZE, MAX_GUEST_CID,
                                                  MIN_GUEST_CID, VIRTIO_VSOCK_F_STREAM, Header)
@@ -184,6 +185,26 @@ class VirtioVsock(VirtioDevice):
         """Drop every connection and post VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
         to the driver (after a snapshot restore).  Any thread; done on the loop."""
         self._on_loop(functools.partial(self._run, self._transport_reset))
+
+    # --- snapshots (kvmlite.base.state) ---
+
+    def save_device_state(self) -> dict:
+        """The guest's CID (§5.10.4); the queues are the transport's.  Host
+        connections are sockets of this process and are not saved: the
+        restored device resets the transport instead (§5.10.6.6)."""
+        with self._lock:
+            return {"guest_cid": self.guest_cid}
+
+    def restore_device_state(self, state: dict) -> None:
+        """Check the saved CID, then :meth:`transport_reset`: the driver
+        (active again when the saved status had DRIVER_OK) gets
+        VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, drops every socket it had, and
+        reads the CID again, so a restore under another CID is allowed
+        (§5.10.6.6)."""
+        saved = Reader(state, self.name).int("guest_cid", MIN_GUEST_CID, MAX_GUEST_CID)
+        if saved != self.guest_cid:
+            log.info("%s: restored under guest CID %d (saved with %d)", self.name, self.guest_cid, saved)
+        self.transport_reset()
 
     def close(self) -> None:
         """VM shutdown: reset, stop listening, remove the socket file.  Call
