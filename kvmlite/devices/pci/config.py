@@ -4,12 +4,22 @@ The 256 bytes are stored as they read; a parallel write mask says which bits
 the driver may change, so BAR sizing comes for free: writing all-ones to a
 BAR whose low ``log2(size)`` address bits are read-only reads back
 ``~(size - 1) | flags`` (§6.2.5.1).
+
+Snapshots: :meth:`PciConfigSpace.save_state` keeps the 256 bytes as they
+read (BAR addresses, command register, interrupt line, capability
+registers).  The write masks, BAR layout and capability list are built by
+the device model, so they are not saved; a restore checks instead that
+every read-only bit of the saved bytes equals this function's (the same
+device, built the same way), except in the status register, which the
+device itself drives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+
+from kvmlite.base.state import Reader, StateError, pack_bytes
 
 CONFIG_SPACE_SIZE = 256
 
@@ -156,6 +166,25 @@ class PciConfigSpace:
 
     def set_writable(self, reg: int, mask: int, length: int) -> None:
         self._wmask[reg:reg + length] = mask.to_bytes(length, "little")
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        return {"bytes": pack_bytes(self._bytes)}
+
+    def restore_state(self, state: dict, part: str = "pci config") -> None:
+        """Load :meth:`save_state`'s bytes (all checked first).  Only the bytes:
+        whoever maps the BARs must then re-read them (``PciFunction.restore_state`` does)."""
+        saved = Reader(state, part).bytes("bytes", CONFIG_SPACE_SIZE)
+        for at in range(CONFIG_SPACE_SIZE):
+            if at in (STATUS, STATUS + 1):
+                continue                         # device-driven (interrupt status, §6.2.3)
+            fixed = ~self._wmask[at] & 0xFF
+            ours, theirs = self._bytes[at] & fixed, saved[at] & fixed
+            if ours != theirs:
+                raise StateError(f"{part}: read-only bits of register {at:#04x} are {theirs:#04x}, this "
+                                 f"function's are {ours:#04x} (saved from another device or configuration)")
+        self._bytes = bytearray(saved)
 
     # --- guest access ---
 

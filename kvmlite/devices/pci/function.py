@@ -7,19 +7,39 @@ the offset into it.
 Threads and locks: the root holds :attr:`PciFunction.lock` around every
 ``config_*`` and ``bar_*`` call.  :meth:`PciFunction.set_intx` may be called
 from any thread (a device completing I/O); it takes only the small INTx lock.
+
+Snapshots: :meth:`PciFunction.save_state` keeps the configuration space,
+the level the device drives on its INTx pin, and the state of every part
+registered with :meth:`PciFunction.add_state_part` (the MSI-X capability
+registers itself as ``"msix"``).  :meth:`PciFunction.restore_state` loads
+the configuration space, then the parts (MSI-X reads the restored message
+control register and re-programs its vectors), drives INTx, and has the
+root move the BARs to where the restored registers put them, through the
+same path as a guest's configuration write (``PciRoot._sync_bars``, which
+calls :meth:`PciFunction.bar_mapped`).  A subclass with state of its own
+checks its fields first, then calls ``super().restore_state``.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
+from kvmlite.base.state import Reader, StateError
 from kvmlite.devices.irq import IrqLine
 from kvmlite.devices.pci.config import (COMMAND, COMMAND_INTX_DISABLE, INTERRUPT_LINE,
                                         INTERRUPT_PIN, STATUS_INTERRUPT, PciConfigSpace, PciIds)
 
 Hook = Callable[[], None]
+
+
+class StatePart(Protocol):
+    """A piece of a function with saved state of its own (its MSI-X capability)."""
+
+    def save_state(self) -> dict: ...
+
+    def restore_state(self, state: dict, part: str | None = None) -> None: ...
 
 
 @dataclass
@@ -47,6 +67,63 @@ class PciFunction:
         self._intx: IrqLine | None = None
         self._intx_level = False
         self._intx_driven = False
+        self._bar_sync: Hook | None = None     # the root's BAR mapping, see set_bar_sync
+        self._state_parts: dict[str, StatePart] = {}
+
+    def add_state_part(self, key: str, part: StatePart) -> None:
+        """Save ``part`` under ``key`` in this function's state, and restore
+        it right after the configuration space."""
+        self._state_parts[key] = part
+
+    def set_bar_sync(self, sync: Hook) -> None:
+        """The root's "map the BARs as the registers now say" for this
+        function (called with :attr:`lock` held), used after a restore."""
+        self._bar_sync = sync
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        with self._intx_lock:
+            state = {"config": self.config.save_state(), "intx": self._intx_level}
+        for key, part in self._state_parts.items():
+            state[key] = part.save_state()
+        return state
+
+    def restore_state(self, state: dict, part: str | None = None) -> None:
+        """Load :meth:`save_state`'s dict, drive INTx to the saved level and
+        re-map the BARs.  A StateError leaves the configuration space as it
+        was.  Takes :attr:`lock`: do not call with it held."""
+        name = part or f"pci {self.name}"
+        r = Reader(state, name)
+        intx = r.bool("intx")
+        config = r.sub("config").state
+        parts = {key: r.sub(key).state for key in self._state_parts}
+        with self.lock:
+            self._restore_config(config, parts, name)
+            self._restore_intx(intx)
+            if self._bar_sync is not None:
+                self._bar_sync()
+
+    def _restore_config(self, config: dict, parts: dict[str, dict], name: str) -> None:
+        """The configuration space, then the parts that read it; a part's
+        StateError puts the old configuration space back (each part checks
+        all of its state before loading any)."""
+        old = self.config.save_state()
+        self.config.restore_state(config, f"{name} config")
+        try:
+            for key, state in parts.items():
+                self._state_parts[key].restore_state(state, f"{name} {key}")
+        except StateError:
+            self.config.restore_state(old, f"{name} config")
+            raise
+
+    def _restore_intx(self, level: bool) -> None:
+        with self._intx_lock:
+            self._intx_level = level
+            self.config.set_status_bits(STATUS_INTERRUPT, level)
+            self._intx_driven = level and not self.config.u16(COMMAND) & COMMAND_INTX_DISABLE
+            if self._intx is not None:
+                self._intx.set_level(self._intx_driven)     # a fresh line: drive it either way
 
     # --- configuration space (called by the root with self.lock held) ---
 

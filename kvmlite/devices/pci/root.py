@@ -15,6 +15,15 @@ Threads and locks: configuration accesses arrive on vCPU threads holding the
 bus lock of the config mechanism; the root then takes the function's lock
 (``Bus.lock_of(function)`` on the MMIO bus), and moves BARs under it.  A BAR
 access takes the bus lock of its window, then the same function lock.
+
+Snapshots: :meth:`PciRoot.save_state` covers the root's own state, the
+CONFIG_ADDRESS latch at 0xCF8 (the BAR mappings follow from the
+functions' registers; the address allocators only matter before the guest
+runs).  The functions are saved by whoever owns them, or all at once by
+slot with :meth:`PciRoot.save_functions`/:meth:`PciRoot.restore_functions`.
+A function's ``restore_state`` moves its BARs on the buses through
+:meth:`PciRoot._sync_bars`, the path a guest's configuration write takes
+(``PciRoot.add`` hands it that with ``set_bar_sync``).
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence, cast
 
 from kvmlite.arch.x86 import layout
+from kvmlite.base.state import Reader, StateError
 from kvmlite.devices.bus import Bus, BusDevice, BusError
 from kvmlite.devices.irq import IrqLine
 from kvmlite.devices.pci.allocator import AddressAllocator
 from kvmlite.devices.pci.config import INTERRUPT_PIN_INTA, Bar, BarKind
-from kvmlite.devices.pci.configio import PciConfigIo
+from kvmlite.devices.pci.configio import ADDRESS_MASK, PciConfigIo
 from kvmlite.devices.pci.function import PciFunction
 from kvmlite.devices.pci.hostbridge import HostBridge
 from kvmlite.devices.pci.intx import SharedIrqLine
@@ -99,8 +109,9 @@ class PciRoot:
         self._io = AddressAllocator("PCI I/O window", *windows.io)
         self._slots: list[_Slot | None] = [None] * SLOT_COUNT
         self.add(HostBridge(), slot=0)
+        self.config_io = PciConfigIo(self)
         if register_ports:
-            pio_bus.register(layout.PORT_PCI_CONFIG_ADDR, PciConfigIo.LENGTH, PciConfigIo(self),
+            pio_bus.register(layout.PORT_PCI_CONFIG_ADDR, PciConfigIo.LENGTH, self.config_io,
                              "pci-config")
 
     # --- building (before the guest runs) ---
@@ -121,6 +132,7 @@ class PciRoot:
         if slot != 0:
             function.attach_intx(self._intx[self._wire(slot, INTERRUPT_PIN_INTA)].source(),
                                  INTERRUPT_PIN_INTA, self.intx_irq(slot))
+        function.set_bar_sync(lambda: self._sync_bars(entry))
         with function.lock:
             self._sync_bars(entry)
         return slot
@@ -159,6 +171,47 @@ class PciRoot:
         """BAR index -> address for the BARs of ``slot`` now on a bus."""
         entry = self._slots[slot]
         return dict(entry.mapped) if entry else {}
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        """The root's own state: the CONFIG_ADDRESS latch (not the functions')."""
+        return {"config_address": self.config_io.address}
+
+    def restore_state(self, state: dict, part: str = "pci root") -> None:
+        r = Reader(state, part)
+        address = r.int("config_address", 0, 0xFFFF_FFFF)
+        if address & ~ADDRESS_MASK:
+            raise StateError(f"{part}: config_address={address:#010x} has bits CONFIG_ADDRESS "
+                             f"does not keep (mask {ADDRESS_MASK:#010x})")
+        self.config_io.address = address
+
+    def save_functions(self) -> list[dict]:
+        """Every function's ``save_state``, host bridge included, as
+        ``{"slot": n, "state": ...}`` in slot order."""
+        return [{"slot": slot, "state": function.save_state()} for slot, function in self.functions()]
+
+    def restore_functions(self, states: list, part: str = "pci") -> None:
+        """Load :meth:`save_functions`'s list into the same functions, built
+        the same way (each function's ``restore_state`` re-maps its BARs).
+        The slot list is checked before any function is touched; a bad
+        function state raises after the functions before it are loaded, and
+        the VM must then not start (the snapshot convention)."""
+        saved = self._saved_slots(Reader({"functions": states}, part))
+        for slot, function in self.functions():
+            function.restore_state(saved[slot])     # errors name the function ("pci NAME: ...")
+
+    def _saved_slots(self, r: Reader) -> dict[int, dict]:
+        saved: dict[int, dict] = {}
+        for i, item in enumerate(r.list("functions")):
+            entry = Reader(item, f"{r.part} functions[{i}]")
+            slot = entry.int("slot", 0, SLOT_COUNT - 1)
+            saved[slot] = entry.sub("state").state
+        present = [slot for slot, _ in self.functions()]
+        if sorted(saved) != present or len(saved) != len(r.state["functions"]):
+            raise StateError(f"{r.part}: saved functions are in slots {sorted(saved)}, "
+                             f"this VM has slots {present}")
+        return saved
 
     # --- configuration access (vCPU threads) ---
 
