@@ -11,6 +11,19 @@ others are ignored (reads return zero).
 
 Threads: table and control accesses run under the function's lock;
 :meth:`MsixCapability.trigger` may run on any thread.
+
+Snapshots: :meth:`MsixCapability.save_state` keeps the table, the PBA and
+the enable/function-mask bits (which live in the function's configuration
+space and are saved there too).  The capability registers itself with its
+function as the state part ``"msix"``, so ``PciFunction.save_state`` and
+``restore_state`` cover it.  :meth:`MsixCapability.restore_state` runs
+after the function's configuration space is restored, and checks that the
+two agree.  It then pushes every entry to its vector through the same
+calls a guest's table write makes (``configure`` then ``set_masked``,
+which is where a KVM vector installs its MSI route), so the interrupt
+backend of the new VM ends up with the routes the guest programmed.  A
+pending bit is re-created by triggering the vector while it is still
+masked; unmasking later delivers it (§6.8.3.5).
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import logging
 import struct
 from typing import Sequence
 
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.interrupts import MsiVector
 from kvmlite.devices.pci.config import CAP_ID_MSIX, PciConfigError
 from kvmlite.devices.pci.function import PciFunction
@@ -69,6 +83,7 @@ class MsixCapability:
         self.function_masked = False
         for i in range(count):
             self._sync(i)
+        function.add_state_part("msix", self)
 
     @property
     def count(self) -> int:
@@ -132,6 +147,65 @@ class MsixCapability:
             if first + bit < self.count and self.vectors[first + bit].pending:
                 bits |= 1 << bit
         data[:] = bits.to_bytes(len(data), "little")
+
+    # --- snapshots ---
+
+    def save_state(self) -> dict:
+        pba = bytearray(pba_size(self.count))
+        for i, vector in enumerate(self.vectors):
+            if vector.pending:
+                pba[i // 8] |= 1 << i % 8
+        return {"table": pack_bytes(self._table), "pba": pack_bytes(pba),
+                "enabled": self.enabled, "function_masked": self.function_masked}
+
+    def restore_state(self, state: dict, part: str | None = None) -> None:
+        """Load :meth:`save_state`'s dict into this fresh capability and
+        re-program every vector from the table (see the module doc).  Call
+        after the function's configuration space is restored, before any
+        vCPU runs; takes no lock."""
+        r = Reader(state, part or f"{self.function.name} msix")
+        table = self._checked_table(r)
+        pending = self._checked_pba(r)
+        self.enabled, self.function_masked = self._checked_control(r)
+        self._table = bytearray(table)
+        for i in range(self.count):
+            self._reapply(i, pending[i])
+
+    def _checked_table(self, r: Reader) -> bytes:
+        table = r.bytes("table", self.table_size)
+        for i in range(self.count):
+            lo, _hi, _data, ctrl = struct.unpack_from("<IIII", table, ENTRY_SIZE * i)
+            if lo & 0x3 or ctrl & ~VECTOR_CTRL_MASKBIT:   # §6.8.2.6, §6.8.2.9: read as zero
+                raise StateError(f"{r.part}: table entry {i} has reserved bits set")
+        return table
+
+    def _checked_pba(self, r: Reader) -> list[bool]:
+        pba = int.from_bytes(r.bytes("pba", pba_size(self.count)), "little")
+        if pba >> self.count:
+            raise StateError(f"{r.part}: pba has bits past vector {self.count - 1}")
+        return [bool(pba >> i & 1) for i in range(self.count)]
+
+    def _checked_control(self, r: Reader) -> tuple[bool, bool]:
+        """The saved enable and mask bits against the (restored) message control."""
+        enabled, masked = r.bool("enabled"), r.bool("function_masked")
+        control = self.function.config.u16(self.offset + CAP_CONTROL)
+        if (enabled, masked) != (bool(control & CONTROL_ENABLE), bool(control & CONTROL_FUNCTION_MASK)):
+            raise StateError(f"{r.part}: enabled={enabled} function_masked={masked} disagree with "
+                             f"message control {control:#06x} (restore the configuration space first)")
+        return enabled, masked
+
+    def _reapply(self, index: int, pending: bool) -> None:
+        """Push entry ``index`` to its vector as a guest's writes would."""
+        address, data, entry_masked = self.entry(index)
+        masked = entry_masked or self.function_masked or not self.enabled
+        vector = self.vectors[index]
+        vector.configure(address, data)
+        vector.set_masked(True)
+        if pending:
+            vector.trigger()                      # masked: only sets the pending bit
+        if not masked:
+            vector.set_masked(False)
+        self._applied[index] = (address, data, masked)
 
     # --- vectors ---
 
