@@ -175,6 +175,11 @@ class EventLoop:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
+    @property
+    def running(self) -> bool:
+        """Whether a thread is in :meth:`run_forever` now."""
+        return self._runner is not None
+
     def on_loop_thread(self) -> bool:
         """Whether the caller is the thread running this loop's callbacks."""
         return threading.get_ident() == self._runner

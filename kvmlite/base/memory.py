@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+import os
 from array import array
 from dataclasses import dataclass
 from typing import Sequence
@@ -21,8 +22,14 @@ from typing import Sequence
 from kvmlite.arch.x86 import layout
 from kvmlite.errors import ConfigError
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+
 MAP_HUGETLB = 0x40000
 MAP_NORESERVE = 0x4000
+MAP_FIXED = 0x10
+SAVE_CHUNK = 1 << 20       # save_to: zero chunks of this size become holes
 MADV_HUGEPAGE = 14
 DESC_BYTES = 16            # a virtqueue descriptor (virtio 1.2 §2.7.5)
 IOVEC_ALIGN = 1 << 32      # where low RAM starts in the host mapping (see GuestMemory.iovec)
@@ -74,11 +81,16 @@ class GuestMemory:
     ``read_u16``/``write_u16`` helpers, which compile to one load/store.
     """
 
-    def __init__(self, size: int, *, hugepages: bool = False) -> None:
+    def __init__(self, size: int, *, hugepages: bool = False, file: int | None = None) -> None:
+        """``size`` bytes of fresh anonymous RAM, or with ``file`` (an open
+        descriptor of a snapshot's memory file, at least ``size`` bytes) that
+        file mapped copy-on-write: pages come in from the file when first
+        touched, a write gives this VM its own copy, and every VM mapping the
+        same file shares the pages none of them wrote."""
         if size <= 0 or size % mmap.PAGESIZE:
             raise ConfigError(f"memory size {size} is not a positive multiple of the page size")
         self.size = size
-        self._mmap, skip = self._map(size, hugepages)
+        self._mmap, skip = self._map(size, hugepages) if file is None else self._map_file(file, size)
         self._mapped = memoryview(self._mmap)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap)) + skip
         self._whole = self._mapped[skip:skip + size]
@@ -134,6 +146,38 @@ class GuestMemory:
         except OSError:
             pass
         return mm, skip
+
+    @staticmethod
+    def _map_file(fd: int, size: int) -> tuple[mmap.mmap, int]:
+        """``fd`` mapped MAP_PRIVATE over the 4 GiB-aligned part of an
+        address-space reservation (as ``_map``), so ``iovec`` keeps its fast
+        path; closing the reservation unmaps the file too."""
+        mm, skip = GuestMemory._map(size, False)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(mm)) + skip
+        got = _libc.mmap(ctypes.c_void_p(base), ctypes.c_size_t(size), mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE | MAP_FIXED, fd, ctypes.c_long(0))
+        if got != base:
+            err = ctypes.get_errno()
+            mm.close()
+            raise ConfigError(f"cannot map the memory file: {os.strerror(err)}")
+        return mm, skip
+
+    def save_to(self, fd: int) -> int:
+        """Write all of RAM (low region, then high) to ``fd`` from its start,
+        leaving holes where a whole chunk is zero (a fresh guest's RAM is
+        mostly untouched); returns the bytes covered.  The caller keeps the
+        vCPUs parked meanwhile."""
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, self.size)
+        zero = bytes(SAVE_CHUNK)
+        offset = 0
+        while offset < self.size:
+            chunk = self._whole[offset:offset + SAVE_CHUNK]
+            data = chunk.tobytes()      # a C copy: far quicker than comparing the view itself
+            if data != zero[:len(data)]:
+                os.pwrite(fd, data, offset)
+            offset += len(chunk)
+        return offset
 
     def close(self) -> None:
         for region in self.regions:

@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("-p", "--params", default="", help="kernel command-line parameters, appended to the defaults")
     k.add_argument("--no-default-params", action="store_true",
                    help="use -p as the whole command line (no console=, no device options)")
+    r = parser.add_argument_group("snapshot options")
+    r.add_argument("--restore", metavar="DIR",
+                   help="start the VM saved in DIR by 'kvmlite snapshot' instead of booting; only --name, "
+                        "--disk (one per saved disk, e.g. a copy for a clone) and --timeout may be given with it")
     d = parser.add_argument_group("debug options")
     d.add_argument("--loglevel", choices=log.LEVELS, default="warning", help="kvmlite's own messages")
     parser.add_argument("image", nargs="?", help="kernel image (same as -k)")
@@ -127,22 +131,44 @@ def config_from_args(args: argparse.Namespace, need_shares: bool = False) -> VmC
         default_cmdline=not args.no_default_params, timeout=args.timeout)
 
 
+# Options that --restore takes from the snapshot instead: (dest, default).
+_FROM_SNAPSHOT = (("kernel", None), ("image", None), ("initrd", None), ("params", ""), ("cpus", 1), ("mem", "256"),
+                  ("shares", []), ("rng", False), ("vsock", None), ("console", "serial"), ("network", []),
+                  ("virtio_transport", "pci"), ("hugepages", False), ("no_default_params", False))
+
+
 def run(args: argparse.Namespace) -> int:
     log.setup(args.loglevel)
+    if args.restore is not None:
+        return run_restored(args)
     return run_vm(config_from_args(args))
 
 
-def run_vm(config: VmConfig, wrap_output: Callable[[Callable[[bytes], None]], Callable[[bytes], None]] | None = None,
-           ) -> int:
-    """Run ``config`` on this terminal until the guest ends; its exit status.
-    ``wrap_output`` may put a filter in front of the console's output."""
+def run_restored(args: argparse.Namespace) -> int:
+    """``--restore DIR``: the saved VM, with this run's name, disks and timeout."""
+    from kvmlite.vmm.vm import Vm
+
+    given = [dest for dest, default in _FROM_SNAPSHOT if getattr(args, dest, default) != default]
+    if given or _split_command(args):
+        what = given[0].replace("_", "-") if given else "a command"
+        raise UsageError(f"--restore: {what} comes from the snapshot; only --name, --disk and --timeout may be given")
+    return run_vm(None, make_vm=lambda sink: Vm.restore(args.restore, name=args.name, disks=args.disk or None,
+                                                        timeout=args.timeout, console_output=sink))
+
+
+def run_vm(config: VmConfig | None, wrap_output: Callable[[Callable[[bytes], None]], Callable[[bytes], None]] | None = None,
+           make_vm: "Callable[[Callable[[bytes], None]], Vm] | None" = None) -> int:
+    """Run ``config`` (or the VM ``make_vm`` builds) on this terminal until
+    the guest ends; its exit status.  ``wrap_output`` may put a filter in
+    front of the console's output."""
     from kvmlite.vmm.session import ConsoleSession
     from kvmlite.vmm.vm import Vm
 
     from kvmlite.control.server import ControlServer
 
     sink = ConsoleSession.output_sink()
-    vm = Vm(config, console_output=wrap_output(sink) if wrap_output else sink)
+    output = wrap_output(sink) if wrap_output else sink
+    vm = make_vm(output) if make_vm is not None else Vm(config, console_output=output)
     control = ControlServer.for_vm(vm)
     try:
         control.start()            # claims the name; a one-line error if it is in use

@@ -36,6 +36,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stop", "Stop a running virtual machine", "kvmlite.cli.cmd_stop"),
     Command("pause", "Pause a running virtual machine", "kvmlite.cli.cmd_pause"),
     Command("resume", "Resume a paused virtual machine", "kvmlite.cli.cmd_resume"),
+    Command("snapshot", "Save a running virtual machine to a directory", "kvmlite.cli.cmd_snapshot"),
     Command("debug", "Print debug information from a running virtual machine", "kvmlite.cli.cmd_debug"),
     Command("stat", "Print statistics about a running virtual machine", "kvmlite.cli.cmd_stat"),
     Command("balloon", "Inflate or deflate a virtual machine's memory balloon", "kvmlite.cli.cmd_balloon"),

@@ -30,6 +30,7 @@ from kvmlite.errors import KvmliteError
 
 DEFAULT_TIMEOUT = 15.0
 LIST_TIMEOUT = 3.0
+SNAPSHOT_TIMEOUT = 600.0      # saving many GiB of RAM to a slow disk takes a while
 _UCRED = struct.Struct("3i")
 
 
@@ -162,6 +163,10 @@ class ControlClient:
     def set_timeout(self, seconds: float) -> float:
         """Stop the VM ``seconds`` from now."""
         return float(self.call("set_timeout", {"seconds": seconds})["timeout_s"])
+
+    def snapshot(self, directory: str, *, stop: bool = False, timeout: float = SNAPSHOT_TIMEOUT) -> dict[str, Any]:
+        """Save the VM to ``directory`` (absolute; new or empty); a summary."""
+        return self.call("snapshot", {"dir": directory, "stop": stop}, timeout=timeout)
 
 
 def _check_peer(sock: socket.socket, target: str) -> None:

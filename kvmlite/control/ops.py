@@ -35,6 +35,7 @@ class ControlTarget(Protocol):
     def inject_nmi(self, vcpu: int | None = None) -> list[int]: ...
     def sysrq(self, key: str) -> None: ...
     def set_timeout(self, seconds: float) -> float: ...
+    def snapshot(self, directory: str, stop: bool = False) -> dict[str, Any]: ...
 
 
 Args = dict[str, Any]
@@ -123,6 +124,13 @@ def _set_timeout(t: ControlTarget, a: Args) -> Result:
     return {"timeout_s": t.set_timeout(seconds)}
 
 
+def _snapshot(t: ControlTarget, a: Args) -> Result:
+    directory = a.get("dir")
+    if not isinstance(directory, str) or not directory.startswith("/") or "\0" in directory:
+        raise ProtocolError(BAD_ARGS, "'dir' must be an absolute path (the VMM's working directory is not yours)")
+    return t.snapshot(directory, stop=flag(a, "stop"))
+
+
 def _stats(t: ControlTarget, a: Args) -> Result:
     return t.stats()
 
@@ -155,6 +163,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     _op("nmi", _nmi, "vcpu", blocking=True),
     _op("sysrq", _sysrq, "key", blocking=True),
     _op("set_timeout", _set_timeout, "seconds", blocking=False),
+    _op("snapshot", _snapshot, "dir", "stop", blocking=True),
 )}
 
 

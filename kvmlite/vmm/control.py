@@ -160,6 +160,16 @@ class VmControl:
             self._paused_clock = None
             self._unpark()
 
+    def held_clock(self) -> int | None:
+        """The guest's kvmclock as a requested pause held it; None while running."""
+        return self._paused_clock
+
+    def snapshot(self, directory: str, stop: bool = False) -> dict[str, Any]:
+        """Save the VM to ``directory`` (kvmlite/vmm/snapshot/save.py)."""
+        from kvmlite.vmm.snapshot.save import take_snapshot
+
+        return take_snapshot(self.vm, directory, stop=stop)
+
     def _check_running(self) -> None:
         if self.vm.started_at is None:
             raise KvmliteError("the VM has not started")

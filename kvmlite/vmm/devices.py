@@ -57,6 +57,8 @@ class DeviceManager:
         self._cmdline: list[str] = []
         self.serial: list = []
         self.i8042 = None
+        self.rtc = None
+        self.port92 = None
         self.acpi_pm = None
         self.console_input: Callable[[bytes], None] = lambda data: None
         self.console_break: Callable[[], None] | None = None
@@ -337,7 +339,8 @@ class DeviceManager:
                            aux_irq=self._irq(layout.IRQ_MOUSE))
         self._register(layout.PORT_I8042_DATA, 1, self.i8042.data, "i8042")
         self._register(layout.PORT_I8042_STATUS, 1, self.i8042.command, "i8042-command")
-        self._register(layout.PORT_RTC, 2, Rtc(), "rtc")
+        self.rtc = Rtc()
+        self._register(layout.PORT_RTC, 2, self.rtc, "rtc")
         pm = self.acpi_pm = AcpiPm(self._irq(layout.IRQ_ACPI_SCI), poweroff=self._guest_poweroff,
                                    reset=self._guest_reset)
         self._register(layout.PORT_ACPI_PM1A_EVT, 4, pm.event, "acpi-pm1a-evt")
@@ -347,7 +350,8 @@ class DeviceManager:
         self._register(layout.PORT_GUEST_EXIT, 1, GuestExit(self._guest_exit), "exit-port")
         self._register(layout.PORT_POST, 1, IgnoredPort("post"), "post")
         self._register(layout.PORT_IO_DELAY_ALT, 1, IgnoredPort("io-delay"), "io-delay")
-        self._register(layout.PORT_SYSTEM_CONTROL_A, 1, SystemControlPortA(self._guest_reset), "port92")
+        self.port92 = SystemControlPortA(self._guest_reset)
+        self._register(layout.PORT_SYSTEM_CONTROL_A, 1, self.port92, "port92")
 
     def _guest_exit(self, code: int) -> None:
         self.vm.end(EndReason.GUEST_EXIT, code, f"guest exit status {code}")

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kvmlite.arch.x86 import layout, regs as x86regs
 from kvmlite.arch.x86.boot import BootLayout, setup_boot
@@ -44,6 +44,9 @@ from kvmlite.base.memory import GuestMemory
 from kvmlite.vmm.control import VmControl
 from kvmlite.vmm.limits import raise_nofile_limit
 from kvmlite.vmm.vcpu import Request, Vcpu, install_kick_handler
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.snapshot.restore import LoadedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +72,16 @@ class Vm:
     """One VM.  Build with ``Vm(config)``, then ``start()`` and ``wait()``."""
 
     def __init__(self, config: VmConfig, *, console_output: Callable[[bytes], object] | None = None,
-                 kvm_path: str = "/dev/kvm") -> None:
+                 kvm_path: str = "/dev/kvm", restore: "LoadedSnapshot | None" = None) -> None:
         """Build the whole VM (nothing runs until :meth:`start`).
 
         ``console_output`` receives the guest console's bytes (COM1, or
-        hvc0 with ``console="virtio"``); None discards them.  Raises
-        :class:`~kvmlite.errors.KvmliteError` with a one-line message, after
-        releasing whatever was already set up."""
+        hvc0 with ``console="virtio"``); None discards them.  With
+        ``restore`` (see :meth:`restore`) the VM is built from a snapshot
+        instead of booting.  Raises :class:`~kvmlite.errors.KvmliteError`
+        with a one-line message, after releasing whatever was already set up."""
         self.config = config
+        self._restore = restore
         self.name = config.name
         self.started_at: float | None = None
         self._end_lock = threading.Lock()
@@ -98,7 +103,8 @@ class Vm:
         self._check_kvm()
         self.vm_fd: VmFd = self.kvm.create_vm()
         self._setup_irqchip()
-        self.memory = GuestMemory(config.mem_bytes, hugepages=config.hugepages)
+        memory_file = self._restore.memory_fd if self._restore is not None else None
+        self.memory = GuestMemory(config.mem_bytes, hugepages=config.hugepages, file=memory_file)
         for slot, region in enumerate(self.memory.regions):
             self.vm_fd.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
         self.io_bus = Bus("pio")
@@ -106,12 +112,42 @@ class Vm:
         self.event_loop = EventLoop("io")
         self.devices = DeviceManager(self, console_output)
         self.devices.create()
-        rsdp = self.devices.write_firmware_tables(self.memory)
-        self.boot: BootLayout = self._load_kernel(rsdp)
+        if self._restore is None:
+            rsdp = self.devices.write_firmware_tables(self.memory)
+            self.boot: BootLayout | None = self._load_kernel(rsdp)
+        else:
+            self.boot = None            # RAM already holds the kernel, the tables and the guest
         supported = self.kvm.supported_cpuid()
         tsc_deadline = bool(self.kvm.check_extension(uapi.KVM_CAP_TSC_DEADLINE_TIMER))
         self.vcpus = [self._create_vcpu(i, supported, tsc_deadline) for i in range(config.cpus)]
         self.control = VmControl(self)
+        if self._restore is not None:
+            from kvmlite.vmm.snapshot.restore import apply
+
+            apply(self, self._restore)
+
+    @classmethod
+    def restore(cls, directory: str, *, name: str | None = None, disks: "list[str] | None" = None,
+                vsock_socket: str | None = None, timeout: float | None = None,
+                console_output: Callable[[bytes], object] | None = None, kvm_path: str = "/dev/kvm") -> "Vm":
+        """A VM built from the snapshot in ``directory`` (docs/snapshot.md),
+        ready to :meth:`start`: it goes on from where the snapshot was
+        taken.  ``name``, ``disks`` (``PATH[,ro]`` for each of the
+        snapshot's disks), ``vsock_socket`` and ``timeout`` are this VM's
+        own; everything else is the snapshot's."""
+        from kvmlite.vmm.snapshot.restore import load, restore_config
+
+        snapshot = load(directory)
+        try:
+            config = restore_config(snapshot, name=name, disks=disks, vsock_socket=vsock_socket, timeout=timeout)
+            return cls(config, console_output=console_output, kvm_path=kvm_path, restore=snapshot)
+        finally:
+            snapshot.close()            # the mapping keeps the file's pages
+
+    def snapshot(self, directory: str, *, stop: bool = False) -> dict:
+        """Save this running VM to ``directory`` (new or empty); it goes on
+        running afterwards, or ends with ``stop``.  Returns a summary."""
+        return self.control.snapshot(directory, stop=stop)
 
     # --- construction ---
 
@@ -158,7 +194,7 @@ class Vm:
         lapic = fd.get_lapic()
         regs = x86regs.lapic_lint_setup(bytearray(bytes(lapic)))
         fd.set_lapic(kvm_lapic_state.from_buffer_copy(bytes(regs)))
-        if index == 0:
+        if index == 0 and self.boot is not None:
             entry = self.boot.entry
             fd.set_sregs(x86regs.boot_sregs(fd.get_sregs(), entry))
             fd.set_regs(x86regs.boot_regs(entry))
@@ -178,6 +214,10 @@ class Vm:
     def start(self) -> None:
         install_kick_handler()          # before any thread starts: fails off the main thread
         self.started_at = time.monotonic()
+        if self._restore is not None:
+            from kvmlite.vmm.snapshot.restore import saved_clock
+
+            self.vm_fd.set_clock(saved_clock(self._restore))   # the guest's time goes on from the save
         self.devices.start()
         self.event_loop.start()
         for vcpu in self.vcpus:
