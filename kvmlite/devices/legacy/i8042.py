@@ -185,7 +185,8 @@ class I8042:
         if len(replies) > MAX_SAVED_OUTPUT:
             raise StateError(f"{part}: {len(replies)} replies queued, more than {MAX_SAVED_OUTPUT}")
         with self._lock:
-            self.keyboard.restore_state(r.sub("keyboard").state, f"{part} keyboard")   # may raise: nothing set yet
+            # may raise; it checks all before loading, and nothing else is set yet
+            self.keyboard.restore_state(r.sub("keyboard").state, f"{part} keyboard")
             self._ram, self._output_port, self._awaiting = ram, output_port, awaiting
             self._a2, self._last_read, self._translator.release_pending = a2, last_read, release
             self._out, self._replies = out, collections.deque(replies)

@@ -70,8 +70,8 @@ B_DEFAULT = B_24H          # BCD, 24-hour: what Linux's rtc-cmos wants
 D_VRT = 0x80               # valid RAM and time: the battery is fine
 HOUR_PM = 0x80             # 12-hour mode: bit 7 of the hours byte
 
-UIP_WINDOW = 244e-6
-MAX_OFFSET = 1 << 40       # seconds: far beyond any year the registers can show        # seconds before each update during which UIP reads 1
+UIP_WINDOW = 244e-6        # seconds before each update during which UIP reads 1
+MAX_OFFSET = 1 << 40       # seconds: far beyond any year the registers can show
 
 _TIME_REGISTERS = (REG_SECONDS, REG_MINUTES, REG_HOURS, REG_WEEKDAY, REG_DAY,
                    REG_MONTH, REG_YEAR, REG_CENTURY)
