@@ -144,6 +144,46 @@ class Vm:
         finally:
             snapshot.close()            # the mapping keeps the file's pages
 
+    def fork(self, count: int = 1, *, directory: str | None = None, names: "list[str] | None" = None,
+             disks: "list[list[str]] | None" = None,
+             console_output: "Callable[[bytes], object] | list[Callable[[bytes], object]] | None" = None,
+             ) -> "list[Vm]":
+        """``count`` new VMs, each going on from this one's state now (a
+        snapshot into ``directory``, or a new temporary directory, then one
+        restore per clone); this VM runs on.  The clones are built but not
+        started.  A VM with a writable disk needs ``disks``: one list of
+        ``PATH[,ro]`` per clone (two VMs writing one image would corrupt it).
+        ``console_output`` is one sink for every clone, or a list of one each."""
+        import tempfile
+
+        if count < 1:
+            raise ConfigError(f"fork: count {count} must be at least 1")
+        writable = any(not disk.read_only for disk in self.config.disks)
+        if writable and (disks is None or len(disks) != count):
+            raise ConfigError("fork: this VM has a writable disk; give each clone its own (disks=[[PATH], ...])")
+        if names is not None and len(names) != count:
+            raise ConfigError(f"fork: {len(names)} names for {count} clones")
+        sinks = console_output if isinstance(console_output, list) else [console_output] * count
+        if len(sinks) != count:
+            raise ConfigError(f"fork: {len(sinks)} console outputs for {count} clones")
+        where = directory or tempfile.mkdtemp(prefix=f"kvmlite-fork-{self.name or 'vm'}-")
+        self.snapshot(where)
+        clones: list[Vm] = []
+        try:
+            for i in range(count):
+                clones.append(Vm.restore(where, name=names[i] if names else None,
+                                         disks=disks[i] if disks else None, console_output=sinks[i]))
+        except BaseException:
+            for clone in clones:
+                clone.close()
+            raise
+        finally:
+            if directory is None:       # the clones' mappings keep the memory file's pages
+                import shutil
+
+                shutil.rmtree(where, ignore_errors=True)
+        return clones
+
     def snapshot(self, directory: str, *, stop: bool = False) -> dict:
         """Save this running VM to ``directory`` (new or empty); it goes on
         running afterwards, or ends with ``stop``.  Returns a summary."""

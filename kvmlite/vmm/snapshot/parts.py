@@ -13,10 +13,11 @@ from typing import Any
 def device_parts(devices: Any) -> list[tuple[str, Any]]:
     """(name, part) for every device model of a :class:`~kvmlite.vmm.devices.DeviceManager`.
 
-    virtio devices on PCI are saved with the PCI bus (their transport is a
-    PCI function); those on virtio-mmio by their own name."""
-    from kvmlite.devices.pci.function import PciFunction
-
+    The PCI root saves its CONFIG_ADDRESS latch, the host bridge its
+    configuration space; each virtio device is saved through its transport
+    (on PCI that is the function: configuration space, MSI-X table and the
+    virtio part), by the device's name.  The exit port and the ignored ports
+    hold nothing to save."""
     parts: list[tuple[str, Any]] = [(f"com{i + 1}", uart) for i, uart in enumerate(devices.serial)]
     for name in ("i8042", "rtc", "acpi_pm", "port92"):
         part = getattr(devices, name)
@@ -24,7 +25,6 @@ def device_parts(devices: Any) -> list[tuple[str, Any]]:
             parts.append((name.replace("_", "-"), part))
     if devices.pci is not None:
         parts.append(("pci", devices.pci))
-    for name, _device, transport in devices.virtio:
-        if not isinstance(transport, PciFunction):
-            parts.append((name, transport))
+        parts.append(("pci-hostbridge", dict(devices.pci.functions())[0]))
+    parts += [(name, transport) for name, _device, transport in devices.virtio]
     return parts

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kvmlite.base.state import Reader, StateError
+from kvmlite.errors import ConfigError
 from kvmlite.vmm.config import DiskConfig, VmConfig, VsockConfig
 from kvmlite.vmm.snapshot import files
 from kvmlite.vmm.snapshot.files import SnapshotError
@@ -76,7 +77,7 @@ def restore_config(snapshot: LoadedSnapshot, *, name: str | None = None, disks: 
     changes: dict[str, Any] = {"name": name, "timeout": timeout}
     if disks is not None:
         if len(disks) != len(config.disks):
-            raise SnapshotError(f"--disk: the snapshot has {len(config.disks)} disk(s); "
+            raise ConfigError(f"--disk: the snapshot has {len(config.disks)} disk(s); "
                                 f"give that many (got {len(disks)})")
         changes["disks"] = tuple(DiskConfig.parse(text) for text in disks)
     if config.vsock is not None:

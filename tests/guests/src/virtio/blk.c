@@ -261,3 +261,34 @@ int blk_test(struct vdev *d, const char *cmdline)
 	past_the_end(d, rbuf, capacity);
 	return 0;
 }
+
+static int never(void *arg) { (void)arg; return 0; }
+
+/* mode=blk-rounds: for snapshot tests.  Round n writes sector n % 64 with
+ * seed n, reads back sector (n - 1) % 64 (written by the round before,
+ * perhaps before a snapshot) and checks it, prints "round n ok" (or
+ * "round n bad"), then sleeps 20 ms on the LAPIC timer; forever, until the
+ * timeout= watchdog ends the guest. */
+int blk_rounds(struct vdev *d, const char *cmdline)
+{
+	(void)cmdline;
+	if (virtio_init(d, BLK_FEATURES, 1)) {
+		check(0, "blk init");
+		return -1;
+	}
+	void *buf = alloc_pages(SECTOR);
+	for (u64 n = 1;; n++) {
+		u64 sector = n % 64, prev = (n - 1) % 64;
+		blk_fill(buf, n, sector, 1);
+		int bad = blk_do(d, VIRTIO_BLK_T_OUT, sector, buf, SECTOR, 0) != VIRTIO_BLK_S_OK;
+		if (n > 1) {
+			memset8(buf, 0, SECTOR);
+			bad |= blk_do(d, VIRTIO_BLK_T_IN, prev, buf, SECTOR, 0) != VIRTIO_BLK_S_OK;
+			bad |= blk_verify(buf, n - 1, prev, 1) != 0;
+		}
+		puts("round ");
+		put_dec(n);
+		puts(bad ? " bad\n" : " ok\n");
+		wait_until(never, 0, 2);
+	}
+}

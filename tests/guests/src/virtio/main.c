@@ -7,6 +7,8 @@
  *   mode=hostile  garbage on the first virtio-blk device's queue, then a
  *                 reset and one good request
  *   mode=bench    virtio-blk throughput phases, timed by the host
+ *   mode=blk-rounds  write a sector, read back the one before, forever
+ *                 (snapshot tests: the disk and the timer after a restore)
  *   mode=net-dhcp, mode=net-tap
  *                 virtio-net on the first such device: DHCP and ARP with
  *                 kvmlite's user-mode network, or frames to and from a tap
@@ -313,6 +315,13 @@ void virtio_main(const struct hvm_start_info *si)
 			guest_exit(EXIT_NO_DEVICE);
 		}
 		vsock_test(d, cmdline);
+	} else if (cmdline_is(cmdline, "mode", "blk-rounds")) {
+		struct vdev *d = first_of(VIRTIO_ID_BLOCK);
+		if (!d) {
+			puts("virtio: no virtio-blk device\n");
+			guest_exit(EXIT_NO_DEVICE);
+		}
+		blk_rounds(d, cmdline);
 	} else if (cmdline_is(cmdline, "mode", "hostile") || bench) {
 		struct vdev *d = first_of(VIRTIO_ID_BLOCK);
 		if (!d) {

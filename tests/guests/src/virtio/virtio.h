@@ -164,6 +164,7 @@ void user_return(void) __attribute__((noreturn));     /* CPL3 */
 int blk_test(struct vdev *d, const char *cmdline);
 int blk_hostile(struct vdev *d, const char *cmdline);
 int blk_bench(struct vdev *d, const char *cmdline);
+int blk_rounds(struct vdev *d, const char *cmdline);   /* snapshot tests */
 int rng_test(struct vdev *d);
 int console_test(struct vdev *d, const char *cmdline);
 int net_test(struct vdev *d, const char *cmdline);
