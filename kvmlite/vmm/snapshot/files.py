@@ -118,9 +118,12 @@ def _header(line: bytes, where: str) -> dict[str, Any]:
         raise SnapshotError(f"{where}: snapshot format {fmt!r} (written by kvmlite {header.get('kvmlite', '?')}); "
                             f"this kvmlite {_version()} reads format {FORMAT} only")
     r = Reader(header, where)
-    r.int("state_bytes", 0, MAX_STATE_BYTES)
-    r.int("memory_bytes", 1)
-    r.str("state_sha256")
+    try:
+        r.int("state_bytes", 0, MAX_STATE_BYTES)
+        r.int("memory_bytes", 1)
+        r.str("state_sha256")
+    except StateError as exc:
+        raise SnapshotError(str(exc)) from None
     return header
 
 
