@@ -61,6 +61,29 @@ that are dropped (``tx_dropped``).
 A malformed ring (a :class:`QueueError`) stops the activation and asks for
 DEVICE_NEEDS_RESET, as the other devices do.
 
+Snapshots (:meth:`VirtioNet.save_device_state`, docs/network.md).  The
+restored VM gets a fresh backend built from its configuration (a new tap,
+or the given ``tapif``; a new passt process), so connections through user
+mode are lost, and frames in flight are dropped (the frame held for the
+receiveq, a tail a stream backend kept), as a real NIC loses them.  The
+device part is what the guest observes and the VMM keeps: the MAC in the
+configuration space (served again even if the restored VM would make
+another), the link as ``set_link`` left it (the driver reads it up when
+the new backend is; a change from what it last read is signalled), the
+MTU (a driver that negotiated VIRTIO_NET_F_MTU must get the same one), the
+counters, and by head the chains popped and not returned: MRG_RXBUF
+receive chains gathered for a frame wait for the next one, and the
+transmit chain waiting for room goes to the new backend.  The negotiated
+offloads reach the new tap because the transport's restore re-activates
+the device through :meth:`VirtioNet.activate`, which calls
+``backend.set_offloads`` (TUNSETOFFLOAD) with the driver's features as at
+DRIVER_OK.  The saving VM keeps everything as it was and runs on.  Nothing
+special is sent after a restore: VIRTIO_NET_F_GUEST_ANNOUNCE (§5.1.6.5.3),
+which would have the guest send gratuitous ARPs, needs the control queue
+(§5.1.3.1), which this device does not have; a bridge or passt learns the
+guest's MAC from its next frame.  On vhost the positions are read back
+from the kernel (see :mod:`.net_vhost`).
+
 vhost (``vhost=``, :mod:`.net_vhost`): the kernel moves the frames.  The
 device then offers only the ring and buffer features vhost supports
 (VHOST_GET_FEATURES: VERSION_1, INDIRECT_DESC, EVENT_IDX, MRG_RXBUF) plus
@@ -90,6 +113,7 @@ from typing import Callable, Protocol, Sequence
 
 from kvmlite.base.eventloop import EventLoop
 from kvmlite.base.memory import GuestMemory, GuestMemoryError
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_NET, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.iov import Segments
@@ -369,7 +393,6 @@ class VirtioNet(VirtioDevice):
     vhost lacks VIRTIO_F_VERSION_1 or the backend has no header."""
 
     device_type = VIRTIO_ID_NET
-    snapshot_supported = False      # its state is not saved yet (docs/snapshot.md)
 
     def __init__(self, backend: NetBackend, mac: bytes, loop: EventLoop, queue_size: int = 256,
                  vhost: VhostNetKernel | None = None) -> None:
@@ -527,6 +550,134 @@ class VirtioNet(VirtioDevice):
             self._drop_held("rx_dropped")
             self._rx_paused = False
             self._set_reading(not self._gone and not self._closed)
+
+    # --- snapshots (kvmlite.base.state; see the module doc) ---
+
+    def save_device_state(self) -> dict:
+        """What the guest observes and the VMM keeps: the MAC in the
+        configuration space, the link as set (``set_link``) and the status
+        the driver last read, the MTU offered, the counters, and the
+        chains popped but not returned (MRG_RXBUF receive chains gathered
+        for a frame, the transmit chain waiting for room in the backend),
+        by head.  The frame held for the receiveq is not saved: the
+        restored VM does not get it (a frame in flight, lost as on a real
+        NIC); this device keeps it.  On vhost the kernel's ring positions
+        are read back first (:meth:`VhostDataPath.ring_bases`), so the
+        transport saves where vhost stands.  Called by the transport with
+        the vCPUs parked, under its lock."""
+        with self._lock:
+            active = self._active
+            live = active is not None and not active.stopped
+            if live and self._vhost is not None and self._vhost.running:
+                self._read_vhost_positions(active)
+            return {"mac": pack_bytes(self.mac), "link_up": self._link_up, "status": self._status(),
+                    "mtu": self.backend.mtu or 0, "stats": dict(self._stats),
+                    "rx_chains": [chain.head for chain in active.rx_chains] if live else [],
+                    "tx_held": active.tx_held.chain.head if live and active.tx_held is not None else -1}
+
+    def _read_vhost_positions(self, active: _Activation) -> None:
+        """Copy vhost's ring positions into the queues (``_lock`` held):
+        next available from GET_VRING_BASE, used from the used ring's idx,
+        which vhost writes and the driver only reads."""
+        try:
+            bases = self._vhost.ring_bases(self._fd)
+        except OSError as exc:
+            raise StateError(f"virtio-net: vhost-net did not give back its ring positions: {exc}") from None
+        for index, queue in ((RECEIVEQ, active.rx), (TRANSMITQ, active.tx)):
+            if queue is None or index not in bases:
+                continue
+            try:
+                used = active.memory.read_u16(queue.used_ring + 2)
+            except GuestMemoryError as exc:
+                raise StateError(f"virtio-net: queue {index} used ring: {exc}") from None
+            queue.next_avail, queue.next_used = bases[index], used
+            queue.set_signalled_used(None)      # vhost decides its interrupts; ours never ran
+
+    def restore_device_state(self, state: dict) -> None:
+        """Load :meth:`save_device_state`'s dict on a fresh device (a new
+        backend from the VM's configuration), after the transport has
+        activated it, which applied the negotiated offloads to the new
+        backend (``set_offloads``: a tap's TUNSETOFFLOAD) and, on vhost,
+        started the rings at the saved positions.  The saved MAC is served
+        again even when this device was built with another (a VM restored
+        under another name); the link is as saved, and up for the driver
+        when the new backend is.  The saved chains are walked again from
+        guest memory: the receive chains wait for the next frame, the
+        transmit frame goes to the new backend.  Everything is checked
+        before anything is set (StateError)."""
+        r = Reader(state, "virtio-net")
+        mac = r.bytes("mac", 6)
+        link_up = r.bool("link_up")
+        status = r.int("status", 0, VIRTIO_NET_S_LINK_UP)
+        mtu = r.int("mtu", 0, 65535)
+        saved_stats = r.sub("stats")
+        stats = {name: saved_stats.int(name) for name in STAT_NAMES}
+        rx_heads = r.ints("rx_chains", None, 0, 0xFFFF)
+        tx_head = r.int("tx_held", -1, 0xFFFF)
+        with self._lock:
+            active = self._active
+            live = active is not None and not active.stopped
+            if live and active.features & VIRTIO_NET_F_MTU and mtu != (self.backend.mtu or 0):
+                raise StateError(f"virtio-net: the driver was given MTU {mtu}, this backend has "
+                                 f"{self.backend.mtu or 'none'}")
+            chains, frame = self._restored_chains(active if live else None, rx_heads, tx_head)
+            self.mac = mac
+            self._link_up = link_up
+            self._stats.update(stats)
+            if live and self._vhost is not None:
+                for index in (RECEIVEQ, TRANSMITQ):     # a spurious kick is harmless, a lost one is not
+                    self._vhost.kick(index)
+            elif live:
+                active.rx_chains = chains
+                active.rx_room = sum(chain.writable_len for chain in chains)
+                if frame is not None:       # sent once the new backend's fd says it has room
+                    active.tx_held = frame
+                    self._set_writing(True)
+                # a transmit turn the saved device had scheduled (TX_BUDGET) is not in the state
+                self.loop.call_soon(functools.partial(self._notified, active, TRANSMITQ))
+            changed = live and self._status() != status
+        if changed:     # the backend went away before the save, this one is up (§5.1.4)
+            self.loop.call_soon(active.interrupt.signal_config_change)
+
+    def _restored_chains(self, active: _Activation | None, rx_heads: list[int],
+                         tx_head: int) -> tuple[list[DescriptorChain], _TxFrame | None]:
+        """The saved chains walked again (``_lock`` held), checked as when
+        they were popped; StateError for any that is not."""
+        if active is None:
+            if rx_heads or tx_head >= 0:
+                raise StateError("virtio-net: saved chains in flight, but the driver had not started the device")
+            return [], None
+        if rx_heads and (active.rx is None or not active.features & VIRTIO_NET_F_MRG_RXBUF):
+            raise StateError("virtio-net: saved receive chains without a receiveq on mergeable buffers")
+        if tx_head >= 0 and active.tx is None:
+            raise StateError("virtio-net: a saved transmit chain without a transmitq")
+        chains = [self._chain_at(active, active.rx, head, "receive") for head in rx_heads]
+        for chain in chains:
+            if chain.nread or chain.writable_len < VNET_HDR_LEN:
+                raise StateError(f"virtio-net: saved receive chain {chain.head} is not a receive buffer")
+        frame = None
+        if tx_head >= 0:
+            chain = self._chain_at(active, active.tx, tx_head, "transmit")
+            problem = self._tx_chain_problem(active, chain)
+            if problem is None:
+                head, body = chain.readable_segments().split_at(VNET_HDR_LEN)
+                header = head.gather(active.memory)
+                length = chain.readable_len - VNET_HDR_LEN
+                problem = tx_header_problem(header, length, active.features)
+            if problem is not None:
+                raise StateError(f"virtio-net: saved transmit chain {tx_head}: {problem}")
+            frame = _TxFrame(chain, header, body, length)
+        return chains, frame
+
+    @staticmethod
+    def _chain_at(active: _Activation, queue: Queue, head: int, what: str) -> DescriptorChain:
+        """Chain ``head`` of ``queue`` walked as ``Queue.pop`` walks it."""
+        if head >= queue.size:
+            raise StateError(f"virtio-net: saved {what} chain {head} is outside a queue of {queue.size}")
+        try:
+            return queue._walk_chain(active.memory, head)
+        except QueueError as exc:
+            raise StateError(f"virtio-net: saved {what} chain {head}: {exc}") from None
 
     def stats(self) -> dict[str, int]:
         """The counters of the module doc; with vhost only ``{"vhost": 1}``:

@@ -59,6 +59,14 @@ call eventfds removed.  Any ioctl failing at activation undoes what was
 done and the device asks for a reset; failures while taking it down are
 logged and the rest goes on.
 
+Snapshots (:meth:`VhostDataPath.ring_bases`): the ring positions live in
+the kernel, so saving the device unbinds the tap (the worker stops, every
+chain it took is in the used ring), reads GET_VRING_BASE for each queue,
+gives it back with SET_VRING_BASE and binds the tap again; the device
+copies the bases (and the used index from guest memory) into its queues,
+which the transport then saves.  A restored device's activation passes the
+saved next available index to SET_VRING_BASE as any activation does.
+
 Threads: ``start``, ``stop`` and ``interrupts_changed`` run under the
 device's lock (and the transport's); ``kick`` runs on whichever thread
 notified and reads only what ``start`` published; the call callbacks run on
@@ -238,6 +246,42 @@ class VhostDataPath:
                 continue
             self._set_call(ring, irqfd)
             eventfd.signal(ring.call)
+
+    # --- snapshots ---
+
+    def ring_bases(self, backend_fd: int) -> dict[int, int]:
+        """Where vhost stands in each ring it serves, for a snapshot, as
+        QEMU's vhost_virtqueue_stop finds it: NET_SET_BACKEND -1 stops the
+        worker (vhost-net puts every chain it took in the used ring first,
+        zero-copy sends included), GET_VRING_BASE gives its next available
+        index, then SET_VRING_BASE with that index and NET_SET_BACKEND with
+        the tap start it again where it stopped (binding re-reads the used
+        index from guest memory).  Returns ``{queue index: base}``.  Raises
+        ``OSError``; the rings are bound again whatever failed."""
+        rings = [ring for ring in sorted(self._rings.values(), key=lambda r: r.index) if ring.bound]
+        bases: dict[int, int] = {}
+        try:
+            for ring in rings:
+                self.vhost.set_backend(ring.index, VHOST_FILE_UNBIND)
+                ring.bound = False
+            for ring in rings:
+                bases[ring.index] = self.vhost.get_vring_base(ring.index) & 0xFFFF
+            for ring in rings:
+                self.vhost.set_vring_base(ring.index, bases[ring.index])
+        finally:
+            failed: OSError | None = None
+            for ring in rings:
+                if ring.bound:
+                    continue
+                try:
+                    self.vhost.set_backend(ring.index, backend_fd)
+                    ring.bound = True
+                except OSError as exc:
+                    log.warning("%s: queue %d: VHOST_NET_SET_BACKEND again failed: %s", self.name, ring.index, exc)
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+        return bases
 
     # --- reset ---
 
