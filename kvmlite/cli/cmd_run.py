@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop the VM after SECONDS (E2B's sandbox timeout; 'kvmlite' control op set_timeout "
                         "moves it)")
     g.add_argument("--hugepages", action="store_true", help="back guest memory with hugetlbfs pages")
+    g.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label shown by 'kvmlite list' and Sandbox.list() (the SDK's metadata); repeatable")
     n = parser.add_argument_group("networking options")
     n.add_argument("-n", "--network", action="append", default=[], metavar="OPTIONS",
                    help="a virtio-net NIC; repeat for more: mode=tap|user|none[,tapif=NAME][,guest_mac=MAC]"
@@ -71,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("snapshot options")
     r.add_argument("--restore", metavar="DIR",
                    help="start the VM saved in DIR by 'kvmlite snapshot' instead of booting; only --name, "
-                        "--disk (one per saved disk, e.g. a copy for a clone) and --timeout may be given with it")
+                        "--disk (one per saved disk, e.g. a copy for a clone), --timeout and --label may be "
+                        "given with it")
     d = parser.add_argument_group("debug options")
     d.add_argument("--loglevel", choices=log.LEVELS, default="warning", help="kvmlite's own messages")
     parser.add_argument("image", nargs="?", help="kernel image (same as -k)")
@@ -128,7 +131,17 @@ def config_from_args(args: argparse.Namespace, need_shares: bool = False) -> VmC
         shares=tuple(ShareConfig.parse(s) for s in args.shares),
         vsock=VsockConfig.parse(args.vsock) if args.vsock is not None else None,
         rng=args.rng, virtio_transport=args.virtio_transport, hugepages=args.hugepages,
-        default_cmdline=not args.no_default_params, timeout=args.timeout)
+        default_cmdline=not args.no_default_params, timeout=args.timeout,
+        labels=tuple(parse_label(text) for text in args.label))
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--label {text!r}: write KEY=VALUE")
+    if key.startswith("kvmlite."):
+        raise UsageError(f"--label {text!r}: keys starting with 'kvmlite.' are kvmlite's own")
+    return key, value
 
 
 # Options that --restore takes from the snapshot instead: (dest, default).
@@ -151,9 +164,11 @@ def run_restored(args: argparse.Namespace) -> int:
     given = [dest for dest, default in _FROM_SNAPSHOT if getattr(args, dest, default) != default]
     if given or _split_command(args):
         what = given[0].replace("_", "-") if given else "a command"
-        raise UsageError(f"--restore: {what} comes from the snapshot; only --name, --disk and --timeout may be given")
+        raise UsageError(f"--restore: {what} comes from the snapshot; only --name, --disk, --timeout and --label "
+                         "may be given")
+    labels = [parse_label(text) for text in args.label] if args.label else None
     return run_vm(None, make_vm=lambda sink: Vm.restore(args.restore, name=args.name, disks=args.disk or None,
-                                                        timeout=args.timeout, console_output=sink))
+                                                        timeout=args.timeout, labels=labels, console_output=sink))
 
 
 def run_vm(config: VmConfig | None, wrap_output: Callable[[Callable[[bytes], None]], Callable[[bytes], None]] | None = None,

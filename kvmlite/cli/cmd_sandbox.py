@@ -75,14 +75,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(kvmlite exec -n NAME -- CMD)")
     a.add_argument("--agent-port", type=int, default=AGENT_PORT, metavar="PORT",
                    help=f"the agent's vsock port (default {AGENT_PORT})")
-    a.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                   help="a label shown by 'kvmlite list' and Sandbox.list() (the SDK's metadata); repeatable")
     parser.usage = "kvmlite sandbox [run options] -- CMD [ARGS...]\n       kvmlite sandbox --agent [run options]"
     parser.epilog = EPILOG
 
 
 def run(args: argparse.Namespace) -> int:
     log.setup(args.loglevel)
+    if args.restore is not None:
+        if args.agent:
+            raise UsageError("--restore: the snapshot holds the sandbox and its agent; drop --agent")
+        return cmd_run.run_restored(args)        # the saved VM is the sandbox, as it was
     command = list(getattr(args, "passthrough", None) or [])
     if args.agent and command:
         raise UsageError("--agent runs no command: drop what follows '--' (use kvmlite exec to run one)")
@@ -93,21 +95,14 @@ def run(args: argparse.Namespace) -> int:
     args.passthrough = None
     base = cmd_run.config_from_args(args, need_shares=True)
     if args.agent:
-        labels = tuple(_label(text) for text in args.label)
-        config = agent_config(base, args.agent_port, os.getuid(), os.getgid(), labels)
+        labels = base.labels
+        config = agent_config(replace(base, labels=()), args.agent_port, os.getuid(), os.getgid(), labels)
         return cmd_run.run_vm(config)
     config = sandbox_config(base, command, os.getcwd(), os.getuid(), os.getgid(), dict(os.environ))
     boot = BootFilter(READY_MARKER.encode())
     status = cmd_run.run_vm(config, wrap_output=boot.wrap)
     boot.show_unseen(sys.stderr.buffer)
     return status
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--label {text!r}: write KEY=VALUE")
-    return key, value
 
 
 def root_share() -> ShareConfig:

@@ -129,17 +129,19 @@ class Vm:
     @classmethod
     def restore(cls, directory: str, *, name: str | None = None, disks: "list[str] | None" = None,
                 vsock_socket: str | None = None, timeout: float | None = None,
+                labels: "list[tuple[str, str]] | None" = None,
                 console_output: Callable[[bytes], object] | None = None, kvm_path: str = "/dev/kvm") -> "Vm":
         """A VM built from the snapshot in ``directory`` (docs/snapshot.md),
         ready to :meth:`start`: it goes on from where the snapshot was
         taken.  ``name``, ``disks`` (``PATH[,ro]`` for each of the
-        snapshot's disks), ``vsock_socket`` and ``timeout`` are this VM's
-        own; everything else is the snapshot's."""
+        snapshot's disks), ``vsock_socket``, ``timeout`` and ``labels`` are
+        this VM's own; everything else is the snapshot's."""
         from kvmlite.vmm.snapshot.restore import load, restore_config
 
         snapshot = load(directory)
         try:
-            config = restore_config(snapshot, name=name, disks=disks, vsock_socket=vsock_socket, timeout=timeout)
+            config = restore_config(snapshot, name=name, disks=disks, vsock_socket=vsock_socket, timeout=timeout,
+                                    labels=labels)
             return cls(config, console_output=console_output, kvm_path=kvm_path, restore=snapshot)
         finally:
             snapshot.close()            # the mapping keeps the file's pages

@@ -67,9 +67,11 @@ def load(directory: str | os.PathLike[str]) -> LoadedSnapshot:
 
 
 def restore_config(snapshot: LoadedSnapshot, *, name: str | None = None, disks: Sequence[str] | None = None,
-                   vsock_socket: str | None = None, timeout: float | None = None) -> VmConfig:
+                   vsock_socket: str | None = None, timeout: float | None = None,
+                   labels: Sequence[tuple[str, str]] | None = None) -> VmConfig:
     """The saved configuration with this VM's own name, disks (``PATH[,ro]``
-    each, as many as the snapshot had, in order), vsock socket and lifetime."""
+    each, as many as the snapshot had, in order), vsock socket, lifetime and
+    labels (``labels`` replace the saved ones but kvmlite's own, ``kvmlite.*``)."""
     config = files.config_from_dict(snapshot.state["config"])
     if config.mem_bytes != snapshot.memory_size:
         raise SnapshotError(f"snapshot {snapshot.directory}: the memory file holds {snapshot.memory_size} bytes "
@@ -80,6 +82,8 @@ def restore_config(snapshot: LoadedSnapshot, *, name: str | None = None, disks: 
             raise ConfigError(f"--disk: the snapshot has {len(config.disks)} disk(s); "
                                 f"give that many (got {len(disks)})")
         changes["disks"] = tuple(DiskConfig.parse(text) for text in disks)
+    if labels is not None:
+        changes["labels"] = tuple((k, v) for k, v in config.labels if k.startswith("kvmlite.")) + tuple(labels)
     if config.vsock is not None:
         changes["vsock"] = VsockConfig(config.vsock.cid, vsock_socket, config.vsock.trans)
     try:

@@ -127,7 +127,13 @@ def test_sandbox_agent_with_command_exit_2_one_line(capsys) -> None:
     assert len(err) == 1 and "--agent runs no command" in err[0]
 
 
-def test_sandbox_bad_label_exit_2(capsys, monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr("kvmlite.cli.cmd_run.config_from_args", lambda args, need_shares=False: VmConfig(kernel="/k"))
-    assert main(["sandbox", "--agent", "--label", "novalue"]) == 2
-    assert "--label 'novalue': write KEY=VALUE" in capsys.readouterr().err
+@pytest.mark.parametrize("label, message", [("novalue", "write KEY=VALUE"),
+                                            ("kvmlite.sandbox=1", "'kvmlite.' are kvmlite's own")])
+def test_bad_label_exit_2(capsys, label: str, message: str) -> None:
+    assert main(["run", "-k", "/k", "--label", label]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sandbox_restore_with_agent_is_usage_error(capsys, tmp_path) -> None:
+    assert main(["sandbox", "--agent", "--restore", str(tmp_path)]) == 2
+    assert "drop --agent" in capsys.readouterr().err
