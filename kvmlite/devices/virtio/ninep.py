@@ -74,6 +74,20 @@ returned.  Until the last of them has left the server, requests of a new
 activation wait at the door (a late Tversion or Tattach of the old driver
 must not land in the new session), and the server's session is reset once
 more as the last one leaves.
+
+Snapshots (docs/9p.md, "Snapshots").  ``save_device_state`` stops popping
+(a chain still in the ring stays there, and the restored device pops it),
+waits up to ``SAVE_TIMEOUT`` seconds until no request is popped and
+unanswered and none of an old activation is inside the server, then saves
+the mount tag and the server's session (:meth:`P9Server.save_session`:
+msize, and every fid by the names leading to its file); popping resumes
+as it returns.  A VM snapshot holds the device's loop while the state is
+taken, so nothing is popped between this and the transport reading the
+queue's position.  ``restore_device_state`` runs after the transport has
+activated the fresh device and before its loop runs (Vm builds, restores,
+then starts the loops), and rebuilds the session
+(:meth:`P9Server.restore_session`): a chain the guest left in the ring is
+served against the restored fids.
 """
 
 from __future__ import annotations
@@ -88,6 +102,7 @@ from dataclasses import dataclass, field
 
 from kvmlite.base.eventloop import EventLoop
 from kvmlite.base.memory import GuestMemory, GuestMemoryError
+from kvmlite.base.state import Reader, StateError
 from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
                                            VIRTIO_ID_9P, VirtioDevice, VirtioInterrupt)
 from kvmlite.devices.virtio.iov import Segments
@@ -109,6 +124,7 @@ WORKERS = 4                 # requests inside the server at once
 BACKLOG = 4                 # requests popped beyond those the workers are running
 MAX_TAG_LEN = 31            # bytes of a mount tag (kvmlite's limit; the u16 tag_len allows more)
 CLOSE_TIMEOUT = 10.0        # seconds close() waits for requests still inside the server
+SAVE_TIMEOUT = 10.0         # seconds save_device_state waits for the requests in flight
 
 STAT_NAMES = ("requests", "bytes_read", "bytes_written", "errors", "queue_errors", "abandoned")
 
@@ -156,7 +172,7 @@ class Virtio9p(VirtioDevice):
     Raises ValueError for an empty tag or one over ``MAX_TAG_LEN`` bytes."""
 
     device_type = VIRTIO_ID_9P
-    snapshot_supported = False      # its state is not saved yet (docs/snapshot.md)
+    snapshot_supported = True       # the session, by path (module docstring, "Snapshots")
 
     def __init__(self, server: P9Server, tag: str, loop: EventLoop, workers: int = WORKERS, *,
                  backlog: int = BACKLOG, queue_size: int = QUEUE_SIZE, name: str = "virtio-9p") -> None:
@@ -181,6 +197,8 @@ class Virtio9p(VirtioDevice):
         self._active: _Activation | None = None
         self._stale = 0             # requests of stopped activations still inside server.handle
         self._closing = False
+        self._holding = False       # save_device_state: pop nothing
+        self._held_pop = False      # a pop was skipped while holding; done when the hold ends
         self._server_open = True    # False once close() has closed it, or handed that to the last request
         self._close_late = False    # close() timed out: the last stale request closes the server
         self._errors = RateLimitedLog(log)
@@ -237,6 +255,44 @@ class Virtio9p(VirtioDevice):
         if server_open:
             self.server.reset()
 
+    # --- snapshots (kvmlite.base.state; the transport's lock held) ---
+
+    def save_device_state(self) -> dict:
+        """Finish the requests in flight, then save the tag and the server's
+        session; StateError if a request is still running after
+        ``SAVE_TIMEOUT`` seconds (a stuck host file system)."""
+        with self._lock:
+            self._holding = True
+            idle = self._changed.wait_for(
+                lambda: (self._active is None or self._active.outstanding == 0) and self._stale == 0, SAVE_TIMEOUT)
+        try:
+            if not idle:
+                raise StateError(f"{self.name}: a request is still running in the shared directory after "
+                                 f"{SAVE_TIMEOUT:g} s")
+            with self._lock:
+                server_open = self._server_open and not self._close_late
+            session = self.server.save_session() if server_open else {"msize": 0, "version": "", "fids": []}
+            return {"tag": self.tag, "session": session}
+        finally:
+            with self._lock:
+                self._holding = False
+                active = self._active if self._held_pop else None
+                self._held_pop = False
+            if active is not None:
+                self.loop.call_soon(functools.partial(self._serve, active))
+
+    def restore_device_state(self, state: dict) -> None:
+        """Rebuild the server's session on the fresh device (after the
+        transport re-activated it): every fid found again beneath the share
+        by its saved names, open ones opened again; a fid whose file is gone
+        answers ESTALE.  StateError (naming the device) for a state that is
+        not one :meth:`save_device_state` could have made."""
+        r = Reader(state, self.name)
+        tag = r.str("tag")
+        if tag != self.tag:
+            raise StateError(f"{self.name}: saved mount tag {tag!r}, this share's is {self.tag!r}")
+        self.server.restore_session(r.sub("session").state, f"{self.name} session")
+
     def stats(self) -> dict[str, int]:
         """``requests`` chains popped; ``bytes_read`` request bytes copied
         from the guest, ``bytes_written`` reply bytes written to it;
@@ -287,6 +343,9 @@ class Virtio9p(VirtioDevice):
         error = None
         with self._lock:
             if active.stopped:
+                return
+            if self._holding:
+                self._held_pop = True
                 return
             try:
                 notify = self._pop(active)

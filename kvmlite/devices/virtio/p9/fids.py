@@ -3,7 +3,13 @@
 A :class:`Fid` is a node in the share (an O_PATH descriptor), the uid of
 the attach it descends from, and at most one of: a descriptor opened for
 I/O (Tlopen/Tlcreate), a snapshot of an xattr value or name list being read
-(Txattrwalk), or an xattr value being written (Txattrcreate).
+(Txattrwalk), or an xattr value being written (Txattrcreate).  An open
+fid keeps the P9_DOTL flags it was opened with, and every fid keeps the
+names that led to it from the root (``node.path``), so that a snapshot can
+record a fid and a restore can find and open its file again (docs/9p.md,
+"Snapshots").  A restore turns a fid whose file is gone into a *gone* fid:
+it keeps its number until clunked, and every other request on it fails
+with ESTALE.
 
 Requests run on several threads at once, so a fid may be clunked while
 another request is still reading through it.  The table therefore lends
@@ -56,9 +62,11 @@ class Fid:
     node: Node
     uid: int | None
     open_fd: int | None = None
+    open_flags: int | None = None      # the P9_DOTL flags of Tlopen/Tlcreate, while open_fd is set
     xattr: XattrRead | XattrWrite | None = None
     users: int = 0
     clunked: bool = False
+    gone: bool = False                 # restored, but its file could not be found again: ESTALE
     io_lock: threading.Lock = field(default_factory=threading.Lock)
     open_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,12 +104,34 @@ class FidTable:
             self.give_back(fid)
 
     def borrow(self, number: int) -> Fid:
+        """The fid ``number``, counted in use; EBADF if unknown, ESTALE if gone."""
         with self._lock:
             fid = self._fids.get(number)
             if fid is None:
                 raise fail(errno.EBADF, f"no fid {number}")
+            if fid.gone:
+                raise fail(errno.ESTALE, f"fid {number}: its file was not found again after a restore")
             fid.users += 1
             return fid
+
+    def items(self) -> list[tuple[int, Fid]]:
+        """Every (number, fid), in number order (a snapshot, taken with no
+        request running)."""
+        with self._lock:
+            return sorted(self._fids.items(), key=lambda item: item[0])
+
+    def install(self, fids: dict[int, Fid]) -> None:
+        """Make ``fids`` the whole table (a restore, on a cleared table with
+        no request running); EMFILE, and every one of them closed, if they
+        are more than the limit."""
+        with self._lock:
+            if not self._fids and len(fids) <= self._limit:
+                self._fids.update(fids)
+                return
+        for fid in fids.values():
+            fid.close()
+        raise fail(errno.EMFILE, f"{len(fids)} fids to restore into a table of {self._limit} "
+                                 f"holding {len(self)}")
 
     def give_back(self, fid: Fid) -> None:
         with self._lock:
@@ -142,7 +172,8 @@ class FidTable:
 
     def take(self, number: int) -> Fid:
         """Remove ``number`` from the table (Tclunk, Tremove) and lend it to the
-        caller, who gives it back; EBADF if unknown."""
+        caller, who gives it back; EBADF if unknown.  A gone fid is taken
+        too: clunking it is how the guest lets it go."""
         with self._lock:
             fid = self._fids.pop(number, None)
             if fid is None:

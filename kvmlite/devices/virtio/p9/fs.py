@@ -295,6 +295,19 @@ class Share:
             raise
         return self._node(fd, path)
 
+    def names(self, node: Node) -> bool:
+        """Whether ``node.path`` still leads to ``node``'s own inode (not
+        removed, renamed or replaced behind the server's back): a snapshot
+        records a node by its path."""
+        try:
+            found = self.resolve(node.path)
+        except OSError:
+            return False
+        try:
+            return (found.dev, found.qid.path) == (node.dev, node.qid.path)
+        finally:
+            self.release(found)
+
     def check_visible(self, path: tuple[bytes, ...]) -> None:
         """ENOENT for a path the share's view hides."""
         if self.view.hides(path):

@@ -36,9 +36,12 @@ import errno
 import logging
 import os
 import resource
+import stat
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.virtio.p9 import codec, locks
 from kvmlite.devices.virtio.p9.codec import (Dirent, Message, MessageError, Qid, Rattach, Rclunk, Rflush,
                                              Rfsync, Rgetattr, Rgetlock, Rlcreate, Rlerror, Rlink, Rlock,
@@ -51,12 +54,13 @@ from kvmlite.devices.virtio.p9.codec import (Dirent, Message, MessageError, Qid,
                                              Tunlinkat, Tversion, Twalk, Twrite, Txattrcreate, Txattrwalk)
 from kvmlite.devices.virtio.p9.constants import (ATTR_ATIME, ATTR_ATIME_SET, ATTR_GID, ATTR_MODE, ATTR_MTIME,
                                                  ATTR_MTIME_SET, ATTR_SIZE, ATTR_UID, DOTL_AT_REMOVEDIR,
-                                                 DOTL_EXCL, IO_HEADER_SIZE, MAXWELEM, MIN_MSIZE, NOFID,
-                                                 NONUNAME, NOTAG, QT_DIR, QT_FILE, QT_SYMLINK, S64_MAX,
-                                                 STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC, VERSION_9P2000_L,
-                                                 VERSION_UNKNOWN, XATTR_SIZE_MAX)
+                                                 DOTL_EXCL, DOTL_TRUNC, IO_HEADER_SIZE, MAXWELEM, MIN_MSIZE,
+                                                 NAME_MAX, NOFID, NONUNAME, NOTAG, QT_DIR, QT_FILE, QT_SYMLINK,
+                                                 S64_MAX, STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC,
+                                                 VERSION_9P2000_L, VERSION_UNKNOWN, XATTR_CREATE, XATTR_REPLACE,
+                                                 XATTR_SIZE_MAX)
 from kvmlite.devices.virtio.p9.fids import Fid, FidTable, XattrRead, XattrWrite
-from kvmlite.devices.virtio.p9.fs import EVERYTHING, Node, Share, View, fail
+from kvmlite.devices.virtio.p9.fs import EVERYTHING, Node, Share, View, check_name, fail
 from kvmlite.devices.virtio.p9.syscalls import UTIME_NOW
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 
@@ -177,6 +181,105 @@ class P9Server:
         self._closed = True
         self.reset()
         self._share.close()
+
+    # ---- snapshots (docs/9p.md, "Snapshots") -----------------------------------------
+
+    def save_session(self) -> dict:
+        """The session as JSON values: the negotiated msize and every fid by
+        the names that lead to its file from the root.  Call with no request
+        inside :meth:`handle` (the device waits for its workers first)."""
+        with self._state_lock:
+            msize = self._msize
+        return {"msize": msize, "version": VERSION_9P2000_L.decode() if msize else "",
+                "fids": [self._save_fid(number, fid) for number, fid in self._fids.items()]}
+
+    def _save_fid(self, number: int, fid: Fid) -> dict:
+        node = fid.node
+        saved: dict[str, Any] = {
+            "fid": number, "path": [os.fsdecode(name) for name in node.path], "uid": fid.uid,
+            "type": node.kind, "open": fid.open_flags if fid.open_fd is not None else None,
+            # deleted or renamed away on the host, or unlinked through another fid: the path
+            # would find nothing, or another file
+            "gone": fid.gone or not self._share.names(node), "xattr": None}
+        if isinstance(fid.xattr, XattrRead):
+            saved["xattr"] = {"read": pack_bytes(fid.xattr.value)}
+        elif isinstance(fid.xattr, XattrWrite):
+            pending = fid.xattr
+            saved["xattr"] = {"name": pack_bytes(pending.name), "size": pending.size, "flags": pending.flags,
+                              "value": pack_bytes(pending.value)}
+        return saved
+
+    def restore_session(self, state: dict, part: str = "9p") -> None:
+        """Load what :meth:`save_session` returned, replacing the session.
+        Every field is checked before any file is opened (StateError naming
+        ``part``); then each fid's file is found again by its names, walked
+        from the root one at a time through Twalk's confined lookup, and an
+        open fid opened again with its flags less O_TRUNC.  A fid whose file
+        is no longer there, is of another type or cannot be opened again
+        becomes a gone fid (every request but Tclunk answers ESTALE)."""
+        r = Reader(state, part)
+        msize = r.int("msize", 0, self.max_msize)
+        version = r.str("version")
+        if msize and (msize < MIN_MSIZE or version != VERSION_9P2000_L.decode()):
+            raise StateError(f"{part}: msize={msize} version={version!r} is not a 9P2000.L session "
+                             f"this server can serve")
+        entries = r.list("fids")
+        if entries and not msize:
+            raise StateError(f"{part}: fids without a Tversion")
+        if len(entries) > self.max_fids:
+            raise StateError(f"{part}: {len(entries)} fids, more than this server's {self.max_fids}")
+        saved = [_SavedFid.read(Reader(entry, f"{part} fids[{i}]")) for i, entry in enumerate(entries)]
+        numbers = [s.number for s in saved]
+        if len(set(numbers)) != len(numbers):
+            raise StateError(f"{part}: a fid number appears twice")
+        self.reset()
+        fids: dict[int, Fid] = {}
+        try:
+            for s in saved:
+                fids[s.number] = self._restore_fid(s)
+        except BaseException:
+            for fid in fids.values():
+                fid.close()
+            raise
+        try:
+            self._fids.install(fids)            # closes them all when it refuses
+        except OSError as exc:
+            raise StateError(f"{part}: {exc.strerror}") from None
+        with self._state_lock:
+            self._msize = msize
+
+    def _restore_fid(self, s: "_SavedFid") -> Fid:
+        if not s.gone:
+            try:
+                node = self._walk_path(s.path)
+            except OSError:
+                pass
+            else:
+                fid = Fid(node, s.uid, xattr=s.xattr)
+                try:
+                    if node.kind != s.kind:
+                        raise fail(errno.ESTALE)
+                    if s.open is not None:
+                        fid.open_fd = self._share.open(node, s.open & ~DOTL_TRUNC)
+                        fid.open_flags = s.open
+                    return fid
+                except OSError:
+                    fid.close()
+        return Fid(Node(-1, s.path, Qid(0, 0, 0), s.kind, 0), s.uid, gone=True)
+
+    def _walk_path(self, path: tuple[bytes, ...]) -> Node:
+        """The node at ``path``, walked from the root one name at a time as
+        Twalk walks (checked names, confined lookups, no symlink followed)."""
+        node = self._share.root()
+        try:
+            for name in path:
+                step = self._share.lookup(node, name)
+                self._share.release(node)
+                node = step
+        except BaseException:
+            self._share.release(node)
+            raise
+        return node
 
     # ---- dispatch --------------------------------------------------------------
 
@@ -334,6 +437,7 @@ class P9Server:
                 if fid.open_fd is not None:
                     raise fail(errno.EINVAL, "already open")
                 fid.open_fd = self._share.open(fid.node, m.flags)
+                fid.open_flags = m.flags
             return Rlopen(fid.node.qid, 0)
 
     def _lcreate(self, m: Tlcreate) -> Message:
@@ -343,7 +447,7 @@ class P9Server:
                 raise fail(errno.EINVAL, "not an unopened directory fid")
             node, fd = self._share.create(fid.node, m.name, m.flags, m.mode, bool(m.flags & DOTL_EXCL),
                                           fid.uid, _id(m.gid))
-            self._fids.replace(m.fid, fid, Fid(node, fid.uid, open_fd=fd))
+            self._fids.replace(m.fid, fid, Fid(node, fid.uid, open_fd=fd, open_flags=m.flags))
             return Rlcreate(node.qid, 0)
 
     # ---- I/O -----------------------------------------------------------------------
@@ -511,6 +615,8 @@ class P9Server:
         try:
             if self._share.readonly:
                 raise fail(errno.EROFS)
+            if fid.gone:
+                raise fail(errno.ESTALE)
             parent, name = self._share.locate(fid.node)
             try:
                 self._share.unlink(parent, name, fid.node.is_dir)
@@ -602,3 +708,68 @@ def _time(valid: int, bit: int, set_bit: int, sec: int, nsec: int) -> tuple[int,
     if nsec >= _NS:
         raise fail(errno.EINVAL, "nanoseconds out of range")
     return (_signed64(sec), nsec)
+
+
+_FILE_TYPES = frozenset((stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+                         stat.S_IFSOCK))
+_MAX_DEPTH = 2048              # names in a saved path: more than PATH_MAX allows
+
+
+@dataclass
+class _SavedFid:
+    """One fid of a saved session, checked (the state file is untrusted)."""
+
+    number: int
+    path: tuple[bytes, ...]
+    uid: int | None
+    kind: int
+    open: int | None
+    gone: bool
+    xattr: XattrRead | XattrWrite | None
+
+    @classmethod
+    def read(cls, r: Reader) -> "_SavedFid":
+        number = r.int("fid", 0, NOFID - 1)
+        names = r.list("path")
+        if len(names) > _MAX_DEPTH:
+            raise StateError(f"{r.part}: a path of {len(names)} names")
+        path = tuple(_name(r.part, name) for name in names)
+        uid = _optional_int(r, "uid", NONUNAME - 1)
+        kind = r.int("type", 0, 0o170000)
+        if kind not in _FILE_TYPES:
+            raise StateError(f"{r.part}: type={kind:#o} is not a file type")
+        flags = _optional_int(r, "open", U32_MAX)
+        xattr = _xattr(r)
+        if flags is not None and xattr is not None:
+            raise StateError(f"{r.part}: an xattr fid cannot be open")
+        return cls(number, path, uid, kind, flags, r.bool("gone"), xattr)
+
+
+def _name(part: str, name: object) -> bytes:
+    """A saved path component: one file name, as Twalk takes it."""
+    if not isinstance(name, str):
+        raise StateError(f"{part}: path component {name!r} is not a string")
+    try:
+        return check_name(os.fsencode(name))
+    except (OSError, UnicodeError):
+        raise StateError(f"{part}: path component {name!r} is not a single file name") from None
+
+
+def _optional_int(r: Reader, key: str, high: int) -> int | None:
+    return None if r.state.get(key, 0) is None else r.int(key, 0, high)
+
+
+def _xattr(r: Reader) -> XattrRead | XattrWrite | None:
+    if r.state.get("xattr", 0) is None:
+        return None
+    x = r.sub("xattr")
+    if "read" in x.state:
+        value = x.bytes("read")
+        if len(value) > XATTR_SIZE_MAX:
+            raise StateError(f"{x.part}: a {len(value)}-byte value")
+        return XattrRead(value)
+    name, size, flags, value = x.bytes("name"), x.int("size", 0, XATTR_SIZE_MAX), x.int("flags", 0, 3), x.bytes("value")
+    if len(value) > size or not name.startswith(b"user.") or b"\0" in name or len(name) > NAME_MAX \
+            or flags == XATTR_CREATE | XATTR_REPLACE:
+        raise StateError(f"{x.part}: not a pending user.* attribute write")
+    return XattrWrite(name, size, flags, bytearray(value))
