@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from typing import IO, Any, Mapping, Sequence
 from kvmlite.agent.client import AgentClient, connect_hybrid
 from kvmlite.agent.errors import AgentConnectionError, SandboxError
 from kvmlite.cli.cmd_sandbox import AGENT_PORT, PORT_LABEL, SANDBOX_LABEL
+from kvmlite.sdk import snapshots
 from kvmlite.sdk.commands import Commands
 from kvmlite.sdk.files import Filesystem
 
@@ -66,7 +68,8 @@ class Sandbox:
                  cpus: int = 1, memory_mb: int = 512, shares: Sequence[str] = (),
                  network: bool | str = False, name: str | None = None,
                  boot_timeout: float = DEFAULT_BOOT_TIMEOUT, request_timeout: float | None = None,
-                 _attach: dict[str, Any] | None = None) -> None:
+                 snapshot_cache: bool = True,
+                 _attach: dict[str, Any] | None = None, _restore: str | None = None) -> None:
         """Start a sandbox and wait until its agent answers.
 
         ``template`` must be None (one template: the host's userland).
@@ -75,10 +78,14 @@ class Sandbox:
         ``shares``: host directories, ``DIR[,TAG][,ro]`` as ``--9p`` takes
         them (mounted at /mnt/TAG).  ``network``: False for none, True for
         user-mode networking (passt), or an ``-n`` option string.
+        ``snapshot_cache``: start from the snapshot of a sandbox with the
+        same settings saved right after its agent first answered (and save
+        one, after a cold boot, when there is none): docs/sdk.md.
         """
         self.envs = dict(envs or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: IO[bytes] | None = None
+        self.restored_from: str | None = None     # the snapshot it started from, if any
         if _attach is not None:
             self.sandbox_id, socket_path, port = _attach["name"], _attach["socket"], _attach["port"]
         else:
@@ -86,12 +93,20 @@ class Sandbox:
                 raise SandboxError(f"template {template!r}: kvmlite has one template, the host's userland "
                                    "(leave template unset)")
             self.sandbox_id = name or f"sb-{secrets.token_hex(4)}"
-            socket_path, port = self._start(timeout, metadata or {}, cpus, memory_mb, shares, network)
+            socket_path, port = self._socket_path_of(self.sandbox_id), AGENT_PORT
         self._socket_path, self._port = socket_path, port
         self._agent = AgentClient(lambda: connect_hybrid(self._socket_path, self._port, request_timeout or 10.0))
         self.commands = Commands(self._agent, self.envs)
         self.files = Filesystem(self._agent)
-        if _attach is None:
+        if _attach is not None:
+            return
+        argv = self._argv(timeout, metadata or {}, cpus, memory_mb, shares, network)
+        if _restore is not None:
+            self._start_restored(_restore, timeout, metadata or {}, boot_timeout)
+        elif snapshot_cache:
+            self._start_cached(argv, timeout, metadata or {}, boot_timeout)
+        else:
+            self._start(argv)
             self._wait_ready(boot_timeout)
 
     @classmethod
@@ -101,23 +116,76 @@ class Sandbox:
 
     # --- starting ----------------------------------------------------------------------
 
-    def _start(self, timeout: float, metadata: Mapping[str, str], cpus: int, memory_mb: int,
-               shares: Sequence[str], network: bool | str) -> tuple[str, int]:
+    @staticmethod
+    def _socket_path_of(sandbox_id: str) -> str:
         from kvmlite.control.registry import Registry
 
+        return str(Registry().vm_dir(sandbox_id) / "vsock.sock")
+
+    def _argv(self, timeout: float, metadata: Mapping[str, str], cpus: int, memory_mb: int,
+              shares: Sequence[str], network: bool | str) -> list[str]:
         argv = [sys.executable, "-m", "kvmlite", "sandbox", "--agent", "--name", self.sandbox_id,
                 "-c", str(cpus), "-m", str(memory_mb), "--timeout", f"{timeout:g}",
                 "-n", network if isinstance(network, str) else ("mode=user" if network else "mode=none")]
         for share in shares:
             argv += ["--9p", share]
-        for key, value in metadata.items():
-            argv += ["--label", f"{key}={value}"]
+        argv += _label_args(metadata)
+        return argv
+
+    def _start(self, argv: list[str]) -> None:
+        """Start the VMM (``kvmlite sandbox --agent`` or ``run --restore``)."""
         self._console = tempfile.TemporaryFile(prefix="kvmlite-sandbox-")
         env = dict(os.environ, PYTHONPATH=_package_path(os.environ.get("PYTHONPATH")))
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._console,
                                       stderr=subprocess.STDOUT, start_new_session=True, env=env)
         threading.Thread(target=self._proc.wait, daemon=True, name=f"{self.sandbox_id}:reaper").start()
-        return str(Registry().vm_dir(self.sandbox_id) / "vsock.sock"), AGENT_PORT
+
+    def _start_cached(self, argv: list[str], timeout: float, metadata: Mapping[str, str],
+                      boot_timeout: float) -> None:
+        """From the start-up snapshot when there is one; else boot, and save
+        one for next time.  A snapshot that fails to start is dropped and the
+        sandbox boots cold instead."""
+        key = snapshots.cache_key(argv, _guest_files())
+        snap = snapshots.cached(key)
+        if snap is not None:
+            try:
+                self._start_restored(str(snap), timeout, metadata, boot_timeout)
+                return
+            except SandboxError:
+                shutil.rmtree(snap, ignore_errors=True)
+        self._start(argv)
+        self._wait_ready(boot_timeout)
+        try:
+            tmp = snapshots.new_cache_dir()
+        except OSError:                             # a read-only cache: no snapshot kept
+            return
+        try:
+            with self._control() as control:
+                control.snapshot(str(tmp))          # the sandbox runs on
+        except Exception:                           # no cache this time; the sandbox is fine
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        snapshots.publish(tmp, key)
+
+    def _start_restored(self, directory: str, timeout: float, metadata: Mapping[str, str],
+                        boot_timeout: float) -> None:
+        argv = [sys.executable, "-m", "kvmlite", "run", "--restore", directory, "--name", self.sandbox_id,
+                "--timeout", f"{timeout:g}", *_label_args(metadata)]
+        self._start(argv)
+        self._wait_ready(boot_timeout)
+        self.restored_from = directory
+        self._after_restore()
+
+    def _after_restore(self) -> None:
+        """What a restored guest needs and the snapshot cannot give: its wall
+        clock set to now (it went on from the instant it was saved), and its
+        random number generator reseeded with fresh host randomness
+        (RNDADDENTROPY, RNDRESEEDCRNG), so sandboxes started from one
+        snapshot do not share random numbers.  Run by the agent as root."""
+        from kvmlite.cli.cmd_sandbox import guest_python
+
+        seed = os.urandom(64).hex()
+        self.commands.run([guest_python(), "-c", _RESEED, seed, f"{time.time():.6f}"], user=0, timeout=30)
 
     def _wait_ready(self, boot_timeout: float) -> None:
         deadline = time.monotonic() + boot_timeout
@@ -189,6 +257,45 @@ class Sandbox:
         with self._control() as control:
             control.set_timeout(timeout)
 
+    def pause(self) -> str:
+        """E2B's pause: save the sandbox (its memory and every process in it)
+        and stop it; ``Sandbox.connect(sandbox_id)`` resumes it where it
+        was.  Returns the sandbox's id."""
+        directory = snapshots.paused_dir(self.sandbox_id)
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with self._control() as control:
+            control.snapshot(str(directory), stop=True)
+        if self._proc is not None:
+            self._proc.wait(timeout=60)
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        return self.sandbox_id
+
+    def fork(self, count: int = 1, *, timeout: float = DEFAULT_TIMEOUT,
+             metadata: Mapping[str, str] | None = None) -> list["Sandbox"]:
+        """``count`` new sandboxes, each going on from this one's state now
+        (its files, processes and memory); this one runs on.  Each gets its
+        own id, socket and deadline (``timeout``)."""
+        if count < 1:
+            raise SandboxError(f"fork: count {count} must be at least 1")
+        tmp = snapshots.new_cache_dir()
+        clones: list[Sandbox] = []
+        try:
+            with self._control() as control:
+                control.snapshot(str(tmp))
+            for _ in range(count):
+                clones.append(Sandbox(timeout=timeout, metadata=metadata, envs=self.envs, _restore=str(tmp)))
+        except BaseException:
+            for clone in clones:
+                clone.kill()
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)      # the clones' mappings keep the memory
+        return clones
+
     def get_info(self) -> SandboxInfo:
         with self._control() as control:
             return _info(self.sandbox_id, control.info())
@@ -205,21 +312,39 @@ class Sandbox:
     # --- every sandbox -----------------------------------------------------------------
 
     @classmethod
-    def connect(cls, sandbox_id: str, *, request_timeout: float | None = None) -> "Sandbox":
-        """The running sandbox ``sandbox_id`` (made by this or another process)."""
+    def connect(cls, sandbox_id: str, *, timeout: float = DEFAULT_TIMEOUT,
+                request_timeout: float | None = None) -> "Sandbox":
+        """The sandbox ``sandbox_id`` (made by this or another process):
+        attached to when it runs, resumed (with ``timeout``) when it was
+        paused with :meth:`pause`."""
         from kvmlite.control.client import ControlClient
 
+        paused = snapshots.paused_dir(sandbox_id)
         try:
             with ControlClient(sandbox_id) as control:
                 info = control.info()
         except Exception as exc:
-            raise SandboxError(f"sandbox {sandbox_id}: not running ({exc})") from None
+            if (paused / "state").is_file():
+                return cls._resume(sandbox_id, str(paused), timeout, request_timeout)
+            raise SandboxError(f"sandbox {sandbox_id}: not running and not paused ({exc})") from None
         labels = info.get("labels", {})
         if labels.get(SANDBOX_LABEL) != "1" or "vsock" not in info:
             raise SandboxError(f"{sandbox_id} is a VM but not a sandbox (no agent)")
         attach = {"name": sandbox_id, "socket": info["vsock"]["socket"],
                   "port": int(labels.get(PORT_LABEL, AGENT_PORT))}
         return cls(_attach=attach, request_timeout=request_timeout)
+
+    @classmethod
+    def _resume(cls, sandbox_id: str, directory: str, timeout: float,
+                request_timeout: float | None) -> "Sandbox":
+        from kvmlite.vmm.snapshot.files import read_state
+
+        _header, state = read_state(directory)
+        labels = {k: v for k, v in state.get("config", {}).get("labels", []) if not k.startswith("kvmlite.")}
+        sandbox = cls(name=sandbox_id, timeout=timeout, metadata=labels, request_timeout=request_timeout,
+                      _restore=directory)
+        shutil.rmtree(directory, ignore_errors=True)    # its mapping keeps the memory
+        return sandbox
 
     @staticmethod
     def list() -> list[SandboxInfo]:
@@ -236,6 +361,11 @@ class Sandbox:
                 continue
             if info.get("labels", {}).get(SANDBOX_LABEL) == "1":
                 found.append(_info(name, info))
+        paused_root = snapshots.paused_dir("x").parent
+        if paused_root.is_dir():
+            running = {info.sandbox_id for info in found}
+            found += [SandboxInfo(sandbox_id=p.name, state="paused", started_at=None, end_at=None)
+                      for p in sorted(paused_root.iterdir()) if (p / "state").is_file() and p.name not in running]
         return found
 
 
@@ -246,6 +376,29 @@ def _info(name: str, info: dict[str, Any]) -> SandboxInfo:
                        end_at=info.get("end_at"),
                        metadata={k: v for k, v in labels.items() if not k.startswith("kvmlite.")},
                        cpu_count=int(info.get("vcpus", 0)), memory_mb=int(info.get("memory_mib", 0)))
+
+
+# Run in the guest by the agent, as root, after a restore: argv[1] is fresh
+# randomness (hex), argv[2] the host's time.  RNDADDENTROPY = _IOW('R', 3,
+# int[2]) and RNDRESEEDCRNG = _IO('R', 7) (linux/random.h).
+_RESEED = ("import fcntl, os, struct, sys, time\n"
+           "seed = bytes.fromhex(sys.argv[1])\n"
+           "fd = os.open('/dev/urandom', os.O_WRONLY)\n"
+           "fcntl.ioctl(fd, 0x40085203, struct.pack('ii', len(seed) * 8, len(seed)) + seed)\n"
+           "fcntl.ioctl(fd, 0x5207)\n"
+           "time.clock_settime(time.CLOCK_REALTIME, float(sys.argv[2]))\n")
+
+
+def _label_args(metadata: Mapping[str, str]) -> list[str]:
+    return [arg for key, value in metadata.items() for arg in ("--label", f"{key}={value}")]
+
+
+def _guest_files() -> list[str]:
+    """The kernel and initramfs a sandbox boots (what the start-up cache depends on)."""
+    from kvmlite.guest.setup import default_guest
+
+    guest = default_guest(shares=True)
+    return [str(guest.kernel), str(guest.initrd)] if guest is not None else []
 
 
 def _package_path(current: str | None) -> str:

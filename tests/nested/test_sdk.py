@@ -38,6 +38,7 @@ def _script() -> str:
     return f"""
 export XDG_CACHE_HOME={shlex.quote(str(cache_dir().parent))}
 export XDG_RUNTIME_DIR=$(mktemp -d /tmp/kr-XXXXXX)
+export KVMLITE_SANDBOX_SNAPSHOTS=$(mktemp -d /tmp/ks-XXXXXX) XDG_STATE_HOME=$(mktemp -d /tmp/kst-XXXXXX)
 section sdk {shlex.quote(sys.executable)} {probe} "$TESTHOST_WORK"
 """
 
