@@ -11,7 +11,8 @@ import platform
 import sys
 from pathlib import Path
 
-BENCHES = ("startup", "exits", "linux_boot", "blk", "blk_host", "blk_nested", "net_nested", "p9_nested", "vsock_nested")
+BENCHES = ("startup", "exits", "linux_boot", "blk", "blk_host", "blk_nested", "net_nested", "p9_nested", "vsock_nested",
+           "snapshot_nested")
 
 
 def main() -> int:

@@ -76,3 +76,27 @@ def test_vsock_guest_command_sends_then_receives() -> None:
 
     cmd = vsock_nested.guest_command()
     assert cmd.index("VSOCK-CONNECT:2:5000") < cmd.index("VSOCK-LISTEN:5001")
+
+
+def test_snapshot_nested_parse_ratios_and_failures() -> None:
+    from bench.snapshot_nested import parse
+
+    out = parse("@@SN kvmlite restore_256_ms 100\n@@SN qemu restore_256_ms 1500\n"
+                "@@SN kvmlite restore_2048_ms 120\n@@SN qemu restore_2048_ms_error RuntimeError: no tick\n"
+                "@@SN kvmlite one_clone_pss_MiB 60\n@@SN kvmlite one_clone_guest_ram_pss_MiB 20\n"
+                "@@SN kvmlite clones_10_pss_MiB 400\n@@SN kvmlite clones_10_guest_ram_pss_MiB 30\n"
+                "@@SN kvmlite sdk_cold_create_s 50\n@@SN kvmlite sdk_snapshot_create_s 10\n")
+    assert out["qemu_over_kvmlite_restore_256"] == 15.0
+    assert out["qemu_restore_2048_ms"] == "failed: RuntimeError: no tick"
+    assert out["qemu_over_kvmlite_restore_2048"].startswith("none: the baseline failed")
+    assert out["kvmlite_restore_2048_over_256"] == 1.2
+    assert out["clones_10_over_one"] == 6.67 and out["clones_10_guest_ram_over_one"] == 1.5
+    assert out["sdk_cold_over_snapshot"] == 5.0
+
+
+def test_snapshot_nested_parse_nothing_printed_names_the_gap() -> None:
+    from bench.snapshot_nested import parse
+
+    out = parse("")
+    assert all(isinstance(v, str) and v for v in out.values())
+    assert "NaN" not in str(out)
