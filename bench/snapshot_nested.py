@@ -38,7 +38,7 @@ RESULT = re.compile(r"^@@SN (\S+) (\S+) (.+)$", re.M)
 
 def script() -> str:
     peer = f"{shlex.quote(sys.executable)} {REPO / 'bench' / 'snapshot_peer.py'}"
-    return "\n".join([*(f"{peer} restore {mib}" for mib in SIZES), f"{peer} clones {CLONES}",
+    return "\n".join(["export KERNEL INITRD", *(f"{peer} restore {mib}" for mib in SIZES), f"{peer} clones {CLONES}",
                       f"{peer} sdk {SDK_ROUNDS}"])
 
 
