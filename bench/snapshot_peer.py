@@ -235,14 +235,14 @@ def sdk(rounds: int) -> None:
                 sb.commands.run("true")
                 cold.append(time.monotonic() - start)
         with Sandbox.create(timeout=600, memory_mb=256) as sb:      # a cold boot that saves the snapshot
-            assert sb.restored_from is None
+            assert sb.restored_from is None and sb.snapshot_note is None, sb.snapshot_note
         warm = []
         for _ in range(rounds):
             start = time.monotonic()
             with Sandbox.create(timeout=600, memory_mb=256) as sb:
                 sb.commands.run("true")
                 warm.append(time.monotonic() - start)
-                assert sb.restored_from is not None, "not started from the snapshot"
+                assert sb.restored_from is not None, f"not started from the snapshot: {sb.snapshot_note}"
         emit("kvmlite", "sdk_cold_create_s", statistics.median(cold))
         emit("kvmlite", "sdk_snapshot_create_s", statistics.median(warm))
     except Exception as exc:

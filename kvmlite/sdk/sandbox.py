@@ -23,6 +23,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -41,6 +42,7 @@ from kvmlite.sdk import snapshots
 from kvmlite.sdk.commands import Commands
 from kvmlite.sdk.files import Filesystem
 
+log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 300            # seconds a sandbox lives (E2B's default)
 DEFAULT_BOOT_TIMEOUT = 120.0     # seconds to wait for the agent's first answer
 CONSOLE_TAIL = 4096              # bytes of console shown when a boot fails
@@ -86,6 +88,7 @@ class Sandbox:
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: IO[bytes] | None = None
         self.restored_from: str | None = None     # the snapshot it started from, if any
+        self.snapshot_note: str | None = None     # why the start-up snapshot was not used or not saved
         if _attach is not None:
             self.sandbox_id, socket_path, port = _attach["name"], _attach["socket"], _attach["port"]
         else:
@@ -151,21 +154,28 @@ class Sandbox:
             try:
                 self._start_restored(str(snap), timeout, metadata, boot_timeout)
                 return
-            except SandboxError:
+            except SandboxError as exc:
+                self._note(f"the start-up snapshot {snap} did not start ({exc}); dropped it and booted")
                 shutil.rmtree(snap, ignore_errors=True)
         self._start(argv)
         self._wait_ready(boot_timeout)
         try:
             tmp = snapshots.new_cache_dir()
-        except OSError:                             # a read-only cache: no snapshot kept
+        except OSError as exc:                      # a read-only cache: no snapshot kept
+            self._note(f"no start-up snapshot saved: {exc}")
             return
         try:
             with self._control() as control:
                 control.snapshot(str(tmp))          # the sandbox runs on
-        except Exception:                           # no cache this time; the sandbox is fine
+        except Exception as exc:                    # no cache this time; the sandbox is fine
+            self._note(f"no start-up snapshot saved: {exc}")
             shutil.rmtree(tmp, ignore_errors=True)
             return
         snapshots.publish(tmp, key)
+
+    def _note(self, text: str) -> None:
+        self.snapshot_note = text
+        log.warning("sandbox %s: %s", self.sandbox_id, text)
 
     def _start_restored(self, directory: str, timeout: float, metadata: Mapping[str, str],
                         boot_timeout: float) -> None:

@@ -28,7 +28,7 @@ def guest_time(sb: Sandbox) -> float:
 
 @check("cold")
 def cold(sb: Sandbox, seconds: float) -> dict:
-    return {"restored_from": sb.restored_from, "created_in": round(seconds, 1),
+    return {"restored_from": sb.restored_from, "note": sb.snapshot_note, "created_in": round(seconds, 1),
             "cache": sorted(p.name for p in snapshots.cache_root().iterdir() if not p.name.startswith("."))}
 
 
@@ -36,6 +36,7 @@ def cold(sb: Sandbox, seconds: float) -> dict:
 def cached(b: Sandbox, c: Sandbox, seconds: float) -> dict:
     uuids = [sb.commands.run("cat /proc/sys/kernel/random/uuid").stdout.strip() for sb in (b, c)]
     return {"restored": [b.restored_from is not None, c.restored_from is not None],
+            "notes": [b.snapshot_note, c.snapshot_note],
             "created_in": round(seconds, 1), "clock_skew": round(abs(guest_time(b) - time.time()), 1),
             "uuids_differ": uuids[0] != uuids[1],
             "sees_other": b.files.exists(f"{HOME}/note.txt"), "true": b.commands.run("true").exit_code}
