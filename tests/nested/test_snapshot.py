@@ -1,7 +1,8 @@
 """Snapshot and restore of real Linux (one test-host boot, docs/snapshot.md).
 
-Inside the nested test host, ``kvmlite run`` boots the default guest
-(``-n mode=none``: no NIC) with its console on a FIFO; a shell loop in the
+Inside the nested test host, ``kvmlite run`` boots the default guest that
+mounts shares (Debian's generic kernel, which has the vmgenid driver;
+``-n mode=none``: no NIC) with its console on a FIFO; a shell loop in the
 guest prints ``count N`` five times a second.  ``kvmlite snapshot`` saves
 it while it counts; the original goes on; two clones are started from the
 snapshot with ``kvmlite run --restore`` and each is typed a command on its
@@ -20,6 +21,7 @@ import sys
 import pytest
 
 from kvmlite.guest.initscript import READY_MARKER
+from kvmlite.guest.setup import DefaultGuest
 
 from .testhost import REPO, RunResult, TestHost
 
@@ -29,8 +31,7 @@ COUNT = re.compile(r"count (\d+)$", re.M)     # a prompt may precede it on its l
 LOOP = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo count $i; sleep 0.2; done &"
 
 
-def script(testhost: TestHost) -> str:
-    guest = testhost.files.guest
+def script(guest: DefaultGuest) -> str:
     py = f"env PYTHONPATH={shlex.quote(str(REPO))} XDG_RUNTIME_DIR=/tmp/xdg {shlex.quote(sys.executable)}"
     kl = f"{py} -m kvmlite"
     boot = f"{kl} run -k {shlex.quote(str(guest.kernel))} -i {shlex.quote(str(guest.initrd))} -n mode=none --name lin"
@@ -75,8 +76,10 @@ section run2 cat /tmp/run2.log
 
 
 @pytest.fixture(scope="module")
-def snap(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    result = testhost.run(script(testhost), BOOT_TIMEOUT, tmp_path_factory.mktemp("snapshot"))
+def snap(testhost: TestHost, share_guest: DefaultGuest, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    # The share-capable default guest: Debian's generic kernel has the vmgenid
+    # driver (CONFIG_VMGENID); the cloud kernel of the plain default guest does not.
+    result = testhost.run(script(share_guest), BOOT_TIMEOUT, tmp_path_factory.mktemp("snapshot"))
     assert not result.timed_out, f"test host timed out after {BOOT_TIMEOUT} s; {result.where()}"
     return result
 
