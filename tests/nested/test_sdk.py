@@ -17,72 +17,22 @@ Afterwards no VMM process, runtime socket or directory is left.
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
-
 import pytest
 
 from kvmlite.guest.setup import DefaultGuest
-from kvmlite.paths import cache_dir
 
-from .linux import hardware_kvm, run_linux_script
-from .testhost import REPO, RunResult, TestHost
+from .sdk_records import record, run_probe
 
 pytestmark = pytest.mark.nested
-TIMEOUT = 1800
-
-
-def _script() -> str:
-    probe = shlex.quote(str(REPO / "tests" / "nested" / "sdk_probe.py"))
-    return f"""
-export XDG_CACHE_HOME={shlex.quote(str(cache_dir().parent))}
-export XDG_RUNTIME_DIR=$(mktemp -d /tmp/kr-XXXXXX)
-export KVMLITE_SANDBOX_SNAPSHOTS=$(mktemp -d /tmp/ks-XXXXXX) XDG_STATE_HOME=$(mktemp -d /tmp/kst-XXXXXX)
-section sdk {shlex.quote(sys.executable)} {probe} "$TESTHOST_WORK"
-"""
 
 
 @pytest.fixture(scope="module")
 def probe(request: pytest.FixtureRequest, share_guest: DefaultGuest,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """The probe's records by check.  When the test host itself ends the run
-    early (it stalled, or powered off or panicked in the middle: the
-    section never ended), the records that did come are kept and asserted;
-    the checks that never ran are expected failures naming the log."""
-    host: TestHost | None = None if hardware_kvm() else request.getfixturevalue("testhost")
-    result: RunResult = run_linux_script(host, _script(), TIMEOUT, tmp_path_factory.mktemp("sdk"))
-    assert not result.timed_out, f"timed out after {TIMEOUT} s; {result.where()}"
-    checks: dict[str, dict] = {}
-    for line in result.console.replace("\r", "").splitlines():
-        if line.startswith("@@SDK "):
-            record = json.loads(line[len("@@SDK "):])
-            checks[record["check"]] = record
-    ended = "sdk" in result.sections
-    checks["_where"] = {"where": result.where(), "ended": ended, "stalled": result.stalled,
-                        "tail": result.console[-3000:]}
-    return checks
+    return run_probe(request, "sdk_probe.py", tmp_path_factory.mktemp("sdk"))
 
 
-# The emulated test host (QEMU TCG, nested SVM) now and then crashes an inner
-# guest with a triple fault under load (BENCHMARKS.md, "Nested instability");
-# a check that failed because its sandbox's guest did so is an expected
-# failure of the environment, reported with the VMM's own line.  Any other
-# error fails the test.
-ENVIRONMENT_CRASH = "guest triple fault"
-
-
-def _get(probe: dict[str, dict], name: str) -> dict:
-    record = probe.get(name)
-    where = probe["_where"]
-    if record is None and not where["ended"]:
-        pytest.xfail(f"{name}: never ran: the emulated test host ended the run early "
-                     f"(stalled={where['stalled']}); {where['where']}")
-    assert record is not None, f"no {name!r} result: {where}"
-    if "error" in record and ENVIRONMENT_CRASH in record["error"]:
-        pytest.xfail(f"{name}: the sandbox's guest crashed under the emulated test host: {record['error'][-300:]}")
-    assert "error" not in record, f"{name}: {record['error']}\n{record.get('trace', '')}"
-    return record
+_get = record
 
 
 def test_sdk_create_lists_sandbox_with_metadata_and_deadline(probe: dict[str, dict]) -> None:

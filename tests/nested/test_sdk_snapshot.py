@@ -15,56 +15,22 @@ the nested test host (or here, on hardware KVM).  One boot:
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
-
 import pytest
 
 from kvmlite.guest.setup import DefaultGuest
-from kvmlite.paths import cache_dir
 
-from .linux import hardware_kvm, run_linux_script
-from .testhost import REPO, RunResult, TestHost
+from .sdk_records import record, run_probe
 
 pytestmark = pytest.mark.nested
-TIMEOUT = 1800
-ENVIRONMENT_CRASH = "guest triple fault"     # see test_sdk.py
-
-
-def _script() -> str:
-    probe = shlex.quote(str(REPO / "tests" / "nested" / "sdk_snapshot_probe.py"))
-    return f"""
-export XDG_CACHE_HOME={shlex.quote(str(cache_dir().parent))}
-export XDG_RUNTIME_DIR=$(mktemp -d /tmp/kr-XXXXXX)
-export KVMLITE_SANDBOX_SNAPSHOTS=$(mktemp -d /tmp/ks-XXXXXX) XDG_STATE_HOME=$(mktemp -d /tmp/kst-XXXXXX)
-section sdk {shlex.quote(sys.executable)} {probe} "$TESTHOST_WORK"
-"""
 
 
 @pytest.fixture(scope="module")
 def probe(request: pytest.FixtureRequest, share_guest: DefaultGuest,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    host: TestHost | None = None if hardware_kvm() else request.getfixturevalue("testhost")
-    result: RunResult = run_linux_script(host, _script(), TIMEOUT, tmp_path_factory.mktemp("sdk-snapshot"))
-    assert not result.timed_out, f"timed out after {TIMEOUT} s; {result.where()}"
-    checks: dict[str, dict] = {"_where": {"where": result.where(), "ended": "sdk" in result.sections}}
-    for line in result.console.replace("\r", "").splitlines():
-        if line.startswith("@@SDK "):
-            record = json.loads(line[len("@@SDK "):])
-            checks[record["check"]] = record
-    return checks
+    return run_probe(request, "sdk_snapshot_probe.py", tmp_path_factory.mktemp("sdk-snapshot"))
 
 
-def _get(probe: dict[str, dict], name: str) -> dict:
-    record, where = probe.get(name), probe["_where"]
-    if record is None and not where["ended"]:
-        pytest.xfail(f"{name}: never ran: the emulated test host ended the run early; {where['where']}")
-    assert record is not None, f"no {name!r} result; {where['where']}"
-    if "error" in record and ENVIRONMENT_CRASH in record["error"]:
-        pytest.xfail(f"{name}: a sandbox's guest crashed under the emulated test host: {record['error'][-300:]}")
-    assert "error" not in record, f"{name}: {record['error']}\n{record.get('trace', '')}"
-    return record
+_get = record
 
 
 def test_cold_create_saves_the_startup_snapshot(probe: dict[str, dict]) -> None:

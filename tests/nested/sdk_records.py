@@ -1,0 +1,69 @@
+"""Running an SDK probe (tests/nested/sdk_probe.py, sdk_snapshot_probe.py)
+where real Linux boots, and reading its ``@@SDK {json}`` records.
+
+When the test host itself ends the run early (it stalled, or powered off
+or panicked in the middle: the section never ended), the records that did
+come are kept and asserted; the checks that never ran are expected failures
+naming the log.  The emulated test host (QEMU TCG, nested SVM) now and then
+crashes an inner guest with a triple fault under load (BENCHMARKS.md,
+"Nested instability"); a check that failed because its sandbox's guest did
+so is an expected failure of the environment, reported with the VMM's own
+line.  Any other error fails the test."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmlite.paths import cache_dir
+
+from .linux import hardware_kvm, run_linux_script
+from .testhost import REPO, RunResult, TestHost
+
+TIMEOUT = 1800
+ENVIRONMENT_CRASH = "guest triple fault"
+
+
+def probe_script(probe: str) -> str:
+    """The script that runs ``tests/nested/<probe>`` with private runtime,
+    snapshot and state directories, the cache's guests visible."""
+    path = shlex.quote(str(REPO / "tests" / "nested" / probe))
+    return f"""
+export XDG_CACHE_HOME={shlex.quote(str(cache_dir().parent))}
+export XDG_RUNTIME_DIR=$(mktemp -d /tmp/kr-XXXXXX)
+export KVMLITE_SANDBOX_SNAPSHOTS=$(mktemp -d /tmp/ks-XXXXXX) XDG_STATE_HOME=$(mktemp -d /tmp/kst-XXXXXX)
+section sdk {shlex.quote(sys.executable)} {path} "$TESTHOST_WORK"
+"""
+
+
+def run_probe(request: pytest.FixtureRequest, probe: str, workdir: Path) -> dict[str, dict]:
+    """The probe's records by check, plus ``_where`` (the log, whether the run ended)."""
+    host: TestHost | None = None if hardware_kvm() else request.getfixturevalue("testhost")
+    result: RunResult = run_linux_script(host, probe_script(probe), TIMEOUT, workdir)
+    assert not result.timed_out, f"timed out after {TIMEOUT} s; {result.where()}"
+    checks: dict[str, dict] = {}
+    for line in result.console.replace("\r", "").splitlines():
+        if line.startswith("@@SDK "):
+            record = json.loads(line[len("@@SDK "):])
+            checks[record["check"]] = record
+    checks["_where"] = {"where": result.where(), "ended": "sdk" in result.sections, "stalled": result.stalled,
+                        "tail": result.console[-3000:]}
+    return checks
+
+
+def record(probe: dict[str, dict], name: str) -> dict:
+    """Check ``name``'s record; xfail/fail as the module docstring says."""
+    found = probe.get(name)
+    where = probe["_where"]
+    if found is None and not where["ended"]:
+        pytest.xfail(f"{name}: never ran: the emulated test host ended the run early "
+                     f"(stalled={where['stalled']}); {where['where']}")
+    assert found is not None, f"no {name!r} result: {where}"
+    if "error" in found and ENVIRONMENT_CRASH in found["error"]:
+        pytest.xfail(f"{name}: the sandbox's guest crashed under the emulated test host: {found['error'][-300:]}")
+    assert "error" not in found, f"{name}: {found['error']}\n{found.get('trace', '')}"
+    return found
