@@ -75,6 +75,12 @@ class Reader:
             raise StateError(f"{self.part}: {key}={value} is outside {low}..{high}")
         return value
 
+    def int_or_none(self, key: str, low: int = 0, high: int = (1 << 64) - 1) -> "int | None":
+        """:meth:`int`, or None when the key holds null."""
+        if key in self.state and self.state[key] is None:
+            return None
+        return self.int(key, low, high)
+
     def bool(self, key: str) -> bool:
         value = self._get(key)
         if not isinstance(value, bool):

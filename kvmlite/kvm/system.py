@@ -76,16 +76,7 @@ class Kvm:
 
     def supported_cpuid(self, max_entries: int = 256) -> list[s.kvm_cpuid_entry2]:
         """KVM_GET_SUPPORTED_CPUID: the CPUID leaves KVM can offer a guest."""
-        while True:
-            buf = _Cpuid2Buffer(max_entries)
-            try:
-                ioctl(self.fd, uapi.KVM_GET_SUPPORTED_CPUID, buf.raw)
-            except KvmError as exc:
-                if exc.errno == errno.E2BIG and max_entries < 4096:
-                    max_entries *= 2
-                    continue
-                raise
-            return buf.entries()
+        return get_cpuid2(self.fd, uapi.KVM_GET_SUPPORTED_CPUID, max_entries)
 
     def msr_index_list(self) -> list[int]:
         """KVM_GET_MSR_INDEX_LIST: MSRs KVM saves and restores for a guest."""
@@ -102,6 +93,21 @@ class Kvm:
 
     def create_vm(self) -> VmFd:
         return VmFd(ioctl(self.fd, uapi.KVM_CREATE_VM, 0), self)
+
+
+def get_cpuid2(fd: int, request: int, max_entries: int = 256) -> list[s.kvm_cpuid_entry2]:
+    """A ``struct kvm_cpuid2`` ioctl that fills the entries (KVM_GET_SUPPORTED_CPUID
+    on /dev/kvm, KVM_GET_CPUID2 on a vCPU), growing the buffer while KVM answers E2BIG."""
+    while True:
+        buf = _Cpuid2Buffer(max_entries)
+        try:
+            ioctl(fd, request, buf.raw)
+        except KvmError as exc:
+            if exc.errno == errno.E2BIG and max_entries < 4096:
+                max_entries *= 2
+                continue
+            raise
+        return buf.entries()
 
 
 class _Cpuid2Buffer:

@@ -156,18 +156,9 @@ class VcpuFd:
     def get_cpuid2(self, max_entries: int = 256) -> list[s.kvm_cpuid_entry2]:
         """KVM_GET_CPUID2: the CPUID leaves set on this vCPU (growing the
         buffer while KVM answers E2BIG)."""
-        from kvmlite.kvm.system import _Cpuid2Buffer
+        from kvmlite.kvm.system import get_cpuid2
 
-        while True:
-            buf = _Cpuid2Buffer(max_entries)
-            try:
-                ioctl(self.fd, uapi.KVM_GET_CPUID2, buf.raw)
-            except KvmError as exc:
-                if exc.errno == errno.E2BIG and max_entries < 4096:
-                    max_entries *= 2
-                    continue
-                raise
-            return buf.entries()
+        return get_cpuid2(self.fd, uapi.KVM_GET_CPUID2, max_entries)
 
     def get_xsave(self) -> s.kvm_xsave:
         """KVM_GET_XSAVE: the 4096-byte XSAVE area (x87, SSE, AVX, ...)."""

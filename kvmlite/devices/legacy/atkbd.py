@@ -185,9 +185,7 @@ class AtKeyboard:
 
 def _read_awaiting(r: Reader) -> int | None:
     """A command that waits for its argument byte, or None."""
-    if "awaiting" in r.state and r.state["awaiting"] is None:
-        return None
-    awaiting = r.int("awaiting", 0, 0xFF)
-    if awaiting not in _ARGUMENT_COMMANDS:
+    awaiting = r.int_or_none("awaiting", 0, 0xFF)
+    if awaiting is not None and awaiting not in _ARGUMENT_COMMANDS:
         raise StateError(f"{r.part}: awaiting={awaiting:#04x} is not a command that takes an argument")
     return awaiting
