@@ -37,6 +37,12 @@ def emit(vmm: str, metric: str, value: float | str) -> None:
     print(f"@@SN {vmm} {metric} {value if isinstance(value, str) else round(value, 3)}", flush=True)
 
 
+def step(text: str) -> None:
+    """A progress line: what the peer does now (and proof of life for the
+    test host's silence watch)."""
+    print(f"snapshot_peer: {text}", flush=True)
+
+
 def kvmlite(*args: str) -> list[str]:
     return [sys.executable, "-m", "kvmlite", *args]
 
@@ -76,9 +82,11 @@ def kvmlite_boot(name: str, mib: int) -> subprocess.Popen[bytes]:
 
 
 def kvmlite_save(name: str, mib: int, directory: str) -> None:
+    step(f"kvmlite {mib} MiB: booting {name}")
     proc = kvmlite_boot(name, mib)
     try:
-        wait_tick(proc, 600, after=5)
+        wait_tick(proc, 240, after=5)
+        step(f"kvmlite {mib} MiB: ticking; snapshot to {directory}")
         subprocess.run(kvmlite("snapshot", "-n", name, directory, "--stop"), check=True, capture_output=True,
                        timeout=300)
         proc.wait(60)
@@ -99,6 +107,7 @@ def restore_kvmlite(mib: int) -> None:
         kvmlite_save(f"snb{mib}", mib, directory)
         times = []
         for i in range(3):
+            step(f"kvmlite {mib} MiB: restore {i + 1}")
             seconds, proc = kvmlite_restore(directory, f"snb{mib}r{i}")
             stop(proc)
             times.append(seconds)
@@ -138,17 +147,22 @@ def hmp(path: str, command: str) -> str:
 
 
 def qemu_save(mib: int, file: str, monitor: str) -> None:
+    step(f"QEMU {mib} MiB: booting")
     proc = subprocess.Popen(qemu_argv(mib, monitor), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:
-        wait_tick(proc, 600, after=5)
-        hmp(monitor, "stop")
+        wait_tick(proc, 240, after=5)
+        # Migrated live, not after "stop": a VM stopped on the source stays
+        # stopped after -incoming (QEMU migrates the run state too).
+        step(f"QEMU {mib} MiB: ticking; migrate to {file}")
         hmp(monitor, f'migrate "exec:cat > {file}"')
-        deadline = time.monotonic() + 600
-        while "Migration status: completed" not in hmp(monitor, "info migrate"):
+        deadline = time.monotonic() + 240
+        while "Migration status: completed" not in (status := hmp(monitor, "info migrate")):
             if time.monotonic() > deadline:
-                raise RuntimeError("the migration to a file did not complete")
-            time.sleep(0.5)
+                raise RuntimeError(f"the migration to a file did not complete: {status[-300:]!r}")
+            step(f"QEMU {mib} MiB: migrating: {status.strip().splitlines()[-1:]!r}")
+            time.sleep(2)
+        step(f"QEMU {mib} MiB: saved {os.path.getsize(file)} bytes")
         hmp(monitor, "quit")
     finally:
         stop(proc)
@@ -159,7 +173,8 @@ def restore_qemu(mib: int) -> None:
     try:
         qemu_save(mib, file, monitor)
         times = []
-        for _ in range(3):
+        for i in range(3):
+            step(f"QEMU {mib} MiB: restore {i + 1}")
             proc = subprocess.Popen(qemu_argv(mib, monitor, f"exec:cat {file}"), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             try:
@@ -204,6 +219,7 @@ def clones(count: int) -> None:
         time.sleep(3)
         single, single_ram = pss_kib(one.pid)
         stop(one)
+        step(f"{count} clones")
         for i in range(count):
             procs.append(kvmlite_restore(directory, f"snbc{i}")[1])
         time.sleep(3)
@@ -227,6 +243,7 @@ def clones(count: int) -> None:
 def sdk(rounds: int) -> None:
     from kvmlite import Sandbox
 
+    step("the SDK: cold creates, then creates from the start-up snapshot")
     try:
         cold = []
         for _ in range(rounds):
