@@ -34,12 +34,26 @@ SDK_ROUNDS = int(os.environ.get("KVMLITE_BENCH_ROUNDS", "2"))
 CLONES = 10
 SIZES = (256, 2048)
 RESULT = re.compile(r"^@@SN (\S+) (\S+) (.+)$", re.M)
+TESTHOST_MEMORY_MB = 4096      # room for a 2 GiB guest under QEMU (its RAM is reserved) beside the rest
+STEPS = ("restore256", "restore2048", "clones", "sdk")
 
 
-def script() -> str:
+def script(steps: tuple[str, ...] = STEPS) -> str:
+    """The test host's script; ``steps`` (``$KVMLITE_BENCH_STEPS``, comma
+    separated) picks some of :data:`STEPS`, to measure one again."""
     peer = f"{shlex.quote(sys.executable)} {REPO / 'bench' / 'snapshot_peer.py'}"
-    return "\n".join(["export KERNEL INITRD", *(f"{peer} restore {mib}" for mib in SIZES), f"{peer} clones {CLONES}",
-                      f"{peer} sdk {SDK_ROUNDS}"])
+    lines = {"restore256": f"{peer} restore 256", "restore2048": f"{peer} restore 2048",
+             "clones": f"{peer} clones {CLONES}", "sdk": f"{peer} sdk {SDK_ROUNDS}"}
+    return "\n".join(["export KERNEL INITRD", *(lines[step] for step in steps)])
+
+
+def chosen_steps() -> tuple[str, ...]:
+    text = os.environ.get("KVMLITE_BENCH_STEPS", "")
+    steps = tuple(s for s in text.split(",") if s) or STEPS
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise SystemExit(f"KVMLITE_BENCH_STEPS: unknown step {unknown[0]!r} (known: {', '.join(STEPS)})")
+    return steps
 
 
 def speedup(ours: float | str, theirs: float | str) -> float | str:
@@ -93,12 +107,13 @@ def run() -> dict:
     if sandbox_guest is None:
         return {"error": why}
     host = TestHost.prepare()
+    host.memory_mb = TESTHOST_MEMORY_MB
     guest = host.files.guest
     with tempfile.TemporaryDirectory(prefix="kvmlite-snbench-") as tmp:
         env = (script_env(guest.kernel, guest.initrd)
                + f"export XDG_CACHE_HOME={shlex.quote(str(cache_dir().parent))}\n"
                + "export XDG_RUNTIME_DIR=$(mktemp -d /tmp/kr-XXXXXX)\n")
-        result = host.run(env + script(), 5400, Path(tmp))
+        result = host.run(env + script(chosen_steps()), 5400, Path(tmp))
         keep_console("snapshot_nested", result.console)
         return {"what": f"restore time (256 MiB and 2 GiB, median of 3) against QEMU -incoming, {CLONES} clones' "
                         f"PSS, Sandbox.create() from a snapshot against a cold boot (median of {SDK_ROUNDS}); "

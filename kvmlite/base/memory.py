@@ -154,8 +154,11 @@ class GuestMemory:
         path; closing the reservation unmaps the file too."""
         mm, skip = GuestMemory._map(size, False)
         base = ctypes.addressof(ctypes.c_char.from_buffer(mm)) + skip
+        # MAP_NORESERVE as for fresh RAM: a private writable mapping is
+        # otherwise charged in full against overcommit, and a guest as large
+        # as the host's free memory could not be restored at all.
         got = _libc.mmap(ctypes.c_void_p(base), ctypes.c_size_t(size), mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE | MAP_FIXED, fd, ctypes.c_long(0))
+                         mmap.MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, ctypes.c_long(0))
         if got != base:
             err = ctypes.get_errno()
             mm.close()

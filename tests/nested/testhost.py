@@ -86,6 +86,7 @@ SOFT_LOCKUP = b"watchdog: BUG: soft lockup"
 KERNEL_COMPLAINT = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|reboot: ")
 SILENT_STALL = 300          # seconds without a byte on the console: frozen without a word
 STALL_ATTEMPTS = 2
+DEFAULT_MEMORY_MB = 2048    # the test host's RAM
 
 # Directories the test host mounts a fresh tmpfs over inside its view of
 # this machine's root; anything the tests need beneath them is shared again.
@@ -362,6 +363,7 @@ class TestHost:
     def __init__(self, files: TestHostFiles, qemu: str) -> None:
         self.files = files
         self.qemu = qemu
+        self.memory_mb = DEFAULT_MEMORY_MB     # a benchmark may give it more
 
     @classmethod
     def prepare(cls, progress: Progress = QUIET) -> "TestHost":
@@ -373,7 +375,7 @@ class TestHost:
         append = " ".join([HOST_CMDLINE, f"testhost.work={workdir}", *(share.cmdline() for share in shares)]
                           + (["testhost.shell"] if interactive else []))
         io = ["-nographic"] if interactive else ["-display", "none", "-serial", "stdio", "-monitor", "none"]
-        return [self.qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048", "-smp", "2",
+        return [self.qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(self.memory_mb), "-smp", "2",
                 *io, "-no-reboot", "-nic", "none",
                 "-kernel", str(self.files.kernel), "-initrd", str(self.files.initrd), "-append", append,
                 "-fsdev", "local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap",

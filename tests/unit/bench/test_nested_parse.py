@@ -100,3 +100,14 @@ def test_snapshot_nested_parse_nothing_printed_names_the_gap() -> None:
     out = parse("")
     assert all(isinstance(v, str) and v for v in out.values())
     assert "NaN" not in str(out)
+
+
+def test_snapshot_nested_steps_choose_the_script_lines(monkeypatch) -> None:
+    from bench import snapshot_nested as b
+
+    monkeypatch.setenv("KVMLITE_BENCH_STEPS", "restore2048,sdk")
+    text = b.script(b.chosen_steps())
+    assert "restore 2048" in text and "sdk" in text and "restore 256" not in text and "clones" not in text
+    monkeypatch.setenv("KVMLITE_BENCH_STEPS", "nonsense")
+    with __import__("pytest").raises(SystemExit, match="unknown step 'nonsense'"):
+        b.chosen_steps()
