@@ -251,8 +251,10 @@ def sdk(rounds: int) -> None:
             with Sandbox.create(timeout=600, memory_mb=256, snapshot_cache=False) as sb:
                 sb.commands.run("true")
                 cold.append(time.monotonic() - start)
+            step(f"the SDK: cold create {len(cold)}: {cold[-1]:.1f} s")
         with Sandbox.create(timeout=600, memory_mb=256) as sb:      # a cold boot that saves the snapshot
             assert sb.restored_from is None and sb.snapshot_note is None, sb.snapshot_note
+        step("the SDK: start-up snapshot saved")
         warm = []
         for _ in range(rounds):
             start = time.monotonic()
@@ -260,6 +262,7 @@ def sdk(rounds: int) -> None:
                 sb.commands.run("true")
                 warm.append(time.monotonic() - start)
                 assert sb.restored_from is not None, f"not started from the snapshot: {sb.snapshot_note}"
+            step(f"the SDK: create from the snapshot {len(warm)}: {warm[-1]:.1f} s")
         emit("kvmlite", "sdk_cold_create_s", statistics.median(cold))
         emit("kvmlite", "sdk_snapshot_create_s", statistics.median(warm))
     except Exception as exc:
