@@ -212,9 +212,10 @@ class Sandbox:
                 except AgentConnectionError:
                     pass
             if time.monotonic() > deadline:
-                self.kill()
-                raise SandboxError(f"sandbox {self.sandbox_id}: no answer from its agent within "
-                                   f"{boot_timeout:g} s: {self._console_tail()}")
+                message = (f"sandbox {self.sandbox_id}: no answer from its agent within "
+                           f"{boot_timeout:g} s: {self._console_tail()}")
+                self.kill()                   # closes the console file: read it first
+                raise SandboxError(message)
             time.sleep(POLL)
 
     def _console_tail(self) -> str:
