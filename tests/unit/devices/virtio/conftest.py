@@ -1,11 +1,15 @@
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from kvmlite.arch.x86 import layout
 from kvmlite.base.memory import GuestMemory
+
+if TYPE_CHECKING:
+    from kvmlite.base.eventloop import EventLoop
 
 SMALL_RAM = 1 << 20
 
@@ -38,3 +42,31 @@ def disk_loop() -> Iterator["EventLoop"]:
     loop.start()
     yield loop
     loop.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """The test leaves the process with the descriptors it found (devices
+    close theirs on their loop's thread, hence the wait).  Modules that
+    want it for every test name it in ``pytestmark``."""
+    from tests.unit.devices.virtio.fakedriver import wait_until
+
+    before = open_fds()
+    yield
+    assert wait_until(lambda: open_fds() == before, timeout=5), "host file descriptors leaked"
+
+
+@pytest.fixture(scope="module")
+def loop(request: pytest.FixtureRequest) -> Iterator["EventLoop"]:
+    """A running event loop standing in for a device's own, one per module
+    (modules whose tests need a fresh one define their own ``loop``)."""
+    from kvmlite.base.eventloop import EventLoop
+
+    event_loop = EventLoop(f"test-{request.module.__name__.rsplit('.', 1)[-1]}")
+    event_loop.start()
+    yield event_loop
+    event_loop.close()

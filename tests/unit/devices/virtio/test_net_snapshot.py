@@ -119,14 +119,6 @@ def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[EventLoop]:
-    ev = EventLoop("test-net-snapshot")
-    ev.start()
-    yield ev
-    ev.close()
-
-
 @pytest.fixture
 def backends() -> Iterator[list[FakeNetBackend]]:
     """Every fake backend a test made, closed after it (the VMM owns them)."""

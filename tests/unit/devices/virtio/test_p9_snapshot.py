@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -43,24 +43,7 @@ MSIZE = 4096
 UID = 1000
 NAME = "virtio-9p"              # the device's name: every StateError must carry it
 
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leak() -> Iterator[None]:
-    before = open_fds()
-    yield
-    assert wait_until(lambda: open_fds() == before, timeout=5), "host file descriptors leaked"
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[EventLoop]:
-    ev = EventLoop("test-p9-snapshot-loop")
-    ev.start()
-    yield ev
-    ev.close()
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -144,14 +144,6 @@ def queue_states(state: dict) -> list[dict]:
 @pytest.fixture(params=TRANSPORTS)
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[EventLoop]:
-    ev = EventLoop("test-snapshot-loop")
-    ev.start()
-    yield ev
-    ev.close()
 
 
 # --- the transports, around a fake device ------------------------------------

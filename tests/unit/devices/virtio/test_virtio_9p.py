@@ -42,17 +42,7 @@ RAM = 4 << 20
 ROOM = 8192                     # writable bytes a request gets unless a test says otherwise
 FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | VIRTIO_9P_MOUNT_TAG
 
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leak() -> Iterator[None]:
-    """Every test leaves the process with the descriptors it found."""
-    before = open_fds()
-    yield
-    assert wait_until(lambda: open_fds() == before, timeout=5), "host file descriptors leaked"
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
 
 @pytest.fixture
@@ -60,15 +50,6 @@ def memory() -> Iterator[GuestMemory]:
     mem = GuestMemory(RAM)
     yield mem
     mem.close()
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[EventLoop]:
-    """A running event loop standing in for the share's own (``virtio-9p<N>``)."""
-    event_loop = EventLoop("test-9p-loop")
-    event_loop.start()
-    yield event_loop
-    event_loop.close()
 
 
 class HeldServer:

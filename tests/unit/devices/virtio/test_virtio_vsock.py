@@ -44,26 +44,7 @@ RX_BUF = 4096
 GUEST_BUF = 64 * 1024           # the buf_alloc the fake guest advertises unless a test says otherwise
 FAST = VsockLimits(buf_alloc=16 * 1024, handshake_timeout=0.3, connect_timeout=0.3, close_timeout=0.3)
 
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leak() -> Iterator[None]:
-    """Every test leaves the process with the descriptors it found."""
-    before = open_fds()
-    yield
-    assert wait_until(lambda: open_fds() == before, timeout=5), "host file descriptors leaked"
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[EventLoop]:
-    """A running event loop standing in for the device's own (``virtio-vsock``)."""
-    event_loop = EventLoop("test-vsock-loop")
-    event_loop.start()
-    yield event_loop
-    event_loop.close()
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
 
 @pytest.fixture

@@ -28,22 +28,9 @@ from tests.unit.devices.virtio.fakedriver import (NeedsResetRecorder, RecordingI
                                                   call_on_loop, wait_until)
 from tests.unit.devices.virtio.hostile import HostileRing, hostile_rings, install
 from tests.unit.devices.virtio.test_virtio_vsock import (CID, FAST, GUEST_BUF, RAM, VsockHarness, closed_by_peer,
-                                                         guest_header, open_fds, recv_exactly)
+                                                         guest_header, recv_exactly)
 
-
-@pytest.fixture(autouse=True)
-def no_fd_leak() -> Iterator[None]:
-    before = open_fds()
-    yield
-    assert wait_until(lambda: open_fds() == before, timeout=5), "host file descriptors leaked"
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[EventLoop]:
-    event_loop = EventLoop("test-vsock-hostile")
-    event_loop.start()
-    yield event_loop
-    event_loop.close()
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
 
 @pytest.fixture
