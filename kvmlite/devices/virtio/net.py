@@ -658,15 +658,9 @@ class VirtioNet(VirtioDevice):
         frame = None
         if tx_head >= 0:
             chain = self._chain_at(active, active.tx, tx_head, "transmit")
-            problem = self._tx_chain_problem(active, chain)
-            if problem is None:
-                head, body = chain.readable_segments().split_at(VNET_HDR_LEN)
-                header = head.gather(active.memory)
-                length = chain.readable_len - VNET_HDR_LEN
-                problem = tx_header_problem(header, length, active.features)
-            if problem is not None:
+            frame, problem = self._parse_tx(active, chain)
+            if frame is None:
                 raise StateError(f"virtio-net: saved transmit chain {tx_head}: {problem}")
-            frame = _TxFrame(chain, header, body, length)
         return chains, frame
 
     @staticmethod
@@ -1013,17 +1007,25 @@ class VirtioNet(VirtioDevice):
     def _tx_frame(self, active: _Activation, chain: DescriptorChain) -> _TxFrame | None:
         """The chain's header (checked) and frame, or None when malformed
         (counted and logged)."""
-        problem = self._tx_chain_problem(active, chain)
-        if problem is None:
-            head, body = chain.readable_segments().split_at(VNET_HDR_LEN)
-            header = head.gather(active.memory)
-            length = chain.readable_len - VNET_HDR_LEN
-            problem = tx_header_problem(header, length, active.features)
-            if problem is None:
-                return _TxFrame(chain, header, body, length)
+        frame, problem = self._parse_tx(active, chain)
+        if frame is not None:
+            return frame
         self._count("tx_errors")
         self._errors.warning(f"virtio-net: transmit chain {chain.head} dropped: {problem}")
         return None
+
+    def _parse_tx(self, active: _Activation, chain: DescriptorChain) -> tuple[_TxFrame | None, str | None]:
+        """(the chain's checked header and frame, None), or (None, what is wrong)."""
+        problem = self._tx_chain_problem(active, chain)
+        if problem is not None:
+            return None, problem
+        head, body = chain.readable_segments().split_at(VNET_HDR_LEN)
+        header = head.gather(active.memory)
+        length = chain.readable_len - VNET_HDR_LEN
+        problem = tx_header_problem(header, length, active.features)
+        if problem is not None:
+            return None, problem
+        return _TxFrame(chain, header, body, length), None
 
     @staticmethod
     def _tx_chain_problem(active: _Activation, chain: DescriptorChain) -> str | None:
