@@ -1,8 +1,7 @@
 """Snapshot and restore of real Linux (one test-host boot, docs/snapshot.md).
 
 Inside the nested test host, ``kvmlite run`` boots the default guest that
-mounts shares (Debian's generic kernel, which has the vmgenid driver;
-``-n mode=none``: no NIC) with its console on a FIFO; a shell loop in the
+mounts shares (Debian's generic kernel; ``-n mode=none``: no NIC) with its console on a FIFO; a shell loop in the
 guest prints ``count N`` five times a second.  ``kvmlite snapshot`` saves
 it while it counts; the original goes on; two clones are started from the
 snapshot with ``kvmlite run --restore`` and each is typed a command on its
@@ -75,8 +74,6 @@ section run2 cat /tmp/run2.log
 
 @pytest.fixture(scope="module")
 def snap(testhost: TestHost, share_guest: DefaultGuest, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    # The share-capable default guest: Debian's generic kernel has the vmgenid
-    # driver (CONFIG_VMGENID); the cloud kernel of the plain default guest does not.
     result = testhost.run(script(share_guest), BOOT_TIMEOUT, tmp_path_factory.mktemp("snapshot"))
     assert not result.timed_out, f"test host timed out after {BOOT_TIMEOUT} s; {result.where()}"
     return result
