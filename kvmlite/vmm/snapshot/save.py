@@ -63,7 +63,7 @@ def take_snapshot(vm: "Vm", directory: str | os.PathLike[str], *, stop: bool = F
 
 
 def _save(vm: "Vm", path: Path) -> dict[str, Any]:
-    from kvmlite.vmm.snapshot.cpustate import msrs_to_save, save_vcpu, save_vm, xsave_size
+    from kvmlite.vmm.snapshot.cpustate import msrs_to_save, save_vm, xsave_size
 
     parts = device_parts(vm.devices)
     _save_parts(parts)                     # settle: in-flight requests complete and reach the disk
@@ -76,22 +76,22 @@ def _save(vm: "Vm", path: Path) -> dict[str, Any]:
             if held_clock is not None:
                 machine["clock"]["clock"] = held_clock   # the guest's time at the pause, not now
             msrs, xsave = msrs_to_save(vm.kvm), xsave_size(vm.vm_fd)
-            vcpus = [_save_vcpu(lambda fd: save_vcpu(fd, msrs, xsave_bytes=xsave), v.fd) for v in vm.vcpus]
+            vcpus = [_save_vcpu(v.fd, msrs, xsave) for v in vm.vcpus]
             size = vm.memory.save_to(fd)
         os.fsync(fd)
     finally:
         os.close(fd)
-    from kvmlite.vmm.snapshot.files import config_to_dict
-
-    state = {"config": config_to_dict(vm.config), "memory": {"size": size}, "vm": machine,
+    state = {"config": files.config_to_dict(vm.config), "memory": {"size": size}, "vm": machine,
              "vcpus": vcpus, "devices": devices}
     files.write_state(path, state, tmp, size)
     return {"directory": str(path), "memory_bytes": size, "vcpus": len(vcpus), "devices": sorted(devices)}
 
 
-def _save_vcpu(save: Any, fd: Any) -> dict[str, Any]:
+def _save_vcpu(fd: Any, msrs: list[int], xsave: int) -> dict[str, Any]:
+    from kvmlite.vmm.snapshot.cpustate import save_vcpu
+
     try:
-        return save(fd)
+        return save_vcpu(fd, msrs, xsave_bytes=xsave)
     except StateError:
         raise
     except KvmliteError as exc:          # KvmError: an ioctl KVM refused, named
