@@ -19,13 +19,25 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kvmlite import CommandExitError, Sandbox, SandboxError
+from kvmlite import AgentConnectionError, CommandExitError, Sandbox, SandboxError
 
 BIG = 64 << 20
 
 
 def emit(name: str, **values: object) -> None:
     print("@@SDK " + json.dumps({"check": name, **values}), flush=True)
+
+
+def _last_words(sb: Sandbox, exc: BaseException) -> str:
+    """The sandbox's console tail; when the agent's stream broke (the guest
+    may have died), after the VMM's own error line if it is ending."""
+    proc = sb._proc
+    if proc is not None and isinstance(exc, AgentConnectionError):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass                              # still running: the tail as it is
+    return sb._console_tail()
 
 
 def check(name: str):  # type: ignore[no-untyped-def]
@@ -35,7 +47,7 @@ def check(name: str):  # type: ignore[no-untyped-def]
             try:
                 values = fn(*args) or {}
             except BaseException as exc:       # reported, never hidden, with the sandbox's console
-                console = args[0]._console_tail() if args and isinstance(args[0], Sandbox) else ""
+                console = _last_words(args[0], exc) if args and isinstance(args[0], Sandbox) else ""
                 emit(name, error=f"{type(exc).__name__}: {exc} [sandbox console: {console}]",
                      trace=traceback.format_exc()[-1500:])
                 return

@@ -99,6 +99,7 @@ GUEST = (f"ping -c 3 -W 5 {HOST_IP} && wget -q -O /tmp/down http://{HOST_IP}:{PO
 RUN = r'''
 vhost_run() {
     t=$1
+    rm -f "$W/release-$t"
     $KVMLITE run --name vh-$t --virtio-transport $t -n mode=tap,vhost=1 -- "$(echo "$GUEST" | sed "s/@T@/$t/")" \
         > "$W/$t.out" 2>&1 &
     k=$!
@@ -138,8 +139,8 @@ printf '%s' {shlex.quote(SERVER)} > "$W/server.py"
 SERVER=$!
 {RUN}
 section vhost-dev sh -c 'ls -l /dev/vhost-net && grep -w vhost_net /proc/modules'
-section vhost-pci vhost_run pci
-section vhost-mmio vhost_run mmio
+retried_section vhost-pci vhost_run pci
+retried_section vhost-mmio vhost_run mmio
 kill $SERVER
 """
 
