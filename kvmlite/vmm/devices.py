@@ -12,7 +12,7 @@ Legacy devices, in port order::
     0x080          POST port (ignored)
     0x2E8..0x3F8   COM4..COM1 16550 UARTs (IRQ 3/4); COM1 is the console
     0x501          kvmlite exit port: the guest's exit status
-    0x600-0x60C    ACPI PM1a event/control, PM timer, reset register (SCI 9)
+    0x600-0x611    ACPI PM1a event/control, PM timer, reset register, GPE0 (SCI 9)
     0xCF8, 0xCFC   PCI configuration mechanism #1
 
 Virtio devices (disks in ``-d`` order, then the console with ``--console
@@ -26,6 +26,7 @@ announced on the kernel command line (``virtio_mmio.device=``).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Callable
 
 from kvmlite.arch.x86 import layout
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from kvmlite.vmm.vm import Vm
 
 log = logging.getLogger(__name__)
+VMGENID_BYTES = 16            # the VM generation ID: a 128-bit GUID
 
 Sink = Callable[[bytes], None]
 
@@ -347,6 +349,7 @@ class DeviceManager:
         self._register(layout.PORT_ACPI_PM1A_CNT, 2, pm.control, "acpi-pm1a-cnt")
         self._register(layout.PORT_ACPI_PM_TMR, 4, pm.timer, "acpi-pm-tmr")
         self._register(layout.PORT_ACPI_RESET, 1, pm.reset, "acpi-reset")
+        self._register(layout.PORT_ACPI_GPE0, 2, pm.gpe0, "acpi-gpe0")
         self._register(layout.PORT_GUEST_EXIT, 1, GuestExit(self._guest_exit), "exit-port")
         self._register(layout.PORT_POST, 1, IgnoredPort("post"), "post")
         self._register(layout.PORT_IO_DELAY_ALT, 1, IgnoredPort("io-delay"), "io-delay")
@@ -381,6 +384,7 @@ class DeviceManager:
         image = build_acpi_tables(AcpiConfig(num_cpus=cpus, serial_ports=(1, 2, 3, 4), virtio_mmio=mmio))
         for addr, blob in image.blobs:
             memory.write(addr, blob)
+        memory.write(layout.VMGENID_ADDR, os.urandom(VMGENID_BYTES))
         try:
             addr, blob = build_mptable(MpTableConfig(num_cpus=cpus, pci_slots=tuple(self._pci_slots),
                                                      extra_gsis=tuple(gsi for _, gsi in self._mmio_devices)))
@@ -389,6 +393,17 @@ class DeviceManager:
         except ConfigError as exc:
             log.info("no MP table (%s); the guest must use ACPI", exc)
         return image.rsdp_addr
+
+    def new_generation(self) -> None:
+        """A new VM generation ID (a restore made this VM from a snapshot
+        that other VMs may also run from): 16 fresh random bytes at
+        ``VMGENID_ADDR`` and the GPE whose handler notifies ``\\_SB.VGEN``, so
+        a Linux guest's vmgenid driver reseeds its random number generator
+        as soon as it runs (docs/snapshot.md)."""
+        from kvmlite.arch.x86.acpi import pm
+
+        self.vm.memory.write(layout.VMGENID_ADDR, os.urandom(VMGENID_BYTES))
+        self.acpi_pm.raise_gpe(pm.GPE_VMGENID)
 
     def cmdline_fragments(self) -> list[str]:
         return list(self._cmdline) + [word for word in (self._guest_net, self._guest_shares) if word]

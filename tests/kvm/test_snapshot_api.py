@@ -94,3 +94,25 @@ def test_fork_refuses_a_writable_disk_without_one_per_clone(kvm: str, guest, tmp
             vm.fork(1)
     finally:
         vm.close()
+
+
+def test_each_restore_gets_a_new_vm_generation_id_and_raises_its_gpe(counter_vm, tmp_path: Path) -> None:
+    # Arrange
+    from kvmlite.arch.x86 import layout
+    from kvmlite.arch.x86.acpi import pm
+
+    vm, console = counter_vm
+    console.wait(1)
+    parent_id = bytes(vm.memory.view(layout.VMGENID_ADDR, 16))
+    # Act
+    clones = vm.fork(2, names=["api-g1", "api-g2"])
+    try:
+        ids = [bytes(c.memory.view(layout.VMGENID_ADDR, 16)) for c in clones]
+        gpes = [c.devices.acpi_pm.save_state()["gpe_sts"] for c in clones]
+    finally:
+        for clone in clones:
+            clone.close()
+    # Assert: 16 fresh random bytes each (the parent's stays), and the GPE whose handler notifies VGEN
+    assert parent_id != bytes(16) and len({parent_id, *ids}) == 3
+    assert all(gpe & (1 << pm.GPE_VMGENID) for gpe in gpes)
+    assert bytes(vm.memory.view(layout.VMGENID_ADDR, 16)) == parent_id

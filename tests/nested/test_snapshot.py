@@ -1,13 +1,15 @@
 """Snapshot and restore of real Linux (one test-host boot, docs/snapshot.md).
 
 Inside the nested test host, ``kvmlite run`` boots the default guest that
-mounts shares (Debian's generic kernel; ``-n mode=none``: no NIC) with its console on a FIFO; a shell loop in the
+mounts shares (Debian's generic kernel, which has the vmgenid driver;
+``-n mode=none``: no NIC) with its console on a FIFO; a shell loop in the
 guest prints ``count N`` five times a second.  ``kvmlite snapshot`` saves
 it while it counts; the original goes on; two clones are started from the
 snapshot with ``kvmlite run --restore`` and each is typed a command on its
 console.  Each clone's loop must go on from the saved count (no reboot, no
 restart of the loop), each typed command must run in its own clone only,
-and the original must keep counting.
+their /dev/urandom must differ (the VM generation ID), and the original
+must keep counting.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ wait_for() {{  # FILE TEXT SECONDS
 }}
 wait_for /tmp/run0.log {shlex.quote(READY_MARKER)} {GUEST_READY_S}
 sleep 2
+echo 'echo vmgenid-bound=$(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)' >&3
 echo {shlex.quote(LOOP)} >&3
 wait_for /tmp/run0.log 'count 10' 120
 section snapshot {kl} snapshot -n lin /tmp/snap
@@ -54,8 +57,8 @@ exec 4>/tmp/in1
 exec 5>/tmp/in2
 wait_for /tmp/run1.log 'count' 120
 wait_for /tmp/run2.log 'count' 120
-echo 'echo marker-c1-$((6*7))' >&4
-echo 'echo marker-c2-$((7*8))' >&5
+echo 'echo marker-c1-$((6*7)) rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n")' >&4
+echo 'echo marker-c2-$((7*8)) rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n")' >&5
 wait_for /tmp/run1.log 'marker-c1-42' 60
 wait_for /tmp/run2.log 'marker-c2-56' 60
 sleep 3
@@ -74,6 +77,8 @@ section run2 cat /tmp/run2.log
 
 @pytest.fixture(scope="module")
 def snap(testhost: TestHost, share_guest: DefaultGuest, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    # The share-capable default guest: Debian's generic kernel has the vmgenid
+    # driver (CONFIG_VMGENID); the cloud kernel of the plain default guest does not.
     result = testhost.run(script(share_guest), BOOT_TIMEOUT, tmp_path_factory.mktemp("snapshot"))
     assert not result.timed_out, f"test host timed out after {BOOT_TIMEOUT} s; {result.where()}"
     return result
@@ -121,6 +126,20 @@ def test_clones_run_typed_commands_each_in_its_own_guest(snap: RunResult) -> Non
     one, two = clone_output(snap, "run1"), clone_output(snap, "run2")
     assert "marker-c1-42" in one and "marker-c2-56" in two, snap.where()
     assert "marker-c2" not in one and "marker-c1" not in two, snap.where()
+
+
+RND = re.compile(r"marker-c[12]-\d+ rnd=([0-9a-f]{32})")
+
+
+@pytest.mark.nested
+def test_clones_random_numbers_differ(snap: RunResult) -> None:
+    """The guest's vmgenid driver (bound to \\_SB.VGEN) reseeds its RNG on the
+    restore's new generation ID, so two clones of one snapshot differ."""
+    bound = re.search(r"vmgenid-bound=(\d+)", snap.section("run0").output)
+    assert bound and int(bound.group(1)) >= 1, f"the guest's vmgenid driver is not bound to VGEN; {snap.where()}"
+    one, two = (RND.search(clone_output(snap, c)) for c in ("run1", "run2"))
+    assert one and two, snap.where()
+    assert one.group(1) != two.group(1), f"both clones read {one.group(1)} from /dev/urandom; {snap.where()}"
 
 
 @pytest.mark.nested

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -68,6 +69,34 @@ def test_parse_console_sections_status_and_noise() -> None:
     # Assert
     assert rc == 0
     assert sections == {"a": Section(3, "line 1\nline 2"), "b": Section(0, "")}
+
+
+def test_parse_console_end_marker_after_an_unended_line() -> None:
+    # a guest's console log cut mid-line, then the section's end marker
+    rc, sections = parse_console("@@BEGIN run0\ncount 1\ncount 90@@END run0 rc=0\n@@TESTHOST DONE rc=0\n")
+    assert rc == 0 and sections == {"run0": Section(0, "count 1\ncount 90")}
+
+
+def test_parse_console_retried_section_is_its_last_run() -> None:
+    text = ("@@BEGIN sdk\nkvmlite: error: guest triple fault on vCPU 0\n@@END sdk rc=4\n"
+            "@@RETRY sdk: an inner guest triple-faulted; running the step once more\n"
+            "@@BEGIN sdk\nfine\n@@END sdk rc=0\n")
+    assert parse_console(text)[1] == {"sdk": Section(0, "fine")}
+
+
+@pytest.mark.parametrize("crashes", [1, 2])
+def test_retried_section_runs_a_crashed_step_once_more(tmp_path: Path, crashes: int) -> None:
+    # the preamble's shell function, in the machine's sh: a step whose inner
+    # guest triple-faults on its first `crashes` runs
+    step = (f'n=$(($(cat {tmp_path}/n 2>/dev/null || echo 0) + 1)); echo $n > {tmp_path}/n; echo "run $n"; '
+            f'[ $n -gt {crashes} ] || {{ echo "kvmlite: error: guest triple fault on vCPU 0"; exit 4; }}')
+    script = (harness.SCRIPT_PREAMBLE.replace('cd "$TESTHOST_WORK" || exit 1', "")
+              + f"retried_section step sh -c {shlex.quote(step)}\n")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60).stdout
+    section = parse_console(out)[1]["step"]
+    assert out.count("@@RETRY step") == 1 and (tmp_path / "n").read_text() == "2\n"
+    assert section == (Section(0, "run 2") if crashes == 1 else
+                       Section(4, "run 2\nkvmlite: error: guest triple fault on vCPU 0"))
 
 
 def test_parse_console_no_done_marker_gives_none() -> None:

@@ -80,7 +80,9 @@ HOST_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "tun", "veth", "v
 HOST_CMDLINE = "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tsc=reliable"
 READY = "@@TESTHOST READY"
 DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)
-SECTION = re.compile(r"^@@BEGIN (\S+)\n(.*?)^@@END \1 rc=(\d+)$", re.M | re.S)
+# A section's end marker may follow output that did not end its line (a
+# guest's console log cut mid-line): it need not start a line.
+SECTION = re.compile(r"^@@BEGIN (\S+)\n(.*?)@@END \1 rc=(\d+)$", re.M | re.S)
 SCRIPT_DIR = ".testhost"
 SOFT_LOCKUP = b"watchdog: BUG: soft lockup"
 KERNEL_COMPLAINT = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|reboot: ")

@@ -51,6 +51,7 @@ EBDA_START = 0x9FC00
 MPTABLE_ADDR = EBDA_START
 VGA_HOLE_START = 0xA0000
 ACPI_START = 0xE0000               # RSDP here; Linux also scans 0xE0000..0xFFFFF
+VMGENID_ADDR = 0xFFF00             # the 16-byte VM generation ID (ACPI \_SB.VGEN.ADDR), in the reserved area
 ACPI_END = 0x100000
 BIOS_END = 0x100000
 HIGH_MEMORY_START = 0x100000       # 1 MiB: kernel load address
@@ -88,6 +89,7 @@ PORT_ACPI_PM1A_EVT = 0x600         # PM1a_EVT_BLK (4 bytes: status, enable)
 PORT_ACPI_PM1A_CNT = 0x604         # PM1a_CNT_BLK (2 bytes)
 PORT_ACPI_PM_TMR = 0x608           # PM_TMR_BLK (4 bytes)
 PORT_ACPI_RESET = 0x60C            # FADT RESET_REG (1 byte, value 0x01)
+PORT_ACPI_GPE0 = 0x610             # GPE0_BLK (2 bytes: status, enable; acpi/pm.py GPE_VMGENID = VM generation ID changed)
 ACPI_RESET_VALUE = 0x01
 PORT_GUEST_EXIT = 0x501             # kvmlite exit device: a byte written here ends the VM with that status
 PORT_PCI_IO_START = 0x1000         # I/O BAR window

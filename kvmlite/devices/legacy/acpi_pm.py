@@ -8,6 +8,7 @@ The registers the FADT points at (the contract is
     PM1a_CNT_BLK  control    layout.PORT_ACPI_PM1A_CNT       2  PM1_CNT
     PM_TMR_BLK    timer      layout.PORT_ACPI_PM_TMR         4  PM_TMR
     RESET_REG     reset      layout.PORT_ACPI_RESET          1
+    GPE0_BLK      gpe0       layout.PORT_ACPI_GPE0           2  GPE0_STS (+0), GPE0_EN (+1)
 
 * PM1_STS bits are write-1-to-clear (§4.8.3.1.1); the SCI is asserted while
   any status bit is set together with its enable bit in PM1_EN (level).
@@ -19,6 +20,11 @@ The registers the FADT points at (the contract is
   wide by default (the FADT sets TMR_VAL_EXT), 24 if asked.  TMR_STS is not
   implemented (the FADT allows it: Linux does not use the timer interrupt).
 * Writing the FADT's RESET_VALUE (0x01) to RESET_REG calls ``reset``.
+* GPE0 (§4.8.4.1): eight general-purpose events, a status byte
+  (write-1-to-clear) and an enable byte; the SCI is also asserted while
+  any GPE status bit is set with its enable bit.  The VMM raises one with
+  :meth:`AcpiPm.raise_gpe` (``pm.GPE_VMGENID``: the VM generation ID
+  changed, whose ``\\_GPE._Exx`` notifies ``\\_SB.VGEN``).
 
 Every access width is accepted: a block is handled byte by byte.
 
@@ -53,6 +59,8 @@ PM1_EVT_LEN = 4
 PM1_CNT_LEN = 2
 PM_TMR_LEN = 4
 RESET_REG_LEN = 1
+GPE0_BLK_LEN = 2           # one status byte, one enable byte: GPEs 0-7
+GPE_COUNT = 8 * GPE0_BLK_LEN // 2
 
 # §4.8.3.1.1 PM1 Status and §4.8.3.1.2 PM1 Enable registers
 STS_TMR = 1 << 0
@@ -98,11 +106,14 @@ class AcpiPm:
         self._sts = 0
         self._en = 0
         self._cnt = CNT_SCI_EN
+        self._gpe_sts = 0
+        self._gpe_en = 0
         self._sci_level = False
         self.event = PortView("acpi-pm1a-evt", PM1_EVT_LEN, self._read_event, self._write_event)
         self.control = PortView("acpi-pm1a-cnt", PM1_CNT_LEN, self._read_control, self._write_control)
         self.timer = PortView("acpi-pm-tmr", PM_TMR_LEN, self._read_timer, _ignore_write)
         self.reset = PortView("acpi-reset", RESET_REG_LEN, _read_zero, self._write_reset)
+        self.gpe0 = PortView("acpi-gpe0", GPE0_BLK_LEN, self._read_gpe0, self._write_gpe0)
 
     # --- host side (any thread) ---
 
@@ -113,17 +124,28 @@ class AcpiPm:
             self._sts |= STS_PWRBTN
             self._update_sci()
 
+    def raise_gpe(self, gpe: int) -> None:
+        r"""Set GPE ``gpe``'s status bit (§4.8.4.1): the SCI fires once the
+        guest has enabled it, and the guest runs ``\_GPE._Exx``."""
+        if not 0 <= gpe < GPE_COUNT:
+            raise ValueError(f"GPE {gpe}: the GPE0 block has GPEs 0-{GPE_COUNT - 1}")
+        with self._lock:
+            self._gpe_sts |= 1 << gpe
+            self._update_sci()
+
     # --- snapshots ---
 
     def save_state(self) -> dict:
         with self._lock:
-            return {"sts": self._sts, "en": self._en, "cnt": self._cnt, "timer": self.timer_value()}
+            return {"sts": self._sts, "en": self._en, "cnt": self._cnt, "timer": self.timer_value(),
+                    "gpe_sts": self._gpe_sts, "gpe_en": self._gpe_en}
 
     def restore_state(self, state: dict, part: str = "acpi-pm") -> None:
         """Load :meth:`save_state`'s dict; the timer counts on from the saved value."""
         r = Reader(state, part)
         sts, en = r.int("sts", 0, 0xFFFF), r.int("en", 0, 0xFFFF)
         cnt, ticks = r.int("cnt", 0, 0xFFFF), r.int("timer", 0, self._timer_mask)
+        gpe_sts, gpe_en = r.int("gpe_sts", 0, 0xFF), r.int("gpe_en", 0, 0xFF)
         if sts & ~STS_DEFINED:
             raise StateError(f"{part}: sts={sts:#x} has bits PM1_STS does not have")
         if en & ~EN_WRITABLE:
@@ -134,8 +156,9 @@ class AcpiPm:
         elapsed_ns = -(-ticks * 1_000_000_000 // PM_TIMER_HZ)
         with self._lock:
             self._sts, self._en, self._cnt = sts, en, cnt | CNT_SCI_EN
+            self._gpe_sts, self._gpe_en = gpe_sts, gpe_en
             self._epoch_ns = self._clock_ns() - elapsed_ns
-            self._sci_level = bool(self._sts & self._en & SCI_SOURCES)
+            self._sci_level = self._sci_pending()
             self._sci.set_level(self._sci_level)     # a fresh line: drive it either way
 
     # --- PM1a_EVT: PM1_STS at 0-1, PM1_EN at 2-3 ---
@@ -151,8 +174,24 @@ class AcpiPm:
             self._en = en & EN_WRITABLE
             self._update_sci()
 
+    # --- GPE0_BLK ---
+
+    def _read_gpe0(self, offset: int, data: memoryview) -> None:
+        with self._lock:
+            _read_bytes(bytes([self._gpe_sts, self._gpe_en]), offset, data)
+
+    def _write_gpe0(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            clear, en = _merge(offset, data, 0, 0), _merge(offset, data, 1, self._gpe_en)
+            self._gpe_sts &= ~clear & 0xFF
+            self._gpe_en = en & 0xFF
+            self._update_sci()
+
+    def _sci_pending(self) -> bool:
+        return bool(self._sts & self._en & SCI_SOURCES) or bool(self._gpe_sts & self._gpe_en)
+
     def _update_sci(self) -> None:
-        level = bool(self._sts & self._en & SCI_SOURCES)
+        level = self._sci_pending()
         if level != self._sci_level:
             self._sci_level = level
             self._sci.set_level(level)

@@ -107,6 +107,7 @@ def apply(vm: "Vm", snapshot: LoadedSnapshot) -> None:
     for vcpu, saved in zip(vm.vcpus, vcpus):
         restore_vcpu(vcpu.fd, saved, xsave_bytes=xsave)
     _restore_parts(device_parts(vm.devices), state["devices"])
+    vm.devices.new_generation()     # the guest reseeds its RNG: clones must not share random numbers
 
 
 def _restore_parts(parts: list[tuple[str, Any]], saved: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ BUFFER_OP = 0x11
 PACKAGE_OP = 0x12
 METHOD_OP = 0x14
 RETURN_OP = 0xA4
+NOTIFY_OP = 0x86
 EXT_OP_PREFIX = 0x5B
 DEVICE_OP = 0x82                   # after EXT_OP_PREFIX
 # §20.2.2 name objects encoding
@@ -190,6 +191,11 @@ def method(path: str, args: int, terms: Sequence[bytes], serialized: bool = Fals
     flags = args | (int(serialized) << 3) | (sync_level << 4)
     body = name_string(path) + bytes([flags]) + b"".join(terms)
     return _package_op(bytes([METHOD_OP]), body)
+
+
+def notify(path: str, value: int) -> bytes:
+    """Notify (§19.6.92, §20.2.5.3 DefNotify): NotifyOp NotifyObject NotifyValue."""
+    return bytes([NOTIFY_OP]) + name_string(path) + integer(value)
 
 
 def return_(value: Data) -> bytes:

@@ -7,6 +7,8 @@ the AML namespace the guest's interpreter loads.
     \\_SB.COMn   16550 UARTs (PNP0501)
     \\_SB.KBD_   the i8042 keyboard controller (PNP0303)
     \\_SB.VRxx   virtio-mmio transports (LNRO0005)
+    \\_SB.VGEN   the VM generation ID (_CID VM_GEN_COUNTER; ADDR gives its address)
+    \\_GPE._E07  GPE 7 (pm.GPE_VMGENID): the generation ID changed (a restore): Notify(VGEN, 0x80)
 
 With ACPI enabled Linux finds PCI only through a PNP0A03 root bridge here.
 """
@@ -26,6 +28,8 @@ PCI_ADR_ANY_FUNCTION = 0xFFFF      # §6.1.1 _ADR low word: all functions
 UART_PORTS = 8
 I8042_PORTS = 1
 VIRTIO_MMIO_HID = "LNRO0005"       # Linux drivers/virtio/virtio_mmio.c ACPI id
+VMGENID_HID = "KVML0001"           # kvmlite's own id (vendor prefix + 4 hex digits); Linux matches the _CID
+VMGENID_CID = "VM_GEN_COUNTER"     # drivers/virt/vmgenid.c
 
 
 def dsdt(config: AcpiConfig) -> bytes:
@@ -35,7 +39,8 @@ def dsdt(config: AcpiConfig) -> bytes:
     if config.i8042:
         devices.append(keyboard())
     devices += [virtio_mmio(i, dev) for i, dev in enumerate(config.virtio_mmio)]
-    body = sleep_state_s5() + aml.scope("\\_SB", devices)
+    devices.append(vm_generation_id())
+    body = sleep_state_s5() + aml.scope("\\_SB", devices) + gpe_handlers()
     return sdt(b"DSDT", DSDT_REVISION, body)
 
 
@@ -113,6 +118,26 @@ def keyboard() -> bytes:
             res.irq_no_flags([layout.IRQ_KEYBOARD]),
         ])),
     ])
+
+
+def vm_generation_id() -> bytes:
+    """VGEN: the VM generation ID device, as Linux's drivers/virt/vmgenid.c
+    finds it (by _CID VM_GEN_COUNTER): ADDR returns the 16-byte ID's guest
+    physical address as Package {low 32 bits, high 32 bits}; on Notify 0x80
+    the driver reads the ID again and, since it changed, reseeds the
+    kernel's random number generator (add_vmfork_randomness)."""
+    addr = layout.VMGENID_ADDR
+    return aml.device("VGEN", [
+        aml.name("_HID", VMGENID_HID),
+        aml.name("_CID", VMGENID_CID),
+        aml.name("_DDN", "VM_Gen_Counter"),
+        aml.method("ADDR", 0, [aml.return_(aml.package([addr & 0xFFFF_FFFF, addr >> 32]))]),
+    ])
+
+
+def gpe_handlers() -> bytes:
+    """\\_GPE._Exx (§5.6.4.1): the edge-triggered GPE ``pm.GPE_VMGENID`` notifies VGEN."""
+    return aml.scope("\\_GPE", [aml.method(f"_E{pm.GPE_VMGENID:02X}", 0, [aml.notify("\\_SB.VGEN", 0x80)])])
 
 
 def virtio_mmio(index: int, dev: VirtioMmioDevice) -> bytes:

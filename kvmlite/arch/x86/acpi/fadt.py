@@ -79,8 +79,8 @@ def _legacy_part(facs_addr: int, dsdt_addr: int, i8042: bool) -> bytes:
         facs_addr, dsdt_addr, 0, PM_PROFILE_UNSPECIFIED, layout.IRQ_ACPI_SCI,
         0, 0, 0, 0, 0,                 # SMI_CMD=0 (always ACPI mode), no S4BIOS, no P-states
         layout.PORT_ACPI_PM1A_EVT, 0, layout.PORT_ACPI_PM1A_CNT, 0, 0,
-        layout.PORT_ACPI_PM_TMR, 0, 0,  # no PM1b, PM2 or GPE blocks
-        pm.PM1_EVT_LEN, pm.PM1_CNT_LEN, 0, pm.PM_TMR_LEN, 0, 0, 0, 0,
+        layout.PORT_ACPI_PM_TMR, layout.PORT_ACPI_GPE0, 0,  # no PM1b, PM2 or GPE1 blocks
+        pm.PM1_EVT_LEN, pm.PM1_CNT_LEN, 0, pm.PM_TMR_LEN, pm.GPE0_BLK_LEN, 0, 0, 0,
         P_LVL2_LAT_NONE, P_LVL3_LAT_NONE, 0, 0,   # no cache flush via FLUSH_SIZE
         0, 0, 0, 0, 0,                 # duty cycle, no RTC alarm/century registers
         _boot_arch(i8042), 0, FADT_FLAGS,
@@ -97,6 +97,7 @@ def _extended_part(facs_addr: int, dsdt_addr: int) -> bytes:
         gas(GAS_SYSTEM_IO, pm.PM1_CNT_LEN, ACCESS_WORD, layout.PORT_ACPI_PM1A_CNT), none,
         none,
         gas(GAS_SYSTEM_IO, pm.PM_TMR_LEN, ACCESS_DWORD, layout.PORT_ACPI_PM_TMR),
-        none, none, none, none,        # GPE0/1, SLEEP_CONTROL/STATUS (HW-reduced only)
+        gas(GAS_SYSTEM_IO, pm.GPE0_BLK_LEN, ACCESS_BYTE, layout.PORT_ACPI_GPE0),
+        none, none, none,              # GPE1, SLEEP_CONTROL/STATUS (HW-reduced only)
         bytes(8),                      # Hypervisor Vendor Identity: none
     )

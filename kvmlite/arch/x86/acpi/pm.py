@@ -8,6 +8,8 @@ Ports (from :mod:`kvmlite.arch.x86.layout`)::
     PORT_ACPI_PM1A_CNT       PM1a_CNT  16 bits
     PORT_ACPI_PM_TMR         PM_TMR    32 bits, read-only, 3.579545 MHz
     PORT_ACPI_RESET          RESET_REG  8 bits, writing ACPI_RESET_VALUE resets
+    PORT_ACPI_GPE0 + 0       GPE0_STS   8 bits, write-1-to-clear (GPEs 0-7)
+    PORT_ACPI_GPE0 + 1       GPE0_EN    8 bits, read/write
 
 What the device must do:
 
@@ -55,6 +57,8 @@ PM1_EVT_LEN = 4
 PM1_CNT_LEN = 2
 PM_TMR_LEN = 4
 RESET_REG_LEN = 1
+GPE0_BLK_LEN = 2           # §4.8.4.1: status half, enable half
+GPE_VMGENID = 7            # \_GPE._E07: Notify(\_SB.VGEN, 0x80) (acpiexec's own tests claim GPE 0)
 
 
 def slp_typ(pm1_cnt: int) -> int:

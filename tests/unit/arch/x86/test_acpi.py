@@ -125,20 +125,21 @@ def test_fadt_pm_blocks_match_layout_ports(tables: dict[str, tuple[int, bytes]])
     sci = struct.unpack_from("<H", fadt, 46)[0]
     smi_cmd = struct.unpack_from("<I", fadt, 48)[0]
     pm1a_evt, pm1b_evt, pm1a_cnt, _, pm2, tmr, gpe0, gpe1 = struct.unpack_from("<8I", fadt, 56)
-    evt_len, cnt_len, pm2_len, tmr_len = struct.unpack_from("<4B", fadt, 88)
+    evt_len, cnt_len, pm2_len, tmr_len, gpe0_len, gpe1_len = struct.unpack_from("<6B", fadt, 88)
     # Assert
     assert (fadt[8], len(fadt), fadt[131]) == (6, 276, 3)
     assert sci == layout.IRQ_ACPI_SCI and smi_cmd == 0
     assert (pm1a_evt, pm1a_cnt, tmr) == (layout.PORT_ACPI_PM1A_EVT, layout.PORT_ACPI_PM1A_CNT,
                                          layout.PORT_ACPI_PM_TMR)
-    assert (pm1b_evt, pm2, gpe0, gpe1) == (0, 0, 0, 0)
-    assert (evt_len, cnt_len, pm2_len, tmr_len) == (4, 2, 0, 4)
+    assert (pm1b_evt, pm2, gpe0, gpe1) == (0, 0, layout.PORT_ACPI_GPE0, 0)
+    assert (evt_len, cnt_len, pm2_len, tmr_len, gpe0_len, gpe1_len) == (4, 2, 0, 4, 2, 0)
 
 
 @pytest.mark.parametrize("offset, port, bits", [
     (148, layout.PORT_ACPI_PM1A_EVT, 32),
     (172, layout.PORT_ACPI_PM1A_CNT, 16),
     (208, layout.PORT_ACPI_PM_TMR, 32),
+    (220, layout.PORT_ACPI_GPE0, 16),
 ])
 def test_fadt_x_blocks_are_system_io_generic_addresses(tables: dict[str, tuple[int, bytes]],
                                                        offset: int, port: int, bits: int) -> None:
@@ -412,3 +413,19 @@ def test_pm_is_poweroff_only_for_slp_en_with_s5_type() -> None:
     assert pm.is_poweroff(s5 | pm.PM1_CNT_SLP_EN | pm.PM1_CNT_SCI_EN)
     assert not pm.is_poweroff(s5)                                   # SLP_EN not set yet
     assert not pm.is_poweroff((1 << pm.PM1_CNT_SLP_TYP_SHIFT) | pm.PM1_CNT_SLP_EN)
+
+
+def test_acpiexec_vm_generation_id_device_and_gpe_handler(tmp_path: Path,
+                                                          tables: dict[str, tuple[int, bytes]]) -> None:
+    # Arrange
+    blobs = {sig: tables[sig][1] for sig in ("FACP", "DSDT", "APIC")}
+    # Act: what Linux's vmgenid driver evaluates, and the GPE method the SCI runs
+    out = acpiexec(tmp_path, blobs, ["evaluate \\_SB.VGEN._CID", "evaluate \\_SB.VGEN.ADDR",
+                                     f"evaluate \\_GPE._E{pm.GPE_VMGENID:02X}"])
+    # Assert
+    assert "ACPI Error" not in out and "ACPI Warning" not in out
+    assert "VM_GEN_COUNTER" in out
+    addr = out[out.index("Evaluation of \\_SB.VGEN.ADDR"):]
+    assert re.findall(r"\[Integer\] = (\w+)", addr)[:2] == [f"{layout.VMGENID_ADDR:016X}", "0" * 16]
+    assert "ACPI: Enabled 1 GPEs in block 00 to 07" in out          # ACPICA enables the GPE that has a method
+    assert "Received a Device Notify on [VGEN]" in out and "Value 0x80" in out, out[-800:]

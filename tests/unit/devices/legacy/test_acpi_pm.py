@@ -19,6 +19,7 @@ STS, EN = EVT, EVT + 2
 CNT = layout.PORT_ACPI_PM1A_CNT
 TMR = layout.PORT_ACPI_PM_TMR
 RESET = layout.PORT_ACPI_RESET
+GPE_STS, GPE_EN = layout.PORT_ACPI_GPE0, layout.PORT_ACPI_GPE0 + 1
 
 
 class Rig:
@@ -31,7 +32,7 @@ class Rig:
                          clock_ns=lambda: self.ns, **kwargs)
         self.io = PortIo()
         for base, block in ((EVT, self.pm.event), (CNT, self.pm.control),
-                            (TMR, self.pm.timer), (RESET, self.pm.reset)):
+                            (TMR, self.pm.timer), (RESET, self.pm.reset), (GPE_STS, self.pm.gpe0)):
             self.io.bus.register(base, block.length, block, block.name)
 
     def _poweroff(self) -> None:
@@ -234,3 +235,42 @@ def test_acpi_pm_matches_the_fadt_contract() -> None:
     assert (pm.SLP_TYP_S5, pm.PM_TIMER_HZ, pm.STS_PWRBTN, pm.CNT_SLP_EN) == (
         contract.SLP_TYP_S5, contract.PM_TIMER_HZ, contract.PM1_STS_PWRBTN, contract.PM1_CNT_SLP_EN)
     assert contract.is_poweroff(pm.SLP_TYP_S5 << pm.CNT_SLP_TYP_SHIFT | pm.CNT_SLP_EN)
+
+
+# --- GPE0 block ---
+
+def test_acpi_pm_gpe_raises_sci_once_enabled_and_clears_by_writing_one() -> None:
+    # Arrange
+    rig = Rig()
+    # Act: the VMM raises GPE 7 before the guest enables it, then the guest enables it
+    rig.pm.raise_gpe(7)
+    before_enable = rig.sci.level
+    rig.io.outb(GPE_EN, 1 << 7)
+    raised = rig.sci.level
+    rig.io.outb(GPE_STS, 1 << 7)          # the guest's handler acknowledges it
+    # Assert
+    assert before_enable is False and raised is True
+    assert rig.sci.level is False and rig.io.inb(GPE_STS) == 0 and rig.io.inb(GPE_EN) == 1 << 7
+
+
+def test_acpi_pm_gpe_word_access_reads_status_and_enable() -> None:
+    rig = Rig()
+    rig.io.outb(GPE_EN, 0x81)
+    rig.pm.raise_gpe(0)
+    assert rig.io.inw(GPE_STS) == 0x8101
+    rig.io.outw(GPE_STS, 0x0001)          # clears status bit 0, and writes enable = 0
+    assert rig.io.inw(GPE_STS) == 0x0000 and rig.sci.level is False
+
+
+def test_acpi_pm_gpe_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="GPEs 0-7"):
+        Rig().pm.raise_gpe(8)
+
+
+def test_acpi_pm_gpe_state_round_trips_and_drives_sci() -> None:
+    rig = Rig()
+    rig.io.outb(GPE_EN, 1 << 7)
+    rig.pm.raise_gpe(7)
+    fresh = Rig()
+    fresh.pm.restore_state(rig.pm.save_state())
+    assert fresh.io.inw(GPE_STS) == (1 << 15) | (1 << 7) and fresh.sci.level is True
