@@ -25,10 +25,10 @@ def _script() -> str:
     cache_home = shlex.quote(str(cache_dir().parent))
     return f"""
 export XDG_CACHE_HOME={cache_home}
-section shell $INTERACT --expect "# " --send 'echo PROMPT-$((40+2)); uname -r' --expect PROMPT-42 --send 'exit 6' -- \\
+retried_section shell $INTERACT --expect "# " --send 'echo PROMPT-$((40+2)); uname -r' --expect PROMPT-42 --send 'exit 6' -- \\
     $KVMLITE run
-section command kvmlite run -- 'echo from-the-guest; exit 17'
-section argv kvmlite run -- sh -c 'echo "two words"; exit 0'
+retried_section command kvmlite run -- 'echo from-the-guest; exit 17'
+retried_section argv kvmlite run -- sh -c 'echo "two words"; exit 0'
 """
 
 

@@ -19,13 +19,13 @@ pytestmark = pytest.mark.nested
 TIMEOUT = 1200
 
 SCRIPT = r"""
-section smp kvmlite run -k "$KERNEL" -i "$INITRD" -c 2 -m 512 -p "quiet kvmlite.probe=xyzzy" -- \
+retried_section smp kvmlite run -k "$KERNEL" -i "$INITRD" -c 2 -m 512 -p "quiet kvmlite.probe=xyzzy" -- \
     'echo LINUX-MARK; echo cpus=$(grep -c ^processor /proc/cpuinfo); grep MemTotal /proc/meminfo; echo cmdline=$(cat /proc/cmdline); exit 5'
-section one-cpu kvmlite run -k "$KERNEL" -i "$INITRD" -c 1 -m 256 -p quiet -- \
+retried_section one-cpu kvmlite run -k "$KERNEL" -i "$INITRD" -c 1 -m 256 -p quiet -- \
     'echo cpus=$(grep -c ^processor /proc/cpuinfo); grep MemTotal /proc/meminfo'
-section poweroff kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -- 'echo going down; poweroff -f'
+retried_section poweroff kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -- 'echo going down; poweroff -f'
 section reboot kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -- 'reboot -f'
-section flush kvmlite run -k "$KERNEL" -i "$INITRD" -c 2 -p quiet -- \
+retried_section flush kvmlite run -k "$KERNEL" -i "$INITRD" -c 2 -p quiet -- \
     'for i in $(seq 1 20); do echo flush-line-$i-................................................................; done; exit 7'
 """
 

@@ -32,8 +32,8 @@ def _script() -> str:
     return f"""
 export XDG_CACHE_HOME={shlex.quote(str(cache_dir().parent))}
 mkdir -p "$TESTHOST_WORK/project" && cd "$TESTHOST_WORK/project"
-section python {sandbox} python3 -c 'print(6*7)'
-section probe {sandbox} sh -c {shlex.quote(PROBE)}
+retried_section python {sandbox} python3 -c 'print(6*7)'
+retried_section probe {sandbox} sh -c {shlex.quote(PROBE)}
 section after sh -c 'cat made-here.txt; ls /usr/kvmlite-sandbox-probe 2>&1 || true'
 """
 

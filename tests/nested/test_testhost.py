@@ -79,7 +79,7 @@ def test_parse_console_end_marker_after_an_unended_line() -> None:
 
 def test_parse_console_retried_section_is_its_last_run() -> None:
     text = ("@@BEGIN sdk\nkvmlite: error: guest triple fault on vCPU 0\n@@END sdk rc=4\n"
-            "@@RETRY sdk: an inner guest triple-faulted; running the step once more\n"
+            "@@RETRY sdk: an inner guest crashed or froze; running the step once more\n"
             "@@BEGIN sdk\nfine\n@@END sdk rc=0\n")
     assert parse_console(text)[1] == {"sdk": Section(0, "fine")}
 

@@ -35,12 +35,12 @@ RELOAD = ("d=$(basename $(dirname $(readlink -f /sys/block/vda/device))); echo d
 def _script(work: Path) -> str:
     pci, mmio, ro = (work / n for n in ("pci.img", "mmio.img", "ro.img"))
     return f"""
-section pci kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {pci} --rng -- '{WRITE.format(t="pci")}'
-section reload kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {pci} -- '{RELOAD}'
-section mmio kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {mmio} --rng --virtio-transport mmio -- '{WRITE.format(t="mmio")}'
-section ro kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {ro},ro -- \\
+retried_section pci kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {pci} --rng -- '{WRITE.format(t="pci")}'
+retried_section reload kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {pci} -- '{RELOAD}'
+retried_section mmio kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {mmio} --rng --virtio-transport mmio -- '{WRITE.format(t="mmio")}'
+retried_section ro kvmlite run -k "$KERNEL" -i "$INITRD" -p quiet -d {ro},ro -- \\
     'cat /sys/block/vda/ro; mount /dev/vda /mnt; echo x > /mnt/new.txt && echo WROTE || echo REFUSED; dd if=/dev/zero of=/dev/vda bs=4k count=1 2>/dev/null && echo RAW-WROTE || echo RAW-REFUSED'
-section hvc $INTERACT --expect "# " --send 'echo HVC-$((6*7))' --expect HVC-42 --send 'exit 9' -- \
+retried_section hvc $INTERACT --expect "# " --send 'echo HVC-$((6*7))' --expect HVC-42 --send 'exit 9' -- \
     $KVMLITE run -k "$KERNEL" -i "$INITRD" -p quiet --console virtio
 """
 

@@ -179,7 +179,8 @@ section() {
     echo "@@END $_name rc=$_rc"
 }
 # section, run once more when its output shows an inner guest's triple
-# fault: the emulated test host's known instability (BENCHMARKS.md, "Nested
+# fault or a sandbox whose agent never answered (a guest frozen at boot):
+# the emulated test host's known instability (BENCHMARKS.md, "Nested
 # instability").  Only for self-contained steps; the result is the last run.
 retried_section() {
     _name=$1
@@ -189,8 +190,9 @@ retried_section() {
         { "$@" 2>&1 </dev/null; echo $? > /tmp/.section-rc; } | tee /tmp/.section-out
         _rc=$(cat /tmp/.section-rc)
         echo "@@END $_name rc=$_rc"
-        [ $_try = 1 ] && grep -q "guest triple fault" /tmp/.section-out || break
-        echo "@@RETRY $_name: an inner guest triple-faulted; running the step once more"
+        [ $_try = 1 ] && grep -q -e "guest triple fault" -e "no answer from its agent within" /tmp/.section-out \
+            || break
+        echo "@@RETRY $_name: an inner guest crashed or froze; running the step once more"
     done
 }
 cd "$TESTHOST_WORK" || exit 1
