@@ -37,6 +37,10 @@ Exit codes do not cross the test host's power-off, so everything comes
 back on the console: ``section NAME cmd...`` in a script prints
 ``@@BEGIN NAME``, the output, ``@@END NAME rc=N``; the init prints
 ``@@TESTHOST READY`` before and ``@@TESTHOST DONE rc=N`` after the script.
+``retried_section NAME cmd...`` is the same for a self-contained step that
+may run twice: when its output shows an inner guest's triple fault or a
+sandbox whose agent never answered (the emulator's instability), it runs
+once more after an ``@@RETRY NAME`` line, and the last run counts.
 
 By hand::
 
