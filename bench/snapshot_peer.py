@@ -248,17 +248,17 @@ def sdk(rounds: int) -> None:
         cold = []
         for _ in range(rounds):
             start = time.monotonic()
-            with Sandbox.create(timeout=600, memory_mb=256, snapshot_cache=False) as sb:
+            with Sandbox.create(timeout=600, snapshot_cache=False) as sb:
                 sb.commands.run("true")
                 cold.append(time.monotonic() - start)
             step(f"the SDK: cold create {len(cold)}: {cold[-1]:.1f} s")
-        with Sandbox.create(timeout=600, memory_mb=256) as sb:      # a cold boot that saves the snapshot
+        with Sandbox.create(timeout=600) as sb:      # a cold boot that saves the snapshot
             assert sb.restored_from is None and sb.snapshot_note is None, sb.snapshot_note
         step("the SDK: start-up snapshot saved")
         warm = []
         for _ in range(rounds):
             start = time.monotonic()
-            with Sandbox.create(timeout=600, memory_mb=256) as sb:
+            with Sandbox.create(timeout=600) as sb:
                 sb.commands.run("true")
                 warm.append(time.monotonic() - start)
                 assert sb.restored_from is not None, f"not started from the snapshot: {sb.snapshot_note}"
