@@ -22,10 +22,9 @@ import pytest
 from kvmlite.paths import cache_dir
 
 from .linux import hardware_kvm, run_linux_script
-from .testhost import REPO, RunResult, TestHost
+from .testhost import GUEST_CRASH as ENVIRONMENT_CRASH, REPO, RunResult, TestHost
 
 TIMEOUT = 1800
-ENVIRONMENT_CRASH = "guest triple fault"
 
 
 def probe_script(probe: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 from kvmlite.guest.initscript import READY_MARKER
 from kvmlite.guest.setup import DefaultGuest
 
-from .testhost import REPO, RunResult, TestHost
+from .testhost import GUEST_CRASH as ENVIRONMENT_CRASH, REPO, RunResult, TestHost
 
 BOOT_TIMEOUT = 1500          # TCG: the test host, then Linux under kvmlite inside it, three times
 GUEST_READY_S = 300
@@ -88,7 +88,6 @@ def snap(testhost: TestHost, share_guest: DefaultGuest, tmp_path_factory: pytest
 # guest with a triple fault (BENCHMARKS.md, "Nested instability"); seen once
 # here in a clone whose twin, restored from the same snapshot, ran on.  Such
 # a clone is an expected failure naming the VMM's line; anything else fails.
-ENVIRONMENT_CRASH = "guest triple fault"
 
 
 def clone_output(snap: RunResult, clone: str) -> str:

@@ -173,6 +173,13 @@ poweroff -f
 sleep 60
 """.replace("__STAGE_DIR__", STAGE_DIR)
 
+# What an inner guest's crash or freeze looks like in a step's output (the
+# VMM's line; the SDK's when a sandbox's agent never came up): the steps
+# retried_section reruns, and the checks that turn a second one into an
+# expected failure.
+GUEST_CRASH = "guest triple fault"
+AGENT_SILENT = "no answer from its agent within"
+
 SCRIPT_PREAMBLE = r"""# preamble written by tests/nested/testhost.py
 section() {
     _name=$1
@@ -194,13 +201,13 @@ retried_section() {
         { "$@" 2>&1 </dev/null; echo $? > /tmp/.section-rc; } | tee /tmp/.section-out
         _rc=$(cat /tmp/.section-rc)
         echo "@@END $_name rc=$_rc"
-        [ $_try = 1 ] && grep -q -e "guest triple fault" -e "no answer from its agent within" /tmp/.section-out \
+        [ $_try = 1 ] && grep -q -e "__GUEST_CRASH__" -e "__AGENT_SILENT__" /tmp/.section-out \
             || break
         echo "@@RETRY $_name: an inner guest crashed or froze; running the step once more"
     done
 }
 cd "$TESTHOST_WORK" || exit 1
-"""
+""".replace("__GUEST_CRASH__", GUEST_CRASH).replace("__AGENT_SILENT__", AGENT_SILENT)
 
 
 class TestHostUnavailable(Exception):
