@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 from kvmlite.arch.x86 import layout
 from kvmlite.arch.x86.acpi import AcpiConfig, VirtioMmioDevice, build_acpi_tables
+from kvmlite.arch.x86.acpi.pm import GPE_VMGENID
 from kvmlite.arch.x86.mptable import MpTableConfig, build_mptable
 from kvmlite.errors import ConfigError
 from kvmlite.base.eventloop import EventLoop
@@ -400,10 +401,8 @@ class DeviceManager:
         ``VMGENID_ADDR`` and the GPE whose handler notifies ``\\_SB.VGEN``, so
         a Linux guest's vmgenid driver reseeds its random number generator
         as soon as it runs (docs/snapshot.md)."""
-        from kvmlite.arch.x86.acpi import pm
-
         self.vm.memory.write(layout.VMGENID_ADDR, os.urandom(VMGENID_BYTES))
-        self.acpi_pm.raise_gpe(pm.GPE_VMGENID)
+        self.acpi_pm.raise_gpe(GPE_VMGENID)
 
     def cmdline_fragments(self) -> list[str]:
         return list(self._cmdline) + [word for word in (self._guest_net, self._guest_shares) if word]
