@@ -40,12 +40,18 @@ def _last_words(sb: Sandbox, exc: BaseException) -> str:
     return sb._console_tail()
 
 
-def check(name: str):  # type: ignore[no-untyped-def]
+def check(name: str, ends_sandbox: bool = False):  # type: ignore[no-untyped-def]
+    """A check's record, or its error with the sandbox's console.  Unless
+    the check ``ends_sandbox`` on purpose, a sandbox (the first argument)
+    that is no longer running afterwards is an error too: its guest died
+    during the check, and the console says why."""
     def wrap(fn):  # type: ignore[no-untyped-def]
         def run(*args):  # type: ignore[no-untyped-def]
             start = time.monotonic()
             try:
                 values = fn(*args) or {}
+                if not ends_sandbox and args and isinstance(args[0], Sandbox) and not args[0].is_running():
+                    raise SandboxError(f"the sandbox ended during the check (it reported {values})")
             except BaseException as exc:       # reported, never hidden, with the sandbox's console
                 console = _last_words(args[0], exc) if args and isinstance(args[0], Sandbox) else ""
                 emit(name, error=f"{type(exc).__name__}: {exc} [sandbox console: {console}]",
@@ -165,7 +171,7 @@ def kvmlite_exec(sb: Sandbox) -> dict:
     return {"rc": ok.returncode, "stdout": ok.stdout, "stderr": ok.stderr}
 
 
-@check("kill_pending")
+@check("kill_pending", ends_sandbox=True)
 def kill_makes_pending_call_raise(sb: Sandbox) -> dict:
     outcome: dict = {}
 
@@ -187,7 +193,7 @@ def kill_makes_pending_call_raise(sb: Sandbox) -> dict:
             "raise_after_kill": round(time.monotonic() - killed_at, 2), "running": sb.is_running()}
 
 
-@check("deadline")
+@check("deadline", ends_sandbox=True)
 def own_deadline(sb: Sandbox) -> dict:
     outcome: dict = {}
 

@@ -56,7 +56,7 @@ def fork(a: Sandbox) -> dict:
             clone.kill()
 
 
-@check("pause")
+@check("pause", ends_sandbox=True)
 def pause_connect(a: Sandbox) -> dict:
     a.files.write(f"{HOME}/before-pause", "kept")
     handle = a.commands.run("sleep 1000", background=True)
