@@ -25,7 +25,7 @@ from .errors import (AgentConnectionError, ProcessNotFoundError, SandboxFileNotF
                      SandboxNotADirectoryError, VersionMismatchError)
 from .handle import CommandHandle, CommandOutput, OutputCallback, checked, follow
 from .protocol import (ATTACH, ATTACHED, CHUNK_SIZE, END, ENTRIES, ENTRY, FILE, HELLO, LIST,
-                       MADE, MKDIR, OK, PROCESSES, PS, READ, REMOVE, RENAME, RUN, SIGNAL,
+                       MADE, MKDIR, OK, PROCESSES, PS, READ, REMOVE, RENAME, RESTORED, RUN, SIGNAL,
                        STARTED, STAT, STDIN, VERSION, VERSION_MISMATCH, WRITE, FrameType,
                        encode_frame, encode_message)
 from .results import AgentInfo, CommandResult, EntryInfo, ProcessInfo
@@ -309,6 +309,14 @@ class AgentClient:
     def make_dir(self, path: str) -> bool:
         """Make a directory and its parents; False if it existed already."""
         return bool(self._call({"type": MKDIR, "path": path}, MADE)["created"])
+
+    # --- system ----------------------------------------------------------------------
+
+    def restored(self, now: float, seed: bytes) -> None:
+        """Tell the agent its VM was just restored: it adds ``seed`` (host
+        randomness) to the guest's pool, reseeds the generator and sets the
+        wall clock to ``now`` (Unix time).  Needs an agent running as root."""
+        self._call({"type": RESTORED, "time": now, "seed": seed.hex()}, OK)
 
 
 class FileStream:

@@ -81,7 +81,8 @@ LIST = "list"
 REMOVE = "remove"
 RENAME = "rename"
 MKDIR = "mkdir"
-REQUESTS = (RUN, ATTACH, SIGNAL, STDIN, PS, READ, WRITE, STAT, LIST, REMOVE, RENAME, MKDIR)
+RESTORED = "restored"
+REQUESTS = (RUN, ATTACH, SIGNAL, STDIN, PS, READ, WRITE, STAT, LIST, REMOVE, RENAME, MKDIR, RESTORED)
 
 # Replies (agent to client).
 ERROR = "error"

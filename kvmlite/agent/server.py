@@ -28,6 +28,7 @@ from .config import AgentConfig
 from .errors import AgentConnectionError, ProtocolError, VersionMismatchError
 from .ops_files import FileOps
 from .ops_process import ProcessOps
+from .ops_system import SystemOps
 from .processes import ProcessTable
 from .protocol import (BAD_MESSAGE, BUSY, HELLO, INTERNAL, SUPPORTED_VERSIONS,
                        UNKNOWN_REQUEST, VERSION, VERSION_MISMATCH, clamp_keepalive,
@@ -55,7 +56,8 @@ class Agent:
         self.processes = ProcessTable(self.config.keep_exited)
         self._handlers: dict[str, Callable[[Stream, dict[str, Any]], None]] = {
             **ProcessOps(self.processes, self.config).handlers(),
-            **FileOps(self.config).handlers()}
+            **FileOps(self.config).handlers(),
+            **SystemOps().handlers()}
         self._lock = threading.Lock()
         self._streams: set[Stream] = set()
         self._listeners: list[socket.socket] = []

@@ -189,13 +189,10 @@ class Sandbox:
     def _after_restore(self) -> None:
         """What a restored guest needs and the snapshot cannot give: its wall
         clock set to now (it went on from the instant it was saved), and its
-        random number generator reseeded with fresh host randomness
-        (RNDADDENTROPY, RNDRESEEDCRNG), so sandboxes started from one
-        snapshot do not share random numbers.  Run by the agent as root."""
-        from kvmlite.cli.cmd_sandbox import guest_python
-
-        seed = os.urandom(64).hex()
-        self.commands.run([guest_python(), "-c", _RESEED, seed, f"{time.time():.6f}"], user=0, timeout=30)
+        random number generator reseeded with fresh host randomness, so
+        sandboxes started from one snapshot do not share random numbers.
+        The agent (root) does both in its own process: ``restored``."""
+        self._agent.restored(time.time(), os.urandom(64))
 
     def _wait_ready(self, boot_timeout: float) -> None:
         deadline = time.monotonic() + boot_timeout
@@ -387,17 +384,6 @@ def _info(name: str, info: dict[str, Any]) -> SandboxInfo:
                        end_at=info.get("end_at"),
                        metadata={k: v for k, v in labels.items() if not k.startswith("kvmlite.")},
                        cpu_count=int(info.get("vcpus", 0)), memory_mb=int(info.get("memory_mib", 0)))
-
-
-# Run in the guest by the agent, as root, after a restore: argv[1] is fresh
-# randomness (hex), argv[2] the host's time.  RNDADDENTROPY = _IOW('R', 3,
-# int[2]) and RNDRESEEDCRNG = _IO('R', 7) (linux/random.h).
-_RESEED = ("import fcntl, os, struct, sys, time\n"
-           "seed = bytes.fromhex(sys.argv[1])\n"
-           "fd = os.open('/dev/urandom', os.O_WRONLY)\n"
-           "fcntl.ioctl(fd, 0x40085203, struct.pack('ii', len(seed) * 8, len(seed)) + seed)\n"
-           "fcntl.ioctl(fd, 0x5207)\n"
-           "time.clock_settime(time.CLOCK_REALTIME, float(sys.argv[2]))\n")
 
 
 def _label_args(metadata: Mapping[str, str]) -> list[str]:
