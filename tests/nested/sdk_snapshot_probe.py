@@ -8,7 +8,6 @@ hidden."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path

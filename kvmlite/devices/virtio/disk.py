@@ -183,13 +183,7 @@ class RawDisk:
         return self._try(write, views, offset)
 
     def _vectored(self, op: Any, iov: array, offset: int) -> int:
-        while True:
-            n = op(self.fd, iov.buffer_info()[0], min(len(iov) // 2, IOV_MAX), offset)
-            if n >= 0:
-                return n
-            err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise OSError(err, os.strerror(err))
+        return _vectored(op, self.fd, iov, offset)
 
     def flush(self) -> None:
         """Make completed writes durable (the data; metadata only as needed)."""
@@ -233,6 +227,26 @@ class RawDisk:
         end = offset + length
         while offset < end:
             offset += os.pwrite(self.fd, memoryview(zeroes)[:min(len(zeroes), end - offset)], offset)
+
+
+def _vectored(op: Any, fd: int, iov: array, offset: int) -> int:
+    """``op`` (the ctypes preadv or pwritev) on an iovec array, retried on EINTR."""
+    while True:
+        n = op(fd, iov.buffer_info()[0], min(len(iov) // 2, IOV_MAX), offset)
+        if n >= 0:
+            return n
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+
+
+def read_into(fd: int, buffers: Buffers, offset: int) -> int:
+    """One ``preadv`` of ``fd`` at ``offset`` into ``buffers``
+    (``GuestMemory.io_buffers``); the bytes read, short at the end of the
+    file as pread's.  OSError on failure."""
+    if isinstance(buffers, array):
+        return _vectored(_preadv, fd, buffers, offset)
+    return os.preadv(fd, buffers if len(buffers) <= IOV_MAX else buffers[:IOV_MAX], offset)
 
 
 def advance(buffers: Buffers, n: int) -> Buffers:

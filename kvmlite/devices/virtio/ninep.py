@@ -28,6 +28,16 @@ Threads.
   A slow file system occupies this share's workers and nothing else: no
   vCPU, no event loop, no other device waits for it.
 
+Reads in place.  A Tread's data does not pass through a bytes object: the
+worker hands the server ``read_into`` (:meth:`Virtio9p._read_into`),
+which ``preadv``s the file straight into the chain's writable buffers
+after the Rread header's 11 bytes, counted in ``placing`` while it
+writes; the reply then is only that header, and the used length adds the
+data placed.  When the buffers cannot hold the count asked, the server
+reads as usual (a short file's reply may still fit).  ``reset`` waits,
+after stopping the activation, until no read in place is writing into
+its memory: the one place where a reset waits for the file system.
+
 Lock.  ``_lock`` (with the condition ``_changed`` on it) guards the
 activation, the queue (pop, add_used, notification state), the job queue
 and the counters.  It is held while popping and copying a request, and
@@ -108,7 +118,8 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.p9 import codec
 from kvmlite.devices.virtio.p9.codec import Rlerror
-from kvmlite.devices.virtio.p9.constants import HEADER_SIZE, NOTAG, MsgType
+from kvmlite.devices.virtio.disk import read_into
+from kvmlite.devices.virtio.p9.constants import HEADER_SIZE, IO_HEADER_SIZE, NOTAG, MsgType
 from kvmlite.devices.virtio.p9.server import P9Server
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
@@ -145,6 +156,7 @@ class _Activation:
     outstanding: int = 0        # popped, not yet published
     running: int = 0            # inside server.handle
     throttled: bool = False     # popping stopped at the limit; the next reply resumes it
+    placing: int = 0            # reads in place writing into this activation's guest memory now
     by_tag: dict[int, list["_Request"]] = field(default_factory=dict)   # unpublished, flushable
 
 
@@ -162,6 +174,7 @@ class _Request:
     flushes: list["_Request"] = field(default_factory=list)   # Tflushes held back for this request
     waits: int = 0              # a Tflush: the earlier requests it waits for
     published: bool = False
+    placed: int = 0             # Rread data a read in place put after the reply's header
 
 
 class Virtio9p(VirtioDevice):
@@ -251,6 +264,7 @@ class Virtio9p(VirtioDevice):
             active, self._active = self._active, None
             if active is not None:
                 self._stop(active)
+                self._changed.wait_for(lambda: active.placing == 0)   # no write into its memory after this
             server_open = self._server_open and not self._close_late
         if server_open:
             self.server.reset()
@@ -468,13 +482,38 @@ class Virtio9p(VirtioDevice):
     def _run(self, request: _Request) -> None:
         """Serve one request (a worker, no lock held); it is always answered."""
         try:
-            self.server.handle(request.data, on_reply=functools.partial(self._publish, request))
+            self.server.handle(request.data, on_reply=functools.partial(self._publish, request),
+                               read_into=functools.partial(self._read_into, request))
         except Exception as exc:        # a server fault; the guest still gets an answer
             self._errors.warning(f"{self.name}: the server failed on request {request.head}: {exc!r}")
         finally:
             if not request.published:
                 self._publish(request, codec.encode(request.tag, Rlerror(errno.EIO)))
             self._leave(request)
+
+    def _read_into(self, request: _Request, fd: int, count: int, offset: int) -> int | None:
+        """A Tread's data read from ``fd`` straight into the chain's writable
+        buffers after the Rread header (module docstring, "Reads in
+        place"); None when the buffers cannot hold ``count`` bytes (the
+        server then reads as usual and answers as the room allows) or the
+        activation has stopped."""
+        if request.room < IO_HEADER_SIZE + count:
+            return None
+        active = request.activation
+        with self._lock:
+            if active.stopped:
+                return None
+            active.placing += 1
+        try:
+            data = request.reply_to.split_at(IO_HEADER_SIZE)[1].split_at(count)[0]
+            placed = read_into(fd, active.memory.io_buffers(data.addrs, data.lens), offset)
+        finally:
+            with self._lock:
+                active.placing -= 1
+                if not active.placing:
+                    self._changed.notify_all()
+        request.placed = placed
+        return placed
 
     def _leave(self, request: _Request) -> None:
         with self._lock:
@@ -532,6 +571,8 @@ class Virtio9p(VirtioDevice):
             if len(reply) > request.room:
                 return 0
         written = request.reply_to.scatter(request.activation.memory, reply)
+        if request.placed and len(reply) == IO_HEADER_SIZE and reply[4] == MsgType.RREAD:
+            written += request.placed          # its data is in place already
         self._stats["bytes_written"] += written
         return written
 

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, TypeVar, cast
 
-from kvmlite.devices.virtio.p9.constants import HEADER_SIZE, NOTAG, MsgType
+from kvmlite.devices.virtio.p9.constants import HEADER_SIZE, IO_HEADER_SIZE, NOTAG, MsgType
 
 _HEADER = struct.Struct("<IBH")
 _QID = struct.Struct("<BIQ")
@@ -672,6 +672,12 @@ def encode(tag: int, msg: Message) -> bytes:
         _write(out, kind, getattr(msg, name))
     body = b"".join(out)
     return _HEADER.pack(HEADER_SIZE + len(body), msg.TYPE, tag) + body
+
+
+def encode_read_header(tag: int, count: int) -> bytes:
+    """An Rread's first ``IO_HEADER_SIZE`` bytes for ``count`` bytes of data
+    that follow it elsewhere (a read in place): size, type, tag, count."""
+    return _HEADER.pack(IO_HEADER_SIZE + count, MsgType.RREAD, tag) + struct.pack("<I", count)
 
 
 # ---- Rreaddir entries ------------------------------------------------------

@@ -28,6 +28,15 @@ flushed request's reply before Rflush, which is the order the 9P client
 relies on (older Linux virtio transports drop the request on Rflush).  A
 Tflush whose oldtag is not in flight (already answered, or not yet seen)
 is answered at once.
+
+Reads in place.  A transport may pass ``handle`` a ``read_into``
+callable, ``(fd, count, offset) -> bytes read or None``, that reads a
+file's bytes straight to where the reply's data goes (virtio-9p: one
+``preadv`` into the guest's buffers after the Rread header).  A Tread of
+an open file then calls it instead of reading into a bytes object, and
+the reply handed back is the Rread's first 11 bytes alone, its size field
+counting the data already in place; None from it means "not here" and the
+server reads as usual.
 """
 
 from __future__ import annotations
@@ -103,6 +112,16 @@ def _new_encode_dev(rdev: int) -> int:
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
+ReadInto = Callable[[int, int, int], "int | None"]     # (fd, count, offset) -> bytes placed, or None
+
+
+@dataclass(frozen=True)
+class ReadInPlace(Message):
+    """An Rread whose ``count`` bytes of data ``read_into`` put in place."""
+
+    count: int
+
+
 class P9Server:
     """A 9P2000.L server for one share.
 
@@ -128,6 +147,7 @@ class P9Server:
         self._inflight: dict[int, list[threading.Event]] = {}
         self._closed = False
         self._errors = RateLimitedLog(log)
+        self._local = threading.local()                    # .read_into during one handle()
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Tversion: self._version, Tattach: self._attach, Tflush: self._flush, Twalk: self._walk,
             Tclunk: self._clunk, Tremove: self._remove, Tlopen: self._lopen, Tlcreate: self._lcreate,
@@ -155,18 +175,22 @@ class P9Server:
         return len(self._fids)
 
     def handle(self, request: bytes | bytearray | memoryview,
-               on_reply: Callable[[bytes], None] | None = None) -> bytes:
+               on_reply: Callable[[bytes], None] | None = None,
+               read_into: ReadInto | None = None) -> bytes:
         """Serve one T-message (its exact bytes) and return the R-message.
         ``on_reply``, when given, receives the reply before any Tflush
-        waiting on this request is answered (see the module docstring)."""
+        waiting on this request is answered (see the module docstring);
+        ``read_into``: see "Reads in place" there."""
         tag, msg, error = self._decode(request)
         done = self._begin(tag, msg)
+        self._local.read_into = read_into
         try:
             reply = codec.encode(tag, Rlerror(error)) if msg is None else self._run(tag, msg)
             if on_reply is not None:
                 on_reply(reply)
             return reply
         finally:
+            self._local.read_into = None
             self._end(tag, done)
 
     def reset(self) -> None:
@@ -327,6 +351,8 @@ class P9Server:
         except Exception as exc:                   # a server bug: answer, log, carry on
             self._errors.warning(f"9p: {type(msg).__name__} failed: {exc!r}")
             reply = Rlerror(errno.EIO)
+        if isinstance(reply, ReadInPlace):          # the data is where the reply goes already
+            return codec.encode_read_header(tag, reply.count)
         try:
             out = codec.encode(tag, reply)
         except Exception as exc:
@@ -464,6 +490,11 @@ class P9Server:
                 raise fail(errno.EBADF, "fid not open")
             if m.offset > S64_MAX:
                 raise fail(errno.EINVAL)
+            read_into = self._local.read_into
+            if read_into is not None:
+                placed = read_into(fid.open_fd, count, m.offset)
+                if placed is not None:
+                    return ReadInPlace(placed)
             return Rread(os.pread(fid.open_fd, count, m.offset))
 
     def _write(self, m: Twrite) -> Message:

@@ -77,7 +77,8 @@ class HeldServer:
         for tag in tags:
             self.held[tag].set()
 
-    def handle(self, request: bytes, on_reply: Callable[[bytes], None] | None = None) -> bytes:
+    def handle(self, request: bytes, on_reply: Callable[[bytes], None] | None = None,
+               read_into: object = None) -> bytes:
         _size, msg_type, tag = struct.unpack_from("<IBH", request)
         with self.lock:
             self.seen.append(tag)
@@ -281,6 +282,71 @@ def test_9p_write_data_in_its_own_buffers_and_read_reply_split_after_header(real
     assert real.driver.read(posted.writable[1]) == b"A" * 1000
 
 
+def _open_hello(real: Harness, flags: int = os.O_RDONLY) -> None:
+    real.call(1, Tversion(ROOM, b"9P2000.L"))
+    real.call(2, Tattach(0, NOFID, b"user", b"", NONUNAME))
+    real.call(3, Twalk(0, 1, (b"dir", b"hello.txt")))
+    real.call(4, Tlopen(1, flags))
+
+
+def test_9p_read_lands_in_the_guest_buffers_in_place_nothing_outside(real: Harness, share: Path,
+                                                                    memory: GuestMemory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Tread's data goes from the file straight into the chain's writable
+    buffers after the 11-byte header (one preadv, no reply copy): the used
+    length counts it, a short read at the end of the file is short, and no
+    byte outside the chain's buffers changes."""
+    data = os.urandom(20_000)
+    (share / "dir" / "hello.txt").write_bytes(data)
+    _open_hello(real)
+    placed: list[int] = []
+    real_read = ninep.read_into
+    monkeypatch.setattr(ninep, "read_into", lambda *args: placed.append(real_read(*args)) or placed[-1])
+    posted = real.post_raw(codec.encode(5, Tread(1, 1000, 8000)), 11, *[1000] * 8)
+    keep = list(posted.writable) + [used_ring_range(real.driver)]
+    before = snapshot_outside(memory, keep)
+    real.notify()
+    [(head, reply)] = real.wait_replies(1)
+    assert head == posted.head and len(reply) == 11 + 8000
+    assert decoded(reply)[1].data == data[1000:9000]
+    assert snapshot_outside(memory, keep) == before
+    tail = real.call(6, Tread(1, 19_000, 8000))
+    assert tail.data == data[19_000:] and placed == [8000, 1000]
+
+
+def test_9p_read_with_room_for_less_than_count_answers_as_before(real: Harness) -> None:
+    """Room for the file's 20 bytes but not for the count asked: the
+    server reads as usual and the reply fits; a larger file's reply does
+    not fit and is EMSGSIZE."""
+    _open_hello(real)
+    assert real.call(5, Tread(1, 0, 4096), room=64).data == b"hello from the host\n"
+
+
+def test_9p_reset_waits_for_a_read_in_place(real: Harness, share: Path, memory: GuestMemory,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """reset() returns only once a read writing into guest memory has
+    finished: nothing touches the old activation's memory afterwards."""
+    _open_hello(real)
+    inside, go = threading.Event(), threading.Event()
+    real_read = ninep.read_into
+
+    def slow(fd: int, buffers: object, offset: int) -> int:
+        inside.set()
+        assert go.wait(10)
+        return real_read(fd, buffers, offset)
+    monkeypatch.setattr(ninep, "read_into", slow)
+    real.post(5, Tread(1, 0, 4096))
+    real.device.queue_notify(0)
+    assert inside.wait(10)
+    done = threading.Event()
+    resetter = threading.Thread(target=lambda: (real.device.reset(), done.set()))
+    resetter.start()
+    assert not done.wait(0.3)              # held by the read in place
+    go.set()
+    resetter.join(10)
+    assert done.is_set() and real.device.stats()["abandoned"] == 1
+
+
 def test_9p_requests_run_on_workers_and_complete_out_of_order(held: Harness) -> None:
     held.server.hold(1)
     first = held.post(1, Tclunk(1))
@@ -472,7 +538,7 @@ def test_9p_reply_scattered_only_into_writable_buffers(held: Harness, memory: Gu
 
 
 def test_9p_server_fault_still_answered_eio(held: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(request: bytes, on_reply=None) -> bytes:
+    def broken(request: bytes, on_reply=None, read_into=None) -> bytes:
         raise RuntimeError("server bug")
 
     held.server.handle = broken

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,28 @@ def test_large_read_and_write_at_512k_msize(client: P9Client, share: Path) -> No
 
     assert client.write(1, payload) == len(payload)
     assert client.read(1, 0, 512 * 1024) == payload[:512 * 1024 - 11]
+
+
+def test_read_in_place_reply_is_the_header_counting_the_placed_data(client: P9Client, share: Path) -> None:
+    """With ``read_into`` the data goes where the transport says and the
+    reply is the Rread's 11 header bytes, its size counting the data; None
+    from it means the server reads as usual."""
+    (share / "f").write_bytes(b"0123456789" * 100)
+    client.version(8192)
+    client.attach(0)
+    client.walk(0, 1, b"f")
+    client.open(1, 0)
+    sink = bytearray(4096)
+    calls: list[tuple[int, int]] = []
+
+    def read_into(fd: int, count: int, offset: int) -> int:
+        calls.append((count, offset))
+        return os.preadv(fd, [memoryview(sink)[:count]], offset)
+    reply = client.server.handle(codec.encode(9, codec.Tread(1, 995, 4096)), read_into=read_into)
+    assert reply == struct.pack("<IBHI", 11 + 5, codec.Rread.TYPE, 9, 5) and sink[:5] == b"56789"
+    assert calls == [(4096, 995)]
+    usual = client.server.handle(codec.encode(10, codec.Tread(1, 0, 10)), read_into=lambda *a: None)
+    assert codec.decode(usual) == (10, codec.Rread(b"0123456789"))
 
 
 def test_readdir_over_several_calls_lists_each_entry_once(client: P9Client, share: Path) -> None:
