@@ -249,6 +249,14 @@ def read_into(fd: int, buffers: Buffers, offset: int) -> int:
     return os.preadv(fd, buffers if len(buffers) <= IOV_MAX else buffers[:IOV_MAX], offset)
 
 
+def write_from(fd: int, buffers: Buffers, offset: int) -> int:
+    """One ``pwritev`` of ``buffers`` (``GuestMemory.io_buffers``) to ``fd``
+    at ``offset``; the bytes written, short as pwrite's may be."""
+    if isinstance(buffers, array):
+        return _vectored(_pwritev, fd, buffers, offset)
+    return os.pwritev(fd, buffers if len(buffers) <= IOV_MAX else buffers[:IOV_MAX], offset)
+
+
 def advance(buffers: Buffers, n: int) -> Buffers:
     """``buffers`` without their first ``n`` bytes (and without the
     buffers those bytes used up)."""

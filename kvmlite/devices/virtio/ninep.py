@@ -34,9 +34,13 @@ which ``preadv``s the file straight into the chain's writable buffers
 after the Rread header's 11 bytes, counted in ``placing`` while it
 writes; the reply then is only that header, and the used length adds the
 data placed.  When the buffers cannot hold the count asked, the server
-reads as usual (a short file's reply may still fit).  ``reset`` waits,
-after stopping the activation, until no read in place is writing into
-its memory: the one place where a reset waits for the file system.
+reads as usual (a short file's reply may still fit).  Writes the same
+way: a Twrite of at least ``WRITE_IN_PLACE`` bytes is copied out of the
+ring only as far as its 23 header bytes; its data stays in the guest's
+readable buffers (:class:`_GuestData`) and is written to the file with
+one ``pwritev`` from there.  ``reset`` waits, after stopping the
+activation, until no transfer in place touches its memory: the one place
+where a reset waits for the file system.
 
 Lock.  ``_lock`` (with the condition ``_changed`` on it) guards the
 activation, the queue (pop, add_used, notification state), the job queue
@@ -109,6 +113,7 @@ import struct
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 from kvmlite.base.eventloop import EventLoop
 from kvmlite.base.memory import GuestMemory, GuestMemoryError
@@ -118,13 +123,14 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.p9 import codec
 from kvmlite.devices.virtio.p9.codec import Rlerror
-from kvmlite.devices.virtio.disk import read_into
+from kvmlite.devices.virtio.disk import read_into, write_from
 from kvmlite.devices.virtio.p9.constants import HEADER_SIZE, IO_HEADER_SIZE, NOTAG, MsgType
-from kvmlite.devices.virtio.p9.server import P9Server
+from kvmlite.devices.virtio.p9.server import TWRITE_HEAD, P9Server
 from kvmlite.devices.virtio.queue import DescriptorChain, Queue, QueueError
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # linux/virtio_9p.h
 VIRTIO_9P_MOUNT_TAG = 1 << 0
@@ -136,6 +142,7 @@ BACKLOG = 4                 # requests popped beyond those the workers are runni
 MAX_TAG_LEN = 31            # bytes of a mount tag (kvmlite's limit; the u16 tag_len allows more)
 CLOSE_TIMEOUT = 10.0        # seconds close() waits for requests still inside the server
 SAVE_TIMEOUT = 10.0         # seconds save_device_state waits for the requests in flight
+WRITE_IN_PLACE = 4096       # a Twrite of at least this many bytes is written from the guest's buffers
 
 STAT_NAMES = ("requests", "bytes_read", "bytes_written", "errors", "queue_errors", "abandoned")
 
@@ -175,6 +182,33 @@ class _Request:
     waits: int = 0              # a Tflush: the earlier requests it waits for
     published: bool = False
     placed: int = 0             # Rread data a read in place put after the reply's header
+    source: "_GuestData | None" = None   # a Twrite's data, left in the guest's buffers
+
+
+class _GuestData:
+    """A Twrite's ``count`` data bytes in the guest's readable buffers
+    (``P9Server``'s WriteSource): written to the file from there with one
+    ``pwritev``.  After a reset, EIO: the buffers are the driver's again."""
+
+    def __init__(self, device: "Virtio9p", active: _Activation, segments: Segments, count: int) -> None:
+        self._device = device
+        self._active = active
+        self._segments = segments
+        self.count = count
+
+    def write_to(self, fd: int, offset: int) -> int:
+        memory, segments = self._active.memory, self._segments
+        written = self._device._in_place(self._active, lambda: write_from(
+            fd, memory.io_buffers(segments.addrs, segments.lens), offset))
+        if written is None:
+            raise OSError(errno.EIO, "the device was reset")
+        return written
+
+    def gather(self) -> bytes:
+        data = self._device._in_place(self._active, lambda: self._segments.gather(self._active.memory))
+        if data is None:
+            raise OSError(errno.EIO, "the device was reset")
+        return data
 
 
 class Virtio9p(VirtioDevice):
@@ -415,9 +449,15 @@ class Virtio9p(VirtioDevice):
         if not HEADER_SIZE <= size <= chain.readable_len:
             return self._answer_here(active, chain, tag, errno.EPROTO,
                                      f"size field {size} with {chain.readable_len} readable bytes")
-        data = readable.gather(memory, size)
+        source = None
+        if msg_type == MsgType.TWRITE and size >= WRITE_IN_PLACE:
+            head, rest = readable.split_at(TWRITE_HEAD)
+            data = head.gather(memory)
+            source = _GuestData(self, active, rest.split_at(size - TWRITE_HEAD)[0], size - TWRITE_HEAD)
+        else:
+            data = readable.gather(memory, size)
         self._stats["bytes_read"] += size
-        request = _Request(active, chain.head, reply_to, room, data, tag)
+        request = _Request(active, chain.head, reply_to, room, data, tag, source=source)
         active.outstanding += 1
         if msg_type == MsgType.TFLUSH and size == _TFLUSH_SIZE:
             (oldtag,) = _OLDTAG.unpack_from(data, HEADER_SIZE)
@@ -483,7 +523,7 @@ class Virtio9p(VirtioDevice):
         """Serve one request (a worker, no lock held); it is always answered."""
         try:
             self.server.handle(request.data, on_reply=functools.partial(self._publish, request),
-                               read_into=functools.partial(self._read_into, request))
+                               read_into=functools.partial(self._read_into, request), write_from=request.source)
         except Exception as exc:        # a server fault; the guest still gets an answer
             self._errors.warning(f"{self.name}: the server failed on request {request.head}: {exc!r}")
         finally:
@@ -499,21 +539,28 @@ class Virtio9p(VirtioDevice):
         activation has stopped."""
         if request.room < IO_HEADER_SIZE + count:
             return None
-        active = request.activation
+        data = request.reply_to.split_at(IO_HEADER_SIZE)[1].split_at(count)[0]
+        placed = self._in_place(request.activation, lambda: read_into(
+            fd, request.activation.memory.io_buffers(data.addrs, data.lens), offset))
+        if placed is not None:
+            request.placed = placed
+        return placed
+
+    def _in_place(self, active: _Activation, transfer: Callable[[], T]) -> T | None:
+        """``transfer`` between a file and ``active``'s guest memory, counted
+        in ``placing`` so that ``reset`` waits for it; None (not run) once
+        the activation has stopped."""
         with self._lock:
             if active.stopped:
                 return None
             active.placing += 1
         try:
-            data = request.reply_to.split_at(IO_HEADER_SIZE)[1].split_at(count)[0]
-            placed = read_into(fd, active.memory.io_buffers(data.addrs, data.lens), offset)
+            return transfer()
         finally:
             with self._lock:
                 active.placing -= 1
                 if not active.placing:
                     self._changed.notify_all()
-        request.placed = placed
-        return placed
 
     def _leave(self, request: _Request) -> None:
         with self._lock:

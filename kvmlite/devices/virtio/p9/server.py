@@ -37,6 +37,13 @@ an open file then calls it instead of reading into a bytes object, and
 the reply handed back is the Rread's first 11 bytes alone, its size field
 counting the data already in place; None from it means "not here" and the
 server reads as usual.
+
+Writes in place, the other way: a ``write_from`` (:class:`WriteSource`)
+holds a Twrite's data where the transport has it (the guest's buffers).
+``handle`` is then given the Twrite's first 23 bytes alone, its size
+field counting the source's ``count`` bytes, and the write is one
+``pwritev`` from there (``write_to``); a write to an xattr fid takes the
+bytes (``gather``).
 """
 
 from __future__ import annotations
@@ -46,9 +53,10 @@ import logging
 import os
 import resource
 import stat
+import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from kvmlite.base.state import Reader, StateError, pack_bytes
 from kvmlite.devices.virtio.p9 import codec, locks
@@ -63,7 +71,7 @@ from kvmlite.devices.virtio.p9.codec import (Dirent, Message, MessageError, Qid,
                                              Tunlinkat, Tversion, Twalk, Twrite, Txattrcreate, Txattrwalk)
 from kvmlite.devices.virtio.p9.constants import (ATTR_ATIME, ATTR_ATIME_SET, ATTR_GID, ATTR_MODE, ATTR_MTIME,
                                                  ATTR_MTIME_SET, ATTR_SIZE, ATTR_UID, DOTL_AT_REMOVEDIR,
-                                                 DOTL_EXCL, DOTL_TRUNC, IO_HEADER_SIZE, MAXWELEM, MIN_MSIZE,
+                                                 DOTL_EXCL, DOTL_TRUNC, HEADER_SIZE, IO_HEADER_SIZE, MAXWELEM, MIN_MSIZE,
                                                  NAME_MAX, NOFID, NONUNAME, NOTAG, QT_DIR, QT_FILE, QT_SYMLINK,
                                                  S64_MAX, STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC,
                                                  VERSION_9P2000_L, VERSION_UNKNOWN, XATTR_CREATE, XATTR_REPLACE,
@@ -113,6 +121,20 @@ def _new_encode_dev(rdev: int) -> int:
 
 
 ReadInto = Callable[[int, int, int], "int | None"]     # (fd, count, offset) -> bytes placed, or None
+TWRITE_HEAD = HEADER_SIZE + 4 + 8 + 4                  # a Twrite before its data: fid[4] offset[8] count[4]
+_TWRITE_FIELDS = struct.Struct("<IQI")
+
+
+class WriteSource(Protocol):
+    """A Twrite's data where the transport holds it (module docstring)."""
+
+    count: int
+
+    def write_to(self, fd: int, offset: int) -> int:
+        """pwrite(2) of the data to ``fd`` at ``offset``: the bytes written."""
+
+    def gather(self) -> bytes:
+        """The data as bytes."""
 
 
 @dataclass(frozen=True)
@@ -176,12 +198,12 @@ class P9Server:
 
     def handle(self, request: bytes | bytearray | memoryview,
                on_reply: Callable[[bytes], None] | None = None,
-               read_into: ReadInto | None = None) -> bytes:
+               read_into: ReadInto | None = None, write_from: WriteSource | None = None) -> bytes:
         """Serve one T-message (its exact bytes) and return the R-message.
         ``on_reply``, when given, receives the reply before any Tflush
         waiting on this request is answered (see the module docstring);
-        ``read_into``: see "Reads in place" there."""
-        tag, msg, error = self._decode(request)
+        ``read_into`` and ``write_from``: see "Reads in place" there."""
+        tag, msg, error = self._decode(request) if write_from is None else self._decode_head(request, write_from)
         done = self._begin(tag, msg)
         self._local.read_into = read_into
         try:
@@ -322,6 +344,20 @@ class P9Server:
         except (TypeError, ValueError):
             return NOTAG, None, errno.EPROTO
         return tag, msg, 0
+
+    def _decode_head(self, request: bytes | bytearray | memoryview,
+                     source: WriteSource) -> tuple[int, Message | None, int]:
+        """A Twrite's first TWRITE_HEAD bytes whose data is ``source``: the
+        Twrite, its ``data`` the source; EPROTO unless the size field, the
+        count and the source agree."""
+        view = memoryview(request).cast("B")
+        if len(view) != TWRITE_HEAD:
+            return NOTAG, None, errno.EPROTO
+        size, msg_type, tag = struct.unpack_from("<IBH", view)
+        fid, offset, count = _TWRITE_FIELDS.unpack_from(view, HEADER_SIZE)
+        if msg_type != Twrite.TYPE or count != source.count or size != TWRITE_HEAD + count or size > self._limit():
+            return tag, None, errno.EPROTO
+        return tag, Twrite(fid, offset, source), 0      # type: ignore[arg-type]
 
     def _begin(self, tag: int, msg: Message | None) -> threading.Event | None:
         if msg is None or isinstance(msg, (Tflush, Tversion)):
@@ -498,14 +534,17 @@ class P9Server:
             return Rread(os.pread(fid.open_fd, count, m.offset))
 
     def _write(self, m: Twrite) -> Message:
+        data: bytes | WriteSource = m.data
         with self._fids.use(m.fid) as fid:
             if isinstance(fid.xattr, XattrWrite):
-                return Rwrite(self._write_xattr(fid, m.offset, m.data))
+                return Rwrite(self._write_xattr(fid, m.offset, data if isinstance(data, bytes) else data.gather()))
             if fid.xattr is not None or fid.open_fd is None:
                 raise fail(errno.EBADF, "fid not open")
             if m.offset > S64_MAX:
                 raise fail(errno.EINVAL)
-            return Rwrite(os.pwrite(fid.open_fd, m.data, m.offset))
+            if not isinstance(data, bytes):                 # in place (module docstring)
+                return Rwrite(data.write_to(fid.open_fd, m.offset))
+            return Rwrite(os.pwrite(fid.open_fd, data, m.offset))
 
     def _readdir(self, m: Treaddir) -> Message:
         """Entries from cookie ``offset`` (0 or an entry's offset from an

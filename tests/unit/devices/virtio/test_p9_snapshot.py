@@ -32,7 +32,7 @@ from kvmlite.devices.virtio.p9 import codec
 from kvmlite.devices.virtio.p9.codec import (Message, Rclunk, Rlerror, Tattach, Tclunk, Tgetattr, Tlopen, Tread,
                                              Treaddir, Tunlinkat, Tversion, Twalk, Twrite, Txattrwalk)
 from kvmlite.devices.virtio.p9.constants import DOTL_DIRECTORY, DOTL_RDWR, DOTL_TRUNC, NOFID, STATS_BASIC
-from kvmlite.devices.virtio.p9.server import P9Server, ReadInto
+from kvmlite.devices.virtio.p9.server import P9Server, ReadInto, WriteSource
 from kvmlite.vmm.snapshot.save import _held
 from tests.unit.devices.virtio.fakedriver import call_on_loop, wait_until
 from tests.unit.devices.virtio.p9.client import P9Client
@@ -389,11 +389,11 @@ class Gate:
         real = server.handle
 
         def handle(request: bytes, on_reply: Callable[[bytes], None] | None = None,
-                   read_into: ReadInto | None = None) -> bytes:
+                   read_into: ReadInto | None = None, write_from: WriteSource | None = None) -> bytes:
             if codec.decode(bytes(request))[0] == tag:
                 self.entered.set()
                 assert self.opened.wait(10)
-            return real(request, on_reply, read_into)
+            return real(request, on_reply, read_into, write_from)
 
         server.handle = handle      # type: ignore[method-assign]
 

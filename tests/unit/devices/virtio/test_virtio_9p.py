@@ -78,7 +78,7 @@ class HeldServer:
             self.held[tag].set()
 
     def handle(self, request: bytes, on_reply: Callable[[bytes], None] | None = None,
-               read_into: object = None) -> bytes:
+               read_into: object = None, write_from: object = None) -> bytes:
         _size, msg_type, tag = struct.unpack_from("<IBH", request)
         with self.lock:
             self.seen.append(tag)
@@ -314,6 +314,25 @@ def test_9p_read_lands_in_the_guest_buffers_in_place_nothing_outside(real: Harne
     assert tail.data == data[19_000:] and placed == [8000, 1000]
 
 
+def test_9p_large_write_goes_from_the_guest_buffers_in_place(real: Harness, share: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Twrite of at least WRITE_IN_PLACE bytes is not copied out of the
+    ring: its 23 header bytes are, and the data is written with one
+    pwritev from the guest's buffers, however they are cut."""
+    _open_hello(real, os.O_RDWR)
+    written: list[int] = []
+    real_write = ninep.write_from
+    monkeypatch.setattr(ninep, "write_from", lambda *args: written.append(real_write(*args)) or written[-1])
+    data = os.urandom(6000)
+    message = codec.encode(5, Twrite(1, 10, data))
+    real.post_raw(message[:20], message[20:1000], message[1000:], 64)    # the header cut in two
+    real.notify()
+    [(_, reply)] = real.wait_replies(1)
+    assert decoded(reply)[1].count == 6000 and written == [6000]
+    assert (share / "dir" / "hello.txt").read_bytes()[10:6010] == data
+    assert real.device.stats()["bytes_read"] >= 6023
+
+
 def test_9p_read_with_room_for_less_than_count_answers_as_before(real: Harness) -> None:
     """Room for the file's 20 bytes but not for the count asked: the
     server reads as usual and the reply fits; a larger file's reply does
@@ -538,7 +557,7 @@ def test_9p_reply_scattered_only_into_writable_buffers(held: Harness, memory: Gu
 
 
 def test_9p_server_fault_still_answered_eio(held: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(request: bytes, on_reply=None, read_into=None) -> bytes:
+    def broken(request: bytes, on_reply=None, read_into=None, write_from=None) -> bytes:
         raise RuntimeError("server bug")
 
     held.server.handle = broken

@@ -202,6 +202,52 @@ def test_read_in_place_reply_is_the_header_counting_the_placed_data(client: P9Cl
     assert codec.decode(usual) == (10, codec.Rread(b"0123456789"))
 
 
+class Source:
+    """A Twrite's data held elsewhere (the transport's WriteSource)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.count, self.calls = data, len(data), []
+
+    def write_to(self, fd: int, offset: int) -> int:
+        self.calls.append(("write_to", offset))
+        return os.pwrite(fd, self.data, offset)
+
+    def gather(self) -> bytes:
+        self.calls.append(("gather",))
+        return self.data
+
+
+def _write_head(tag: int, fid: int, offset: int, count: int, size: int | None = None) -> bytes:
+    return struct.pack("<IBHIQI", 23 + count if size is None else size, codec.Twrite.TYPE, tag, fid, offset, count)
+
+
+def test_write_in_place_from_the_source(client: P9Client, share: Path) -> None:
+    """With ``write_from`` the request is the Twrite's 23 header bytes and
+    the data is written from the source; a size field or count that
+    disagrees with the source is EPROTO and nothing is written; an xattr
+    fid takes the source's bytes."""
+    (share / "f").write_bytes(b"." * 10)
+    client.version(8192)
+    client.attach(0)
+    client.walk(0, 1, b"f")
+    client.open(1, DOTL_RDWR)
+    source = Source(b"in place")
+    reply = client.server.handle(_write_head(9, 1, 2, 8), write_from=source)
+    assert codec.decode(reply) == (9, codec.Rwrite(8)) and source.calls == [("write_to", 2)]
+    assert (share / "f").read_bytes() == b"..in place"
+    for head in (_write_head(10, 1, 0, 7), _write_head(11, 1, 0, 8, size=40), _write_head(12, 1, 0, 8)[:22],
+                 _write_head(13, 1, 0, 8).replace(bytes([codec.Twrite.TYPE]), bytes([codec.Tread.TYPE]), 1)):
+        bad = Source(b"XXXXXXXX")
+        tag, msg = codec.decode(client.server.handle(head, write_from=bad))
+        assert msg == codec.Rlerror(errno.EPROTO) and bad.calls == []
+    assert (share / "f").read_bytes() == b"..in place"
+    client.walk(1, 2)
+    client.ok(codec.Txattrcreate(2, b"user.k", 3, 0))
+    value = Source(b"val")
+    assert codec.decode(client.server.handle(_write_head(14, 2, 0, 3), write_from=value))[1] == codec.Rwrite(3)
+    assert value.calls == [("gather",)]
+
+
 def test_readdir_over_several_calls_lists_each_entry_once(client: P9Client, share: Path) -> None:
     names = {f"file-{i:03d}-{'x' * (i % 40)}".encode() for i in range(150)}
     for name in names:
