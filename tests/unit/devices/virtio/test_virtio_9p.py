@@ -333,12 +333,14 @@ def test_9p_large_write_goes_from_the_guest_buffers_in_place(real: Harness, shar
     assert real.device.stats()["bytes_read"] >= 6023
 
 
-def test_9p_read_with_room_for_less_than_count_answers_as_before(real: Harness) -> None:
+def test_9p_read_with_room_for_less_than_count_answers_as_before(real: Harness, share: Path) -> None:
     """Room for the file's 20 bytes but not for the count asked: the
     server reads as usual and the reply fits; a larger file's reply does
     not fit and is EMSGSIZE."""
     _open_hello(real)
     assert real.call(5, Tread(1, 0, 4096), room=64).data == b"hello from the host\n"
+    (share / "dir" / "hello.txt").write_bytes(b"y" * 200)
+    assert real.call(6, Tread(1, 0, 4096), room=64) == Rlerror(errno.EMSGSIZE)
 
 
 def test_9p_reset_waits_for_a_read_in_place(real: Harness, share: Path, memory: GuestMemory,
