@@ -42,7 +42,7 @@ one ``pwritev`` from there.  ``reset`` waits, after stopping the
 activation, until no transfer in place touches its memory: the one place
 where a reset waits for the file system.
 
-Lock.  ``_lock`` (with the condition ``_changed`` on it) guards the
+Lock.  ``_lock`` (with the conditions ``_changed`` and ``_job`` on it) guards the
 activation, the queue (pop, add_used, notification state), the job queue
 and the counters.  It is held while popping and copying a request, and
 while writing a reply and publishing it; never across ``server.handle``,
@@ -238,7 +238,8 @@ class Virtio9p(VirtioDevice):
         self._workers = workers
         self._limit = workers + backlog
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # a job queued, stale requests gone, closing
+        self._changed = threading.Condition(self._lock)  # stale requests gone, idle, closing
+        self._job = threading.Condition(self._lock)      # a job queued (one worker woken), closing (all)
         self._jobs: deque[_Request] = deque()
         self._threads: list[threading.Thread] = []
         self._active: _Activation | None = None
@@ -364,6 +365,7 @@ class Virtio9p(VirtioDevice):
         with self._lock:
             self._closing = True
             self._changed.notify_all()
+            self._job.notify_all()
             idle = self._changed.wait_for(lambda: self._stale == 0, CLOSE_TIMEOUT)
             if idle:
                 self._server_open = False
@@ -483,7 +485,7 @@ class Virtio9p(VirtioDevice):
 
     def _queue(self, request: _Request) -> None:
         self._jobs.append(request)
-        self._changed.notify_all()
+        self._job.notify()          # one idle worker, not all of them
 
     # --- the workers ---
 
@@ -499,7 +501,7 @@ class Virtio9p(VirtioDevice):
     def _worker(self) -> None:
         while True:
             with self._lock:
-                self._changed.wait_for(lambda: self._jobs or self._closing)
+                self._job.wait_for(lambda: self._jobs or self._closing)
                 if not self._jobs:
                     return
                 request = self._jobs.popleft()
