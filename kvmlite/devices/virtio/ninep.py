@@ -42,8 +42,8 @@ one ``pwritev`` from there.  ``reset`` waits, after stopping the
 activation, until no transfer in place touches its memory: the one place
 where a reset waits for the file system.
 
-Lock.  ``_lock`` (with the conditions ``_changed`` and ``_job`` on it) guards the
-activation, the queue (pop, add_used, notification state), the job queue
+Lock.  ``_lock`` (with the conditions ``_changed`` and ``_job`` on it) guards
+the activation, the queue (pop, add_used, notification state), the job queue
 and the counters.  It is held while popping and copying a request, and
 while writing a reply and publishing it; never across ``server.handle``,
 and the interrupt, ``call_soon`` and ``on_needs_reset`` are called with it
@@ -163,7 +163,7 @@ class _Activation:
     outstanding: int = 0        # popped, not yet published
     running: int = 0            # inside server.handle
     throttled: bool = False     # popping stopped at the limit; the next reply resumes it
-    placing: int = 0            # reads in place writing into this activation's guest memory now
+    placing: int = 0            # transfers in place touching this activation's guest memory now
     by_tag: dict[int, list["_Request"]] = field(default_factory=dict)   # unpublished, flushable
 
 
