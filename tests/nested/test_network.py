@@ -152,7 +152,7 @@ def _run(net: str, guest: str) -> str:
 def _step(name: str, peers: str, net: str, guest: str) -> str:
     """One kvmlite run with its host-side peers, as a shell function run by
     ``retried_section``: when the inner guest crashes the whole step (fresh
-    peers, whose reports overwrite the first run's) runs once more."""
+    peers, whose reports overwrite the first run's) runs again."""
     fn = "step_" + name.replace("-", "_")
     return f"""{fn}() {{
 {peers.rstrip()}

@@ -38,9 +38,10 @@ back on the console: ``section NAME cmd...`` in a script prints
 ``@@BEGIN NAME``, the output, ``@@END NAME rc=N``; the init prints
 ``@@TESTHOST READY`` before and ``@@TESTHOST DONE rc=N`` after the script.
 ``retried_section NAME cmd...`` is the same for a self-contained step that
-may run twice: when its output shows an inner guest's triple fault or a
-sandbox whose agent never answered (the emulator's instability), it runs
-once more after an ``@@RETRY NAME`` line, and the last run counts.
+may run up to three times: when its output shows an inner guest's triple
+fault or a sandbox whose agent never answered (the emulator's
+instability), it runs again after an ``@@RETRY NAME`` line, and the last
+run counts.
 
 By hand::
 
@@ -189,21 +190,22 @@ section() {
     _rc=$?
     echo "@@END $_name rc=$_rc"
 }
-# section, run once more when its output shows an inner guest's triple
-# fault or a sandbox whose agent never answered (a guest frozen at boot):
-# the emulated test host's known instability (BENCHMARKS.md, "Nested
-# instability").  Only for self-contained steps; the result is the last run.
+# section, run again (up to three runs) when its output shows an inner
+# guest's triple fault or a sandbox whose agent never answered (a guest
+# frozen at boot): the emulated test host's known instability
+# (BENCHMARKS.md, "Nested instability").  Only for self-contained steps;
+# the result is the last run.
 retried_section() {
     _name=$1
     shift
-    for _try in 1 2; do
+    for _try in 1 2 3; do
         echo "@@BEGIN $_name"
         { "$@" 2>&1 </dev/null; echo $? > /tmp/.section-rc; } | tee /tmp/.section-out
         _rc=$(cat /tmp/.section-rc)
         echo "@@END $_name rc=$_rc"
-        [ $_try = 1 ] && grep -q -e "__GUEST_CRASH__" -e "__AGENT_SILENT__" /tmp/.section-out \
+        [ $_try != 3 ] && grep -q -e "__GUEST_CRASH__" -e "__AGENT_SILENT__" /tmp/.section-out \
             || break
-        echo "@@RETRY $_name: an inner guest crashed or froze; running the step once more"
+        echo "@@RETRY $_name: an inner guest crashed or froze; running the step again"
     done
 }
 cd "$TESTHOST_WORK" || exit 1
