@@ -134,12 +134,9 @@ class RawDisk:
     def _transfer(self, write: bool, buffers: Buffers, offset: int, total: int, stalled: str) -> None:
         """One system call for the whole request in the usual case; the
         buffers are only re-cut after a short transfer or past IOV_MAX."""
+        step = write_from if write else read_into
         while total > 0:
-            if isinstance(buffers, array):
-                n = self._vectored(_pwritev if write else _preadv, buffers, offset)
-            else:
-                op = os.pwritev if write else os.preadv
-                n = op(self.fd, buffers if len(buffers) <= IOV_MAX else buffers[:IOV_MAX], offset)
+            n = step(self.fd, buffers, offset)
             if n == 0:
                 raise OSError(errno.EIO, f"{stalled} {self.path} at {offset}")
             offset += n
@@ -181,9 +178,6 @@ class RawDisk:
         log.debug("disk %s: no RWF_NOWAIT %ss; %s", self.path, "write" if write else "read",
                   "they never wait for a device" if fallback == 0 else "they go to the I/O threads")
         return self._try(write, views, offset)
-
-    def _vectored(self, op: Any, iov: array, offset: int) -> int:
-        return _vectored(op, self.fd, iov, offset)
 
     def flush(self) -> None:
         """Make completed writes durable (the data; metadata only as needed)."""
