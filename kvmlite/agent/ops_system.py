@@ -27,14 +27,12 @@ MAX_SEED = 512                   # bytes of host randomness in one request
 
 
 class SystemOps:
-    """``restored``; the clock setter and the random device are parameters
-    so that unit tests need not change the host's clock."""
+    """``restored``; the clock setter and the ioctl are parameters so that
+    unit tests need not change the host's clock or entropy pool."""
 
     def __init__(self, set_clock: Callable[[float], None] | None = None,
-                 random_device: str = "/dev/urandom",
                  ioctl: Callable[[int, int, bytes | int], object] = fcntl.ioctl) -> None:
         self._set_clock = set_clock or (lambda now: time.clock_settime(time.CLOCK_REALTIME, now))
-        self._random_device = random_device
         self._ioctl = ioctl
 
     def handlers(self) -> dict[str, Handler]:
@@ -51,7 +49,7 @@ class SystemOps:
         now = float(field(msg, "time", (int, float)))
         if not 0 < now < 1 << 40:
             raise ProtocolError(BAD_ARGS, f"restored: 'time' {now} is not a Unix time")
-        fd = os.open(self._random_device, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
         try:
             self._ioctl(fd, RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
             self._ioctl(fd, RNDRESEEDCRNG, 0)
