@@ -72,8 +72,8 @@ from kvmlite.devices.virtio.p9.codec import (Dirent, Message, MessageError, Qid,
 from kvmlite.devices.virtio.p9.constants import (ATTR_ATIME, ATTR_ATIME_SET, ATTR_GID, ATTR_MODE, ATTR_MTIME,
                                                  ATTR_MTIME_SET, ATTR_SIZE, ATTR_UID, DOTL_AT_REMOVEDIR,
                                                  DOTL_EXCL, DOTL_TRUNC, HEADER_SIZE, IO_HEADER_SIZE, MAXWELEM,
-                                                 MIN_MSIZE, NAME_MAX, NOFID, NONUNAME, NOTAG, QT_DIR, QT_FILE, QT_SYMLINK,
-                                                 S64_MAX, STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC,
+                                                 MIN_MSIZE, NAME_MAX, NOFID, NONUNAME, NOTAG, QT_DIR, QT_FILE,
+                                                 QT_SYMLINK, S64_MAX, STATS_BASIC, U32_MAX, U64_MAX, V9FS_MAGIC,
                                                  VERSION_9P2000_L, VERSION_UNKNOWN, XATTR_CREATE, XATTR_REPLACE,
                                                  XATTR_SIZE_MAX)
 from kvmlite.devices.virtio.p9.fids import Fid, FidTable, XattrRead, XattrWrite
