@@ -96,7 +96,7 @@ GUEST = (f"ping -c 3 -W 5 {HOST_IP} && wget -q -O /tmp/down http://{HOST_IP}:{PO
 RUN = r'''
 vhost_run() {
     t=$1
-    rm -f "$W/release-$t"
+    rm -f "$W/release-$t" "$W/$t.out"     # a stale TRANSFER-DONE (an earlier run) must not end the wait early
     $KVMLITE run --name vh-$t --virtio-transport $t -n mode=tap,vhost=1 -- "$(echo "$GUEST" | sed "s/@T@/$t/")" \
         > "$W/$t.out" 2>&1 &
     k=$!
