@@ -48,7 +48,8 @@ def main() -> int:
             ready, _, _ = select.select([out_fd], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(out_fd, 65536) if ready else b""
             if not chunk:
-                print(f"\ninteract: no {value!r} within {args.timeout:.0f} s", flush=True)
+                why = "before CMD's output ended" if ready else f"within {args.timeout:.0f} s"
+                print(f"\ninteract: no {value!r} {why}", flush=True)
                 proc.kill()
                 proc.wait()
                 return 124

@@ -22,6 +22,10 @@ from pathlib import Path
 from kvmlite import AgentConnectionError, CommandExitError, Sandbox, SandboxError
 
 BIG = 64 << 20
+# Seconds one check may take (the slowest, 64 MiB both ways under TCG, takes
+# about a minute) before the probe reports it hung, with every thread's
+# stack, and ends: a hang costs minutes, not the whole run's timeout.
+CHECK_LIMIT = 600.0
 
 
 def emit(name: str, **values: object) -> None:
@@ -40,23 +44,45 @@ def _last_words(sb: Sandbox, exc: BaseException) -> str:
     return sb._console_tail()
 
 
-def check(name: str, ends_sandbox: bool = False):  # type: ignore[no-untyped-def]
+def _watch(name: str, sb: Sandbox | None, done: threading.Event, limit: float) -> None:
+    """Unless ``done`` is set within ``limit`` seconds: the check's error
+    with every thread's stack and the sandbox's console, its VMM killed,
+    and the probe's end (the checks after it report nothing)."""
+    if done.wait(limit):
+        return
+    stacks = "".join(f"--- {thread}\n" + "".join(traceback.format_stack(frame))
+                     for thread, frame in sys._current_frames().items())
+    console = sb._console_tail() if sb is not None else ""
+    emit(name, error=f"ProbeTimeout: the check did not finish in {limit:g} s [sandbox console: {console}]",
+         trace=stacks[-3000:])
+    if sb is not None and sb._proc is not None:
+        sb._proc.kill()
+    os._exit(3)
+
+
+def check(name: str, ends_sandbox: bool = False, limit: float | None = None):  # type: ignore[no-untyped-def]
     """A check's record, or its error with the sandbox's console.  Unless
     the check ``ends_sandbox`` on purpose, a sandbox (the first argument)
     that is no longer running afterwards is an error too: its guest died
-    during the check, and the console says why."""
+    during the check, and the console says why.  A check that takes more
+    than ``limit`` (``CHECK_LIMIT``) seconds ends the probe (``_watch``)."""
     def wrap(fn):  # type: ignore[no-untyped-def]
         def run(*args):  # type: ignore[no-untyped-def]
             start = time.monotonic()
+            sb = args[0] if args and isinstance(args[0], Sandbox) else None
+            done = threading.Event()
+            threading.Thread(target=_watch, args=(name, sb, done, limit or CHECK_LIMIT), daemon=True).start()
             try:
                 values = fn(*args) or {}
-                if not ends_sandbox and args and isinstance(args[0], Sandbox) and not args[0].is_running():
+                if not ends_sandbox and sb is not None and not sb.is_running():
                     raise SandboxError(f"the sandbox ended during the check (it reported {values})")
             except BaseException as exc:       # reported, never hidden, with the sandbox's console
-                console = _last_words(args[0], exc) if args and isinstance(args[0], Sandbox) else ""
+                console = _last_words(sb, exc) if sb is not None else ""
                 emit(name, error=f"{type(exc).__name__}: {exc} [sandbox console: {console}]",
                      trace=traceback.format_exc()[-1500:])
                 return
+            finally:
+                done.set()
             emit(name, seconds=round(time.monotonic() - start, 2), **values)
         return run
     return wrap

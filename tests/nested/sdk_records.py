@@ -46,13 +46,14 @@ def run_probe(request: pytest.FixtureRequest, probe: str, workdir: Path) -> dict
     """The probe's records by check, plus ``_where`` (the log, whether the run ended)."""
     host: TestHost | None = None if hardware_kvm() else request.getfixturevalue("testhost")
     result: RunResult = run_linux_script(host, probe_script(probe), TIMEOUT, workdir)
-    assert not result.timed_out, f"timed out after {TIMEOUT} s; {result.where()}"
     checks: dict[str, dict] = {}
     last_try = result.console.replace("\r", "").rpartition("@@BEGIN sdk\n")   # a retried run's records only
     for line in (last_try[2] if last_try[1] else last_try[0]).splitlines():
         if line.startswith("@@SDK "):
             record = json.loads(line[len("@@SDK "):])
             checks[record["check"]] = record
+    assert not result.timed_out, (f"timed out after {TIMEOUT} s, after the checks {sorted(checks)}; "
+                                  f"{result.where()}")
     checks["_where"] = {"where": result.where(), "ended": "sdk" in result.sections, "stalled": result.stalled,
                         "tail": result.console[-3000:]}
     return checks

@@ -50,6 +50,13 @@ def guest_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def test_default_guest_serial_shell_prompt_answers(guest_runs: RunResult) -> None:
     rc, out = guest_runs.section("shell")
+    crash = guest_runs.guest_crash("shell")
+    if crash is not None and guest_runs.section("command").rc == 17:
+        # Every run of the step crashed, while the same guest booted under
+        # kvmlite in the same test host a moment later: the emulated test
+        # host's nested-SVM crash (BENCHMARKS.md, "Nested instability").
+        pytest.xfail(f"the inner guest triple-faulted in every run of the step under the emulated "
+                     f"test host ({crash}), and booted in the next step; {guest_runs.where()}")
     assert "PROMPT-42" in out, f"{out[-2000:]}; {guest_runs.where()}"
     assert rc == 6, f"the shell's exit status must end kvmlite: rc={rc}; {guest_runs.where()}"
 

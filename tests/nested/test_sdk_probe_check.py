@@ -43,3 +43,22 @@ def test_check_that_ends_its_sandbox_on_purpose_is_a_record(capsys: pytest.Captu
     check("deadline", ends_sandbox=True)(lambda sb: {"running": False})(DeadSandbox())
     (found,) = _records(capsys.readouterr().out)
     assert found["running"] is False and "error" not in found
+
+
+def test_check_that_hangs_is_reported_with_stacks_and_ends_the_probe() -> None:
+    # Arrange: a check that never returns, with a one-second limit
+    import subprocess
+    import sys
+
+    from .testhost import REPO
+
+    program = ("import time\nfrom tests.nested.sdk_probe import check\n"
+               "def stuck_in_agent_call(): time.sleep(60)\n"
+               "check('files', limit=1)(lambda: stuck_in_agent_call())()\nprint('went on')\n")
+    # Act
+    proc = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=30)
+    # Assert: the probe ended at once with the check's error and where it hung
+    (found,) = _records(proc.stdout)
+    assert proc.returncode == 3 and "went on" not in proc.stdout
+    assert found["check"] == "files" and found["error"].startswith("ProbeTimeout: the check did not finish in 1 s")
+    assert "stuck_in_agent_call" in found["trace"]

@@ -100,6 +100,17 @@ def test_retried_section_runs_a_crashed_step_up_to_three_times(tmp_path: Path, c
                        Section(4, "run 3\nkvmlite: error: guest triple fault on vCPU 0"))
 
 
+def test_guest_crash_names_the_vmm_line_of_the_last_run_only(tmp_path: Path) -> None:
+    text = ("@@BEGIN shell\n[ 4.7] Spectre V2 : Filling RSB on context swkvmlite: error: guest triple fault on "
+            "vCPU 0 (rip 0xfff0)\n\n@@END shell rc=124\n@@BEGIN command\nfrom-the-guest\n@@END command rc=17\n"
+            "@@BEGIN argv\nkvmlite: error: guest triple fault on vCPU 0\n@@END argv rc=4\n"
+            "@@BEGIN argv\ntwo words\n@@END argv rc=0\n@@TESTHOST DONE rc=0\n")
+    rc, sections = parse_console(text)
+    result = RunResult(text, tmp_path / "log", 0, False, 1.0, script_rc=rc, sections=sections)
+    assert result.guest_crash("shell") == "kvmlite: error: guest triple fault on vCPU 0 (rip 0xfff0)"
+    assert result.guest_crash("command") is None and result.guest_crash("argv") is None   # its last run passed
+
+
 def test_parse_console_no_done_marker_gives_none() -> None:
     rc, sections = parse_console("@@BEGIN a\nhalf")
     assert rc is None and sections == {}
@@ -212,6 +223,25 @@ def test_collect_soft_lockup_kills_and_reports_stall(tmp_path) -> None:
     # Act
     result = _collect(proc, tmp_path / "log", 30, None)
     # Assert: abandoned at once, not after the timeout
+    assert result.stalled and not result.timed_out
+    assert time.monotonic() - start < 10
+
+
+def test_collect_hung_task_report_split_across_reads_is_a_stall(tmp_path) -> None:
+    # Arrange: a test host whose kernel reports a hung task (in two writes, as
+    # a slow serial line may deliver it), then goes on printing such reports
+    import subprocess
+    import time
+
+    from .testhost import _collect
+
+    proc = subprocess.Popen(["sh", "-c", "printf '[  242.8] INFO: task khugepaged:36 blocked for mo'; sleep 0.5; "
+                                         "echo 're than 120 seconds.'; while true; do echo tick; sleep 0.2; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    start = time.monotonic()
+    # Act
+    result = _collect(proc, tmp_path / "log", 30, None)
+    # Assert: abandoned at once, although the console never fell silent
     assert result.stalled and not result.timed_out
     assert time.monotonic() - start < 10
 

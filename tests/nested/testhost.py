@@ -90,11 +90,18 @@ DONE = re.compile(r"^@@TESTHOST DONE rc=(\d+)$", re.M)
 SECTION = re.compile(r"^@@BEGIN (\S+)\n(.*?)@@END \1 rc=(\d+)$", re.M | re.S)
 SCRIPT_DIR = ".testhost"
 SOFT_LOCKUP = b"watchdog: BUG: soft lockup"
+# The hung-task detector: a task in D state for 120 s.  Seen when the test
+# host froze with khugepaged blocked (CI, 2026-12-04): its ten reports, two
+# minutes apart, kept the console from going silent for twenty minutes.
+HUNG_TASK = re.compile(rb"INFO: task \S+ blocked for more than \d+ seconds")
 KERNEL_COMPLAINT = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|reboot: ")
 SILENT_STALL = 300          # seconds without a byte on the console: frozen without a word
 STALL_ATTEMPTS = 2
 TESTHOST_CPU = os.environ.get("KVMLITE_TESTHOST_CPU", "max")   # another model for experiments
-DEFAULT_MEMORY_MB = 2048    # the test host's RAM
+# The test host's RAM: two sandboxes (512 + 256 MiB, each collapsed into
+# transparent huge pages by khugepaged) beside their start-up snapshots on
+# the test host's tmpfs /tmp.  QEMU takes it from this machine as it is used.
+DEFAULT_MEMORY_MB = 3072
 
 # Directories the test host mounts a fresh tmpfs over inside its view of
 # this machine's root; anything the tests need beneath them is shared again.
@@ -235,7 +242,7 @@ class RunResult:
     boot_seconds: float | None = None       # until @@TESTHOST READY (wall time)
     script_rc: int | None = None
     sections: dict[str, Section] = field(default_factory=dict)
-    stalled: bool = False                   # the emulated test host froze (soft lockup or silence)
+    stalled: bool = False                   # the emulated test host froze (soft lockup, hung task, silence)
 
     @property
     def ended_early(self) -> bool:
@@ -256,6 +263,17 @@ class RunResult:
 
     def where(self) -> str:
         return f"console log: {self.log_path}"
+
+    def guest_crash(self, name: str) -> str | None:
+        """The VMM's line reporting the inner guest's triple fault in section
+        ``name``'s last run (``retried_section`` runs a crashed step up to
+        three times), or None."""
+        output = self.section(name).output
+        at = output.rfind(GUEST_CRASH)
+        if at < 0:
+            return None
+        start, end = output.rfind("kvmlite: error:", 0, at), output.find("\n", at)
+        return output[max(start, at - 200):len(output) if end < 0 else end].strip()
 
 
 def parse_console(text: str) -> tuple[int | None, dict[str, Section]]:
@@ -432,7 +450,7 @@ class TestHost:
             result = _collect(proc, log_path, max(1.0, deadline - time.monotonic()), echo)
             if not (result.stalled or result.ended_early):
                 return result
-            what = (f"stalled (a soft lockup, or {SILENT_STALL} s of silence)" if result.stalled
+            what = (f"stalled (a soft lockup, a hung task, or {SILENT_STALL} s of silence)" if result.stalled
                     else f"ended before the script did ({result.last_words()})")
             print(f"testhost: the emulated test host {what}; {result.where()}; "
                   f"{'retrying' if attempt < STALL_ATTEMPTS else 'giving up'}", file=sys.stderr)
@@ -446,7 +464,7 @@ class TestHost:
 class _Reader:
     """Copies QEMU's output to the log (and ``echo``), noting when READY shows
     and when the last byte came, and killing QEMU when the test host's
-    kernel reports a soft lockup.
+    kernel reports a soft lockup or a task hung for two minutes.
 
     Multi-threaded TCG with nested SVM occasionally freezes the whole test
     host (every emulated CPU "stuck" for minutes, seen about once in a
@@ -461,6 +479,7 @@ class _Reader:
         self.stalled = False
         self._proc = proc
         self._tail = b""
+        self._recent = b""
         self._thread = threading.Thread(target=self._pump, args=(proc, log, echo), daemon=True)
         self._thread.start()
 
@@ -485,7 +504,8 @@ class _Reader:
                 self.ready_at = time.monotonic()
 
     def _note_stall(self, chunk: bytes) -> None:
-        if not self.stalled and SOFT_LOCKUP in chunk:
+        self._recent = (self._recent + chunk)[-4096:]     # a report split across reads still counts
+        if not self.stalled and (SOFT_LOCKUP in self._recent or HUNG_TASK.search(self._recent)):
             self.stalled = True
             try:
                 os.killpg(self._proc.pid, 9)
@@ -498,7 +518,7 @@ class _Reader:
 
 
 def _collect(proc: subprocess.Popen[bytes], log_path: Path, timeout: float, echo: TextIO | None) -> RunResult:
-    """Wait for QEMU to end, the deadline, a soft lockup (the reader kills
+    """Wait for QEMU to end, the deadline, a soft lockup or hung task (the reader kills
     QEMU) or ``SILENT_STALL`` seconds of silence, which a test host that
     froze without a word shows: no section prints nothing for that long."""
     start = time.monotonic()
