@@ -312,11 +312,14 @@ class AgentClient:
 
     # --- system ----------------------------------------------------------------------
 
-    def restored(self, now: float, seed: bytes) -> None:
+    def restored(self, now: float, seed: bytes, macs: Sequence[tuple[str, str]] = ()) -> list[str]:
         """Tell the agent its VM was just restored: it adds ``seed`` (host
-        randomness) to the guest's pool, reseeds the generator and sets the
-        wall clock to ``now`` (Unix time).  Needs an agent running as root."""
-        self._call({"type": RESTORED, "time": now, "seed": seed.hex()}, OK)
+        randomness) to the guest's pool, reseeds the generator, sets the
+        wall clock to ``now`` (Unix time) and gives each interface whose
+        MAC is the first of a ``macs`` pair the second.  Returns the
+        interfaces changed.  Needs an agent running as root."""
+        msg = self._call({"type": RESTORED, "time": now, "seed": seed.hex(), "macs": [list(m) for m in macs]}, OK)
+        return list(msg.get("interfaces", []))
 
 
 class FileStream:

@@ -188,11 +188,16 @@ class Sandbox:
 
     def _after_restore(self) -> None:
         """What a restored guest needs and the snapshot cannot give: its wall
-        clock set to now (it went on from the instant it was saved), and its
+        clock set to now (it went on from the instant it was saved), its
         random number generator reseeded with fresh host randomness, so
-        sandboxes started from one snapshot do not share random numbers.
-        The agent (root) does both in its own process: ``restored``."""
-        self._agent.restored(time.time(), os.urandom(64))
+        sandboxes started from one snapshot do not share random numbers,
+        and each NIC's MAC changed to the one this sandbox's VM gave it
+        (the VMM's ``info`` names the saved one the guest still uses).  The
+        agent (root) does it all in its own process: ``restored``."""
+        with self._control() as control:
+            nics = control.info().get("nics", [])
+        macs = [(nic["restored_mac"], nic["mac"]) for nic in nics if "restored_mac" in nic]
+        self._agent.restored(time.time(), os.urandom(64), macs)
 
     def _wait_ready(self, boot_timeout: float) -> None:
         deadline = time.monotonic() + boot_timeout

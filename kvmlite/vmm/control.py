@@ -110,6 +110,9 @@ class VmControl:
             info["labels"] = dict(config.labels)
         if config.vsock is not None:        # where host programs CONNECT (docs/vsock.md)
             info["vsock"] = {"cid": config.vsock.cid, "socket": self.vm.devices.vsock_path}
+        nics = self.vm.devices.nics()
+        if nics:
+            info["nics"] = nics
         return info
 
     # --- lifetime ---

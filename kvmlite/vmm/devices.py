@@ -455,6 +455,21 @@ class DeviceManager:
                 pass
             self._vsock_dir = None
 
+    def nics(self) -> list[dict[str, str]]:
+        """Each NIC's name and MAC; after a restore under another MAC (a
+        clone) also ``restored_mac``, the saved one the guest still uses."""
+        from kvmlite.devices.virtio.net import VirtioNet
+        from kvmlite.net.mac import format_mac
+
+        out = []
+        for name, device, _transport in self.virtio:
+            if isinstance(device, VirtioNet):
+                nic = {"name": name, "mac": format_mac(device.mac)}
+                if device.restored_mac is not None:
+                    nic["restored_mac"] = format_mac(device.restored_mac)
+                out.append(nic)
+        return out
+
     def stats(self) -> dict[str, dict[str, int]]:
         out = {f"com{i + 1}": s.stats() for i, s in enumerate(self.serial)}
         if self.i8042 is not None:

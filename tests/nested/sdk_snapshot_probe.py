@@ -19,6 +19,17 @@ from kvmlite.sdk import snapshots  # noqa: E402
 from tests.nested.sdk_probe import check, emit  # noqa: E402
 
 HOME = "/home/user"
+# A NIC on a tap of its own (the test host runs this as root): each clone
+# must get its own MAC, in the VMM and in the guest.
+NET = "mode=tap"
+
+
+def macs(sb: Sandbox) -> list[str]:
+    """The NIC's MAC as the VMM serves it, then as the guest uses it."""
+    with sb._control() as control:
+        nics = control.info().get("nics", [])
+    guest = sb.commands.run("cat /sys/class/net/eth0/address").stdout.strip()
+    return [nics[0]["mac"] if nics else "", guest]
 
 
 def guest_time(sb: Sandbox) -> float:
@@ -28,7 +39,8 @@ def guest_time(sb: Sandbox) -> float:
 @check("cold")
 def cold(sb: Sandbox, seconds: float) -> dict:
     return {"restored_from": sb.restored_from, "note": sb.snapshot_note, "created_in": round(seconds, 1),
-            "cache": sorted(p.name for p in snapshots.cache_root().iterdir() if not p.name.startswith("."))}
+            "cache": sorted(p.name for p in snapshots.cache_root().iterdir() if not p.name.startswith(".")),
+            "macs": macs(sb)}
 
 
 @check("cached")
@@ -38,7 +50,8 @@ def cached(b: Sandbox, c: Sandbox, seconds: float) -> dict:
             "notes": [b.snapshot_note, c.snapshot_note],
             "created_in": round(seconds, 1), "clock_skew": round(abs(guest_time(b) - time.time()), 1),
             "uuids_differ": uuids[0] != uuids[1],
-            "sees_other": b.files.exists(f"{HOME}/note.txt"), "true": b.commands.run("true").exit_code}
+            "sees_other": b.files.exists(f"{HOME}/note.txt"), "true": b.commands.run("true").exit_code,
+            "macs": [macs(b), macs(c)]}
 
 
 @check("fork")
@@ -48,6 +61,7 @@ def fork(a: Sandbox) -> dict:
         notes = [clone.files.read(f"{HOME}/note.txt") for clone in clones]
         clones[0].files.write(f"{HOME}/only-clone0", "c0")
         return {"notes": notes, "ids_distinct": len({c.sandbox_id for c in clones} | {a.sandbox_id}) == 3,
+                "macs": [macs(a)] + [macs(clone) for clone in clones],
                 "parent_sees_clone": a.files.exists(f"{HOME}/only-clone0"),
                 "clone1_sees_clone0": clones[1].files.exists(f"{HOME}/only-clone0")}
     finally:
@@ -75,7 +89,7 @@ def pause_connect(a: Sandbox) -> dict:
 def main() -> None:
     start = time.monotonic()
     try:
-        a = Sandbox.create(timeout=900, memory_mb=256)
+        a = Sandbox.create(timeout=900, memory_mb=256, network=NET)
     except BaseException as exc:
         emit("cold", error=f"{type(exc).__name__}: {exc}")
         return
@@ -84,7 +98,8 @@ def main() -> None:
     others: list[Sandbox] = []
     try:
         start = time.monotonic()
-        others = [Sandbox.create(timeout=900, memory_mb=256), Sandbox.create(timeout=900, memory_mb=256)]
+        others = [Sandbox.create(timeout=900, memory_mb=256, network=NET),
+                  Sandbox.create(timeout=900, memory_mb=256, network=NET)]
         cached(*others, (time.monotonic() - start) / 2)
     except BaseException as exc:
         emit("cached", error=f"{type(exc).__name__}: {exc}")

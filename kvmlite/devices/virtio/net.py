@@ -405,6 +405,9 @@ class VirtioNet(VirtioDevice):
             raise ValueError("vhost-net needs a backend that carries the virtio-net header (a tap)")
         self.backend = backend
         self.mac = bytes(mac)
+        # After a restore under another MAC (a clone): the one the saved
+        # device had served, which the guest's driver read and still uses.
+        self.restored_mac: bytes | None = None
         self.loop = loop            # serves the backend's fd and, through the transport, the doorbells
         self.queue_max_sizes = (queue_size, queue_size)
         self._fd = backend.fileno()
@@ -598,10 +601,12 @@ class VirtioNet(VirtioDevice):
         backend from the VM's configuration), after the transport has
         activated it, which applied the negotiated offloads to the new
         backend (``set_offloads``: a tap's TUNSETOFFLOAD) and, on vhost,
-        started the rings at the saved positions.  The saved MAC is served
-        again even when this device was built with another (a VM restored
-        under another name); the link is as saved, and up for the driver
-        when the new backend is.  The saved chains are walked again from
+        started the rings at the saved positions.  This device keeps the
+        MAC it was built with (a VM restored under another name, a clone,
+        has its own); a saved one that differs is kept as ``restored_mac``,
+        the address the guest's driver read and goes on using until the
+        guest is told (the agent's ``restored``).  The link is as saved,
+        and up for the driver when the new backend is.  The saved chains are walked again from
         guest memory: the receive chains wait for the next frame, the
         transmit frame goes to the new backend.  Everything is checked
         before anything is set (StateError)."""
@@ -621,7 +626,7 @@ class VirtioNet(VirtioDevice):
                 raise StateError(f"virtio-net: the driver was given MTU {mtu}, this backend has "
                                  f"{self.backend.mtu or 'none'}")
             chains, frame = self._restored_chains(active if live else None, rx_heads, tx_head)
-            self.mac = mac
+            self.restored_mac = mac if mac != self.mac else None
             self._link_up = link_up
             self._stats.update(stats)
             if live and self._vhost is not None:

@@ -35,6 +35,7 @@ class FakeVm:
         self.devices = SimpleNamespace(acpi_pm=pm, i8042=I8042(RecordingIrqLine(), reset=lambda: None),
                                        serial=[Serial(RecordingIrqLine())])
         self.devices.stats = lambda: {"com1": self.devices.serial[0].stats()}
+        self.devices.nics = lambda: []
         self.io_bus, self.mmio_bus = Bus("pio"), Bus("mmio")
 
     def wait_ended(self, timeout: float | None = 0) -> bool:
@@ -173,6 +174,15 @@ def test_process_memory_reads_kb_lines(tmp_path) -> None:
     status.write_text("Name:\tpython\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n")
     assert process_memory(str(status)) == {"peak_rss_bytes": 2 << 20, "rss_bytes": 1 << 20}
     assert process_memory(str(tmp_path / "missing")) == {}
+
+
+def test_info_lists_nics_with_the_mac_a_restored_guest_still_uses_only_with_nics() -> None:
+    vm = FakeVm()
+    assert "nics" not in VmControl(vm).info()
+    clone = [{"name": "virtio-net0", "mac": "52:54:00:9a:bc:de", "restored_mac": "52:54:00:12:34:56"}]
+    vm.devices.nics = lambda: clone
+
+    assert VmControl(vm).info()["nics"] == clone
 
 
 def test_info_names_the_vsock_socket_only_with_vsock() -> None:

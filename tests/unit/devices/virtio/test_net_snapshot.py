@@ -6,8 +6,9 @@ or virtio-pci) up to DRIVER_OK, frames go both ways, the transport's state
 is saved and sent through JSON, and a fresh device on a fresh fake backend
 (the restored VM's new tap or passt) is built over the *same* guest memory
 and restored.  Then frames must go on at the saved ring positions, the new
-backend must have been given the negotiated offloads, and the driver must
-read the saved MAC.  On vhost-net a fake /dev/vhost-net stands in for the
+backend must have been given the negotiated offloads, and the restored NIC
+must serve its own MAC while naming the saved one (what the guest's driver
+read) as ``restored_mac``.  On vhost-net a fake /dev/vhost-net stands in for the
 kernel.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -26,6 +28,7 @@ from kvmlite.devices.virtio.net import (OFFLOAD_FEATURES, RECEIVEQ, TRANSMITQ, V
                                         VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP, VNET_HDR,
                                         VirtioNet)
 from kvmlite.devices.virtio.net_vhost import VHOST_FILE_UNBIND
+from kvmlite.vmm.devices import DeviceManager
 from tests.unit.devices.virtio.fakedriver import FakeNetBackend, Posted, wait_until
 from tests.unit.devices.virtio.test_snapshot import Guest, queue_states, restored, rings_for
 from tests.unit.devices.virtio.test_virtio_net_vhost import MAC as VHOST_MAC
@@ -187,8 +190,9 @@ def test_net_round_trip_goes_on_at_the_saved_ring_positions(kind: str, memory: G
     new = restore(old, state, loop, new_backend(backends))
 
     assert new.backend.negotiated == [features]      # TUNSETOFFLOAD, exactly what was negotiated
-    assert read_config(new.device, 0, 8) == MAC + VIRTIO_NET_S_LINK_UP.to_bytes(2, "little")
-    assert new.device.mac == MAC
+    # the clone serves its own MAC and names the one the guest was given
+    assert read_config(new.device, 0, 8) == OTHER_MAC + VIRTIO_NET_S_LINK_UP.to_bytes(2, "little")
+    assert new.device.mac == OTHER_MAC and new.device.restored_mac == MAC
     assert new.device.stats()["tx_packets"] == 3 and new.device.stats()["rx_packets"] == 2
     new.transmit(frame(400, seed=20))
     new.tx_done(4)
@@ -213,7 +217,23 @@ def test_net_round_trip_before_driver_ok(kind: str, memory: GuestMemory, loop: E
     new = restore(NetGuest(guest, device.backend), state, loop, new_backend(backends))
 
     assert new.backend.negotiated == []             # offloads come with DRIVER_OK
-    assert read_config(new.device, 0, 6) == MAC
+    assert read_config(new.device, 0, 6) == OTHER_MAC and new.device.restored_mac == MAC
+    # what `info` (the SDK, then the agent's `restored`) learns of it
+    devices = SimpleNamespace(virtio=[("virtio-net0", new.device, None), ("virtio-rng0", object(), None)])
+    listed = DeviceManager.nics(devices)
+    assert listed == [{"name": "virtio-net0", "mac": "52:54:00:9a:bc:de", "restored_mac": "52:54:00:12:34:56"}]
+    new.guest.close()
+
+
+def test_net_restored_under_the_same_mac_names_no_other(kind: str, memory: GuestMemory, loop: EventLoop,
+                                                        backends: list[FakeNetBackend]) -> None:
+    # a VM restored under its own name (the SDK's pause and connect) keeps its MAC
+    old = up(kind, memory, loop, new_backend(backends))
+    state = json.loads(json.dumps(old.guest.transport.save_state()))
+
+    new = restore(old, state, loop, new_backend(backends), mac=MAC)
+
+    assert read_config(new.device, 0, 6) == MAC and new.device.restored_mac is None
     new.guest.close()
 
 
@@ -355,7 +375,7 @@ def test_net_vhost_positions_come_back_from_the_kernel(ram: GuestMemory, loop: E
     assert ("set_vring_base", RECEIVEQ, 5) in fresh.calls and ("set_vring_base", TRANSMITQ, 3) in fresh.calls
     assert fresh.calls[-2:] == [("set_backend", 0, new_backend_.fileno()), ("set_backend", 1, new_backend_.fileno())]
     assert new_backend_.negotiated == [LINUX_ACCEPTS]
-    assert read_config(device, 0, 6) == VHOST_MAC
+    assert read_config(device, 0, 6) == OTHER_MAC and device.restored_mac == VHOST_MAC
     device.close()
     new.transport.close()
     backend.close()
