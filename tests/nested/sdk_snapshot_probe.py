@@ -8,6 +8,7 @@ hidden."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,8 @@ def main() -> None:
     a.kill()
     time.sleep(1)
     tmp = [p.name for p in snapshots.cache_root().iterdir() if p.name.startswith(".")]
-    emit("leftovers", cache_tmp=tmp, sandboxes=[i.sandbox_id for i in Sandbox.list()])
+    emit("leftovers", cache_tmp=tmp, sandboxes=[i.sandbox_id for i in Sandbox.list()],
+         taps=sorted(n for n in os.listdir("/sys/class/net") if n.startswith("kvmlite")))
 
 
 if __name__ == "__main__":

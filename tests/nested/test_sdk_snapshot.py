@@ -71,4 +71,4 @@ def test_pause_then_connect_brings_back_files_and_processes(probe: dict[str, dic
 
 def test_nothing_left_behind(probe: dict[str, dict]) -> None:
     r = _get(probe, "leftovers")
-    assert r["cache_tmp"] == [] and r["sandboxes"] == [], r
+    assert r["cache_tmp"] == [] and r["sandboxes"] == [] and r["taps"] == [], r
