@@ -307,3 +307,19 @@ def test_run_gives_up_after_the_retries_and_says_how_it_ended(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.count("ended before the script did (BUG: kernel NULL pointer)") == testhost.STALL_ATTEMPTS
     assert "giving up" in err
+
+
+def test_compile_checkout_leaves_fresh_bytecode_for_the_test_host(tmp_path: Path, monkeypatch) -> None:
+    # Arrange: a checkout with a module in each place the test host imports from
+    import importlib.util
+
+    for rel in ("kvmlite/vmm/vm.py", "tests/nested/probe_helpers.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("VALUE = 42\n")
+    monkeypatch.setattr(harness, "REPO", tmp_path)
+    # Act
+    harness.compile_checkout()
+    # Assert: each has the .pyc the interpreter looks for, no older than its source
+    for rel in ("kvmlite/vmm/vm.py", "tests/nested/probe_helpers.py"):
+        cached = Path(importlib.util.cache_from_source(str(tmp_path / rel)))
+        assert cached.is_file() and cached.stat().st_mtime >= (tmp_path / rel).stat().st_mtime

@@ -20,10 +20,10 @@ tag when the header was long enough to hold one.
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import errno
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, TypeVar, cast
 
 from kvmlite.devices.virtio.p9.constants import HEADER_SIZE, IO_HEADER_SIZE, NOTAG, MsgType
@@ -56,8 +56,17 @@ class Qid:
 
 # ---- field kinds ----------------------------------------------------------
 
+class _Wire:
+    """A message field's kind on the wire, as its class body declares it."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
 def _wire(kind: str) -> Any:
-    return field(metadata={"wire": kind})
+    return _Wire(kind)
 
 
 def u8() -> Any:
@@ -178,6 +187,7 @@ class Message:
     """Base of every message class; ``TYPE`` is its MsgType and ``FIELDS`` its
     (name, kind) pairs in wire order, filled in by :func:`_message`."""
 
+    __slots__ = ()
     TYPE: ClassVar[MsgType]
     FIELDS: ClassVar[tuple[tuple[str, str], ...]]
 
@@ -186,37 +196,48 @@ M = TypeVar("M", bound=type[Message])
 MESSAGES: dict[int, type[Message]] = {}
 
 
+def _same_message(self: tuple, other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)      # type: ignore[arg-type]
+
+
 def _message(msg_type: MsgType) -> Callable[[M], M]:
+    """The message class its body declares (fields in wire order, each a
+    kind from ``u32()``, ``string()``...), made an immutable named tuple:
+    built per request in half the time of a frozen dataclass, and quicker
+    to define (a VMM with a share defines sixty at its start).  Two
+    messages are equal only when of the same type; one is true even
+    without fields."""
     def register(cls: M) -> M:
-        cls.TYPE = msg_type
-        cls.FIELDS = tuple((f.name, f.metadata["wire"]) for f in dataclasses.fields(cast(Any, cls)))
-        MESSAGES[msg_type] = cls
-        return cls
+        spec = {name: value.kind for name, value in vars(cls).items() if isinstance(value, _Wire)}
+        base = collections.namedtuple(cls.__name__, tuple(spec), module=cls.__module__)   # type: ignore[misc]
+        made = type(cls.__name__, (base, Message), {
+            "__slots__": (), "__doc__": cls.__doc__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "TYPE": msg_type, "FIELDS": tuple(spec.items()), "__eq__": _same_message,
+            "__ne__": lambda self, other: not _same_message(self, other), "__hash__": tuple.__hash__,
+            "__bool__": lambda self: True})
+        MESSAGES[msg_type] = made
+        return cast(M, made)
     return register
 
 
 @_message(MsgType.RLERROR)
-@dataclass(frozen=True)
 class Rlerror(Message):
     ecode: int = u32()
 
 
 @_message(MsgType.TVERSION)
-@dataclass(frozen=True)
 class Tversion(Message):
     msize: int = u32()
     version: bytes = string()
 
 
 @_message(MsgType.RVERSION)
-@dataclass(frozen=True)
 class Rversion(Message):
     msize: int = u32()
     version: bytes = string()
 
 
 @_message(MsgType.TAUTH)
-@dataclass(frozen=True)
 class Tauth(Message):
     afid: int = u32()
     uname: bytes = string()
@@ -225,13 +246,11 @@ class Tauth(Message):
 
 
 @_message(MsgType.RAUTH)
-@dataclass(frozen=True)
 class Rauth(Message):
     aqid: Qid = qid()
 
 
 @_message(MsgType.TATTACH)
-@dataclass(frozen=True)
 class Tattach(Message):
     fid: int = u32()
     afid: int = u32()
@@ -241,25 +260,21 @@ class Tattach(Message):
 
 
 @_message(MsgType.RATTACH)
-@dataclass(frozen=True)
 class Rattach(Message):
     qid: Qid = qid()
 
 
 @_message(MsgType.TFLUSH)
-@dataclass(frozen=True)
 class Tflush(Message):
     oldtag: int = u16()
 
 
 @_message(MsgType.RFLUSH)
-@dataclass(frozen=True)
 class Rflush(Message):
     pass
 
 
 @_message(MsgType.TWALK)
-@dataclass(frozen=True)
 class Twalk(Message):
     fid: int = u32()
     newfid: int = u32()
@@ -267,13 +282,11 @@ class Twalk(Message):
 
 
 @_message(MsgType.RWALK)
-@dataclass(frozen=True)
 class Rwalk(Message):
     wqids: tuple[Qid, ...] = qids()
 
 
 @_message(MsgType.TREAD)
-@dataclass(frozen=True)
 class Tread(Message):
     fid: int = u32()
     offset: int = u64()
@@ -281,13 +294,11 @@ class Tread(Message):
 
 
 @_message(MsgType.RREAD)
-@dataclass(frozen=True)
 class Rread(Message):
     data: bytes = data()
 
 
 @_message(MsgType.TWRITE)
-@dataclass(frozen=True)
 class Twrite(Message):
     fid: int = u32()
     offset: int = u64()
@@ -295,43 +306,36 @@ class Twrite(Message):
 
 
 @_message(MsgType.RWRITE)
-@dataclass(frozen=True)
 class Rwrite(Message):
     count: int = u32()
 
 
 @_message(MsgType.TCLUNK)
-@dataclass(frozen=True)
 class Tclunk(Message):
     fid: int = u32()
 
 
 @_message(MsgType.RCLUNK)
-@dataclass(frozen=True)
 class Rclunk(Message):
     pass
 
 
 @_message(MsgType.TREMOVE)
-@dataclass(frozen=True)
 class Tremove(Message):
     fid: int = u32()
 
 
 @_message(MsgType.RREMOVE)
-@dataclass(frozen=True)
 class Rremove(Message):
     pass
 
 
 @_message(MsgType.TSTATFS)
-@dataclass(frozen=True)
 class Tstatfs(Message):
     fid: int = u32()
 
 
 @_message(MsgType.RSTATFS)
-@dataclass(frozen=True)
 class Rstatfs(Message):
     type: int = u32()
     bsize: int = u32()
@@ -345,21 +349,18 @@ class Rstatfs(Message):
 
 
 @_message(MsgType.TLOPEN)
-@dataclass(frozen=True)
 class Tlopen(Message):
     fid: int = u32()
     flags: int = u32()
 
 
 @_message(MsgType.RLOPEN)
-@dataclass(frozen=True)
 class Rlopen(Message):
     qid: Qid = qid()
     iounit: int = u32()
 
 
 @_message(MsgType.TLCREATE)
-@dataclass(frozen=True)
 class Tlcreate(Message):
     fid: int = u32()
     name: bytes = string()
@@ -369,14 +370,12 @@ class Tlcreate(Message):
 
 
 @_message(MsgType.RLCREATE)
-@dataclass(frozen=True)
 class Rlcreate(Message):
     qid: Qid = qid()
     iounit: int = u32()
 
 
 @_message(MsgType.TSYMLINK)
-@dataclass(frozen=True)
 class Tsymlink(Message):
     fid: int = u32()
     name: bytes = string()
@@ -385,13 +384,11 @@ class Tsymlink(Message):
 
 
 @_message(MsgType.RSYMLINK)
-@dataclass(frozen=True)
 class Rsymlink(Message):
     qid: Qid = qid()
 
 
 @_message(MsgType.TMKNOD)
-@dataclass(frozen=True)
 class Tmknod(Message):
     dfid: int = u32()
     name: bytes = string()
@@ -402,13 +399,11 @@ class Tmknod(Message):
 
 
 @_message(MsgType.RMKNOD)
-@dataclass(frozen=True)
 class Rmknod(Message):
     qid: Qid = qid()
 
 
 @_message(MsgType.TRENAME)
-@dataclass(frozen=True)
 class Trename(Message):
     fid: int = u32()
     dfid: int = u32()
@@ -416,32 +411,27 @@ class Trename(Message):
 
 
 @_message(MsgType.RRENAME)
-@dataclass(frozen=True)
 class Rrename(Message):
     pass
 
 
 @_message(MsgType.TREADLINK)
-@dataclass(frozen=True)
 class Treadlink(Message):
     fid: int = u32()
 
 
 @_message(MsgType.RREADLINK)
-@dataclass(frozen=True)
 class Rreadlink(Message):
     target: bytes = string()
 
 
 @_message(MsgType.TGETATTR)
-@dataclass(frozen=True)
 class Tgetattr(Message):
     fid: int = u32()
     request_mask: int = u64()
 
 
 @_message(MsgType.RGETATTR)
-@dataclass(frozen=True)
 class Rgetattr(Message):
     valid: int = u64()
     qid: Qid = qid()
@@ -466,7 +456,6 @@ class Rgetattr(Message):
 
 
 @_message(MsgType.TSETATTR)
-@dataclass(frozen=True)
 class Tsetattr(Message):
     fid: int = u32()
     valid: int = u32()
@@ -481,13 +470,11 @@ class Tsetattr(Message):
 
 
 @_message(MsgType.RSETATTR)
-@dataclass(frozen=True)
 class Rsetattr(Message):
     pass
 
 
 @_message(MsgType.TXATTRWALK)
-@dataclass(frozen=True)
 class Txattrwalk(Message):
     fid: int = u32()
     newfid: int = u32()
@@ -495,13 +482,11 @@ class Txattrwalk(Message):
 
 
 @_message(MsgType.RXATTRWALK)
-@dataclass(frozen=True)
 class Rxattrwalk(Message):
     size: int = u64()
 
 
 @_message(MsgType.TXATTRCREATE)
-@dataclass(frozen=True)
 class Txattrcreate(Message):
     fid: int = u32()
     name: bytes = string()
@@ -510,13 +495,11 @@ class Txattrcreate(Message):
 
 
 @_message(MsgType.RXATTRCREATE)
-@dataclass(frozen=True)
 class Rxattrcreate(Message):
     pass
 
 
 @_message(MsgType.TREADDIR)
-@dataclass(frozen=True)
 class Treaddir(Message):
     fid: int = u32()
     offset: int = u64()
@@ -524,26 +507,22 @@ class Treaddir(Message):
 
 
 @_message(MsgType.RREADDIR)
-@dataclass(frozen=True)
 class Rreaddir(Message):
     data: bytes = data()
 
 
 @_message(MsgType.TFSYNC)
-@dataclass(frozen=True)
 class Tfsync(Message):
     fid: int = u32()
     datasync: int = u32()
 
 
 @_message(MsgType.RFSYNC)
-@dataclass(frozen=True)
 class Rfsync(Message):
     pass
 
 
 @_message(MsgType.TLOCK)
-@dataclass(frozen=True)
 class Tlock(Message):
     fid: int = u32()
     type: int = u8()
@@ -555,13 +534,11 @@ class Tlock(Message):
 
 
 @_message(MsgType.RLOCK)
-@dataclass(frozen=True)
 class Rlock(Message):
     status: int = u8()
 
 
 @_message(MsgType.TGETLOCK)
-@dataclass(frozen=True)
 class Tgetlock(Message):
     fid: int = u32()
     type: int = u8()
@@ -572,7 +549,6 @@ class Tgetlock(Message):
 
 
 @_message(MsgType.RGETLOCK)
-@dataclass(frozen=True)
 class Rgetlock(Message):
     type: int = u8()
     start: int = u64()
@@ -582,7 +558,6 @@ class Rgetlock(Message):
 
 
 @_message(MsgType.TLINK)
-@dataclass(frozen=True)
 class Tlink(Message):
     dfid: int = u32()
     fid: int = u32()
@@ -590,13 +565,11 @@ class Tlink(Message):
 
 
 @_message(MsgType.RLINK)
-@dataclass(frozen=True)
 class Rlink(Message):
     pass
 
 
 @_message(MsgType.TMKDIR)
-@dataclass(frozen=True)
 class Tmkdir(Message):
     dfid: int = u32()
     name: bytes = string()
@@ -605,13 +578,11 @@ class Tmkdir(Message):
 
 
 @_message(MsgType.RMKDIR)
-@dataclass(frozen=True)
 class Rmkdir(Message):
     qid: Qid = qid()
 
 
 @_message(MsgType.TRENAMEAT)
-@dataclass(frozen=True)
 class Trenameat(Message):
     olddirfid: int = u32()
     oldname: bytes = string()
@@ -620,13 +591,11 @@ class Trenameat(Message):
 
 
 @_message(MsgType.RRENAMEAT)
-@dataclass(frozen=True)
 class Rrenameat(Message):
     pass
 
 
 @_message(MsgType.TUNLINKAT)
-@dataclass(frozen=True)
 class Tunlinkat(Message):
     dirfid: int = u32()
     name: bytes = string()
@@ -634,7 +603,6 @@ class Tunlinkat(Message):
 
 
 @_message(MsgType.RUNLINKAT)
-@dataclass(frozen=True)
 class Runlinkat(Message):
     pass
 

@@ -3,7 +3,6 @@ raise MessageError with the errno the server answers."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import struct
 
@@ -173,5 +172,15 @@ def test_codec_dirents_round_trip() -> None:
 
 
 def test_codec_messages_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         codec.Tclunk(1).fid = 2   # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        codec.Tclunk(1).other = 2   # type: ignore[attr-defined]
+
+
+def test_codec_messages_equal_only_their_own_type_and_are_true() -> None:
+    # Rlopen and Rlcreate have the same fields: a reply of the wrong type must not compare equal
+    assert codec.Rlopen(Q, 4096) == codec.Rlopen(Q, 4096) != codec.Rlcreate(Q, 4096)
+    assert codec.Rlopen(Q, 4096) != (Q, 4096) and hash(codec.Rlopen(Q, 4096)) == hash(codec.Rlopen(Q, 4096))
+    assert bool(codec.Rclunk()) and codec.Rclunk() == codec.Rclunk() != codec.Rremove()
+    assert repr(codec.Tclunk(7)) == "Tclunk(fid=7)" and isinstance(codec.Tclunk(7), codec.Message)
