@@ -606,9 +606,9 @@ class VirtioNet(VirtioDevice):
         has its own); a saved one that differs is kept as ``restored_mac``,
         the address the guest's driver read and goes on using until the
         guest is told (the agent's ``restored``).  The link is as saved,
-        and up for the driver when the new backend is.  The saved chains are walked again from
-        guest memory: the receive chains wait for the next frame, the
-        transmit frame goes to the new backend.  Everything is checked
+        and up for the driver when the new backend is.  The saved chains
+        are walked again from guest memory: the receive chains wait for the
+        next frame, the transmit frame goes to the new backend.  Everything is checked
         before anything is set (StateError)."""
         r = Reader(state, "virtio-net")
         mac = r.bytes("mac", 6)
