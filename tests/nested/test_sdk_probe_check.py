@@ -11,8 +11,9 @@ import pytest
 
 from kvmlite import Sandbox
 
+from . import sdk_probe
 from .sdk_probe import check
-from .testhost import GUEST_CRASH
+from .testhost import GUEST_CRASH, PROBE_HUNG, SCRIPT_PREAMBLE
 
 
 class DeadSandbox(Sandbox):
@@ -52,13 +53,16 @@ def test_check_that_hangs_is_reported_with_stacks_and_ends_the_probe() -> None:
 
     from .testhost import REPO
 
-    program = ("import time\nfrom tests.nested.sdk_probe import check\n"
+    program = ("import time\nfrom tests.nested import sdk_probe\n"
+               "sdk_probe._kill_sandboxes = lambda: print('killed the sandboxes')\n"
                "def stuck_in_agent_call(): time.sleep(60)\n"
-               "check('files', limit=1)(lambda: stuck_in_agent_call())()\nprint('went on')\n")
+               "sdk_probe.check('files', limit=1)(lambda: stuck_in_agent_call())()\nprint('went on')\n")
     # Act
     proc = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=30)
     # Assert: the probe ended at once with the check's error and where it hung
     (found,) = _records(proc.stdout)
-    assert proc.returncode == 3 and "went on" not in proc.stdout
+    assert proc.returncode == 3 and "went on" not in proc.stdout and "killed the sandboxes" in proc.stdout
     assert found["check"] == "files" and found["error"].startswith("ProbeTimeout: the check did not finish in 1 s")
     assert "stuck_in_agent_call" in found["trace"]
+    # retried_section runs a step that printed it again
+    assert PROBE_HUNG == sdk_probe.PROBE_HUNG and f'-e "{PROBE_HUNG}"' in SCRIPT_PREAMBLE

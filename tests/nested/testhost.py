@@ -188,6 +188,7 @@ sleep 60
 # expected failure.
 GUEST_CRASH = "guest triple fault"
 AGENT_SILENT = "no answer from its agent within"
+PROBE_HUNG = "ProbeTimeout:"      # an SDK probe's check that never finished (tests/nested/sdk_probe.py)
 
 SCRIPT_PREAMBLE = r"""# preamble written by tests/nested/testhost.py
 section() {
@@ -211,13 +212,14 @@ retried_section() {
         { "$@" 2>&1 </dev/null; echo $? > /tmp/.section-rc; } | tee /tmp/.section-out
         _rc=$(cat /tmp/.section-rc)
         echo "@@END $_name rc=$_rc"
-        [ $_try != 3 ] && grep -q -e "__GUEST_CRASH__" -e "__AGENT_SILENT__" /tmp/.section-out \
+        [ $_try != 3 ] && grep -q -e "__GUEST_CRASH__" -e "__AGENT_SILENT__" -e "__PROBE_HUNG__" /tmp/.section-out \
             || break
         echo "@@RETRY $_name: an inner guest crashed or froze; running the step again"
     done
 }
 cd "$TESTHOST_WORK" || exit 1
-""".replace("__GUEST_CRASH__", GUEST_CRASH).replace("__AGENT_SILENT__", AGENT_SILENT)
+""".replace("__GUEST_CRASH__", GUEST_CRASH).replace("__AGENT_SILENT__", AGENT_SILENT).replace("__PROBE_HUNG__",
+                                                                                             PROBE_HUNG)
 
 
 class TestHostUnavailable(Exception):
