@@ -3,7 +3,9 @@ of E2B's SDK (docs/sdk.md lists where it differs).
 
 A sandbox is ``kvmlite sandbox --agent`` run as a process of its own (the
 VMM; it outlives the Python process that made it, until it is killed or
-its timeout passes, as an E2B sandbox does).  Its guest sees the host's
+its timeout passes, as an E2B sandbox does), forked by this process's
+warm launcher (:mod:`kvmlite.sdk.launcher`) so that it pays no Python
+start or imports.  Its guest sees the host's
 programs read-only with a tmpfs overlay for writes, and nothing of the
 host's files but the shares it is given; the agent (:mod:`kvmlite.agent`)
 in it serves ``sb.commands`` and ``sb.files`` over virtio-vsock, reached
@@ -41,6 +43,7 @@ from kvmlite.cli.cmd_sandbox import AGENT_PORT, PORT_LABEL, SANDBOX_LABEL
 from kvmlite.sdk import snapshots
 from kvmlite.sdk.commands import Commands
 from kvmlite.sdk.files import Filesystem
+from kvmlite.sdk.launcher import LaunchedProcess, start_vmm
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 300            # seconds a sandbox lives (E2B's default)
@@ -85,7 +88,7 @@ class Sandbox:
         one, after a cold boot, when there is none): docs/sdk.md.
         """
         self.envs = dict(envs or {})
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | LaunchedProcess | None = None
         self._console: IO[bytes] | None = None
         self.restored_from: str | None = None     # the snapshot it started from, if any
         self.snapshot_note: str | None = None     # why the start-up snapshot was not used or not saved
@@ -127,7 +130,7 @@ class Sandbox:
 
     def _argv(self, timeout: float, metadata: Mapping[str, str], cpus: int, memory_mb: int,
               shares: Sequence[str], network: bool | str) -> list[str]:
-        argv = [sys.executable, "-m", "kvmlite", "sandbox", "--agent", "--name", self.sandbox_id,
+        argv = ["sandbox", "--agent", "--name", self.sandbox_id,
                 "-c", str(cpus), "-m", str(memory_mb), "--timeout", f"{timeout:g}",
                 "-n", network if isinstance(network, str) else ("mode=user" if network else "mode=none")]
         for share in shares:
@@ -135,20 +138,21 @@ class Sandbox:
         argv += _label_args(metadata)
         return argv
 
-    def _start(self, argv: list[str]) -> None:
-        """Start the VMM (``kvmlite sandbox --agent`` or ``run --restore``)."""
+    def _start(self, args: list[str]) -> None:
+        """Start the VMM (``kvmlite sandbox --agent`` or ``run --restore``),
+        forked by this process's warm launcher (:mod:`kvmlite.sdk.launcher`)."""
         self._console = tempfile.TemporaryFile(prefix="kvmlite-sandbox-")
         env = dict(os.environ, PYTHONPATH=_package_path(os.environ.get("PYTHONPATH")))
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._console,
-                                      stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        threading.Thread(target=self._proc.wait, daemon=True, name=f"{self.sandbox_id}:reaper").start()
+        self._proc = start_vmm(args, self._console, env, self.sandbox_id)
+        if isinstance(self._proc, subprocess.Popen):
+            threading.Thread(target=self._proc.wait, daemon=True, name=f"{self.sandbox_id}:reaper").start()
 
     def _start_cached(self, argv: list[str], timeout: float, metadata: Mapping[str, str],
                       boot_timeout: float) -> None:
         """From the start-up snapshot when there is one; else boot, and save
         one for next time.  A snapshot that fails to start is dropped and the
         sandbox boots cold instead."""
-        key = snapshots.cache_key(argv, _guest_files())
+        key = snapshots.cache_key([sys.executable, "-m", "kvmlite", *argv], _guest_files())
         snap = snapshots.cached(key)
         if snap is not None:
             try:
@@ -179,7 +183,7 @@ class Sandbox:
 
     def _start_restored(self, directory: str, timeout: float, metadata: Mapping[str, str],
                         boot_timeout: float) -> None:
-        argv = [sys.executable, "-m", "kvmlite", "run", "--restore", directory, "--name", self.sandbox_id,
+        argv = ["run", "--restore", directory, "--name", self.sandbox_id,
                 "--timeout", f"{timeout:g}", *_label_args(metadata)]
         self._start(argv)
         self._wait_ready(boot_timeout)

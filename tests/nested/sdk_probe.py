@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kvmlite import AgentConnectionError, CommandExitError, Sandbox, SandboxError
+from kvmlite.sdk.launcher import PROCESS_NAME
 
 BIG = 64 << 20
 # Seconds one check may take (the slowest, 64 MiB both ways under TCG, takes
@@ -67,6 +68,7 @@ def _watch(name: str, sb: Sandbox | None, done: threading.Event, limit: float) -
 def _kill_sandboxes() -> None:
     """Every sandbox VMM in this (test) host."""
     subprocess.run(["pkill", "-9", "-f", "[-]m kvmlite (sandbox --agent|run --restore) "], check=False)
+    subprocess.run(["pkill", "-9", "-x", PROCESS_NAME.decode()], check=False)     # forked by the launcher
 
 
 def check(name: str, ends_sandbox: bool = False, limit: float | None = None):  # type: ignore[no-untyped-def]
@@ -102,7 +104,8 @@ def create_info(sb: Sandbox, created_in: float) -> dict:
     listed = [info.sandbox_id for info in Sandbox.list()]
     info = sb.get_info()
     return {"created_in": round(created_in, 2), "listed": sb.sandbox_id in listed, "state": info.state,
-            "metadata": info.metadata, "end_in": round((info.end_at or 0) - time.time())}
+            "metadata": info.metadata, "end_in": round((info.end_at or 0) - time.time()),
+            "vmm_name": Path(f"/proc/{sb._proc.pid}/comm").read_text().strip() if sb._proc else None}
 
 
 @check("serial")
@@ -248,13 +251,17 @@ def own_deadline(sb: Sandbox) -> dict:
     return {"ended_after": round(ended, 2), "running": sb.is_running(), "raised": outcome.get("raised")}
 
 
-def leftovers(work: Path, names: list[str]) -> None:
-    """No VMM process, no runtime socket or directory, no console file left."""
+def leftovers(work: Path, names: list[str], pids: list[int]) -> None:
+    """No VMM process (by its pid, and by its command line when it was
+    started the plain way), no runtime socket or directory, no console
+    file left."""
     procs = subprocess.run(["pgrep", "-af", "kvmlite sandbox --agent"], capture_output=True, text=True).stdout
+    alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
     run_dir = Path(os.environ.get("XDG_RUNTIME_DIR", "")) / "kvmlite"
     entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
     tmp = sorted(p.name for p in Path("/tmp").iterdir() if p.name.startswith("kvmlite-sandbox-"))
-    emit("leftovers", processes=[line for line in procs.splitlines() if any(n in line for n in names)],
+    emit("leftovers", processes=[line for line in procs.splitlines() if any(n in line for n in names)] + alive,
+         vmm_pids=len(pids),
          runtime=[e for e in entries if any(e.startswith(n) for n in names)], tmp=tmp)
 
 
@@ -284,12 +291,13 @@ def main() -> None:
     background_handle(sb)
     kvmlite_exec(sb)
     kill_makes_pending_call_raise(sb)
-    names = [sb.sandbox_id]
+    names, pids = [sb.sandbox_id], [sb._proc.pid if sb._proc else -1]
     if second is not None:
         names.append(second.sandbox_id)
+        pids.append(second._proc.pid if second._proc else -1)
         own_deadline(second)
     time.sleep(1)
-    leftovers(work, names)
+    leftovers(work, names, pids)
 
 
 if __name__ == "__main__":

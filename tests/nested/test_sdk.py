@@ -39,6 +39,7 @@ def test_sdk_create_lists_sandbox_with_metadata_and_deadline(probe: dict[str, di
     r = _get(probe, "create")
     assert r["listed"] and r["state"] == "running"
     assert r["metadata"] == {"purpose": "nested-test"}
+    assert r["vmm_name"] == "kvmlite-vmm"          # forked by the SDK's warm launcher
     assert 600 < r["end_in"] <= 900           # 900 s from its start; the second sandbox booted since
     print(f"sandbox created in {r['created_in']} s")
 
@@ -101,4 +102,4 @@ def test_sdk_sandbox_killed_at_its_deadline(probe: dict[str, dict]) -> None:
 
 def test_sdk_leaves_no_process_socket_or_file(probe: dict[str, dict]) -> None:
     r = _get(probe, "leftovers")
-    assert r["processes"] == [] and r["runtime"] == [] and r["tmp"] == []
+    assert r["vmm_pids"] == 2 and r["processes"] == [] and r["runtime"] == [] and r["tmp"] == []
