@@ -10,7 +10,10 @@ does the work there; docs/snapshot.md).  One test-host boot:
   first tick it prints.  Medians.
 * **Memory of 10 clones**: ten ``kvmlite run --restore`` of one idle 256 MiB
   guest; their summed PSS against one restore's PSS (and the part of each
-  that is guest RAM mapped from the memory file).
+  that is guest RAM mapped from the memory file).  Then the same clones in
+  one process through the Python API (``Vm.restore`` ten times, as
+  ``vm.fork(10)`` makes them): that process's PSS against a process
+  holding one clone.
 * **The SDK**: ``Sandbox.create()`` + ``commands.run("true")`` from a cold
   boot against from the start-up snapshot, medians of ``SDK_ROUNDS``.
 
@@ -91,6 +94,11 @@ def parse(console: str) -> dict:
     out[f"clones_{CLONES}_over_one"] = ratio(out[f"clones_{CLONES}_pss_MiB"], out["one_clone_pss_MiB"])
     out[f"clones_{CLONES}_guest_ram_over_one"] = ratio(out[f"clones_{CLONES}_guest_ram_pss_MiB"],
                                                        out["one_clone_guest_ram_pss_MiB"])
+    for metric in ("api_one_clone_pss_MiB", "api_one_clone_guest_ram_pss_MiB", f"api_clones_{CLONES}_pss_MiB",
+                   f"api_clones_{CLONES}_guest_ram_pss_MiB"):
+        why = errors.get(("kvmlite", f"api_clones_{CLONES}_pss_MiB"))
+        out[metric] = number_or_failure(values.get(("kvmlite", metric), []), [why or f"no {metric}"])
+    out[f"api_clones_{CLONES}_over_one"] = ratio(out[f"api_clones_{CLONES}_pss_MiB"], out["api_one_clone_pss_MiB"])
     for metric in ("sdk_cold_create_s", "sdk_snapshot_create_s"):
         why = errors.get(("kvmlite", "sdk_cold_create_s"))
         out[metric] = number_or_failure(values.get(("kvmlite", metric), []), [why or f"no {metric}"], 2)

@@ -6,7 +6,12 @@ step failed).
     snapshot_peer.py restore MIB          kvmlite and QEMU: save a counting
                                           guest of MIB MiB, time its restore
     snapshot_peer.py clones N             kvmlite: N restores of one idle
-                                          guest, their summed PSS
+                                          guest, their summed PSS: N
+                                          processes (``run --restore``), and
+                                          one process (``Vm.restore``) against
+                                          one clone in a process
+    snapshot_peer.py api-clones DIR N     one process: N ``Vm.restore`` of
+                                          DIR, its PSS once they tick
     snapshot_peer.py sdk ROUNDS           Sandbox.create() cold and from
                                           the start-up snapshot
 
@@ -234,7 +239,44 @@ def clones(count: int) -> None:
     finally:
         for proc in procs:
             stop(proc)
+    try:
+        for n, metric in ((1, "api_one_clone"), (count, f"api_clones_{count}")):
+            step(f"{n} clone(s) in one process (Vm.restore)")
+            out = subprocess.run([sys.executable, __file__, "api-clones", directory, str(n)], capture_output=True,
+                                 text=True, timeout=600)
+            found = re.search(r"^@@PSS (\d+) (\d+)$", out.stdout, re.M)
+            if not found:
+                raise RuntimeError(f"api-clones {n}: status {out.returncode}: {(out.stdout + out.stderr)[-300:]}")
+            emit("kvmlite", f"{metric}_pss_MiB", int(found[1]) / 1024)
+            emit("kvmlite", f"{metric}_guest_ram_pss_MiB", int(found[2]) / 1024)
+    except Exception as exc:
+        emit("kvmlite", f"api_clones_{count}_pss_MiB_error", f"{type(exc).__name__}: {exc}"[:300])
+    finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def api_clones(directory: str, count: int) -> None:
+    """``count`` clones of ``directory`` in this process (the Python API),
+    started, each ticking; then this process's PSS (``@@PSS total ram``, KiB)."""
+    from kvmlite import Vm
+
+    seen = [bytearray() for _ in range(count)]
+    vms = [Vm.restore(directory, name=f"snbapi{count}x{i}", console_output=seen[i].extend) for i in range(count)]
+    for vm in vms:
+        vm.start()
+    deadline = time.monotonic() + 300
+    while not all(TICK.search(bytes(out[-4096:])) for out in seen):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not every clone ticked within 300 s: {[bytes(out[-80:]) for out in seen]}")
+        time.sleep(0.05)
+    time.sleep(3)
+    total, ram = pss_kib(os.getpid())
+    print(f"@@PSS {total} {ram}", flush=True)
+    for vm in vms:
+        vm.stop()
+    for vm in vms:
+        vm.wait(30)
+        vm.close()
 
 
 # --- the SDK ----------------------------------------------------------------------
@@ -277,6 +319,8 @@ def main() -> None:
         restore_qemu(int(sys.argv[2]))
     elif what == "clones":
         clones(int(sys.argv[2]))
+    elif what == "api-clones":
+        api_clones(sys.argv[2], int(sys.argv[3]))
     elif what == "sdk":
         os.environ.setdefault("KVMLITE_SANDBOX_SNAPSHOTS", tempfile.mkdtemp(prefix="kvmlite-snb-cache-"))
         sdk(int(sys.argv[2]))

@@ -85,8 +85,11 @@ def test_snapshot_nested_parse_ratios_and_failures() -> None:
                 "@@SN kvmlite restore_2048_ms 120\n@@SN qemu restore_2048_ms_error RuntimeError: no tick\n"
                 "@@SN kvmlite one_clone_pss_MiB 60\n@@SN kvmlite one_clone_guest_ram_pss_MiB 20\n"
                 "@@SN kvmlite clones_10_pss_MiB 400\n@@SN kvmlite clones_10_guest_ram_pss_MiB 30\n"
+                "@@SN kvmlite api_one_clone_pss_MiB 40\n@@SN kvmlite api_one_clone_guest_ram_pss_MiB 16\n"
+                "@@SN kvmlite api_clones_10_pss_MiB 70\n@@SN kvmlite api_clones_10_guest_ram_pss_MiB 32\n"
                 "@@SN kvmlite sdk_cold_create_s 50\n@@SN kvmlite sdk_snapshot_create_s 10\n")
     assert out["qemu_over_kvmlite_restore_256"] == 15.0
+    assert out["api_clones_10_over_one"] == 1.75 and out["api_clones_10_guest_ram_pss_MiB"] == 32
     assert out["qemu_restore_2048_ms"] == "failed: RuntimeError: no tick"
     assert out["qemu_over_kvmlite_restore_2048"].startswith("none: the baseline failed")
     assert out["kvmlite_restore_2048_over_256"] == 1.2
