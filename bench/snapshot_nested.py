@@ -3,11 +3,14 @@ does the work there; docs/snapshot.md).  One test-host boot:
 
 * **Restore time**, kvmlite against QEMU, for a 256 MiB and a 2 GiB guest:
   the default guest (Debian's cloud kernel) runs a shell loop printing
-  ``tick N`` ten times a second; kvmlite saves it with ``kvmlite snapshot
+  ``tick N`` without a pause; kvmlite saves it with ``kvmlite snapshot
   --stop``, QEMU with ``stop`` + ``migrate "exec:cat > FILE"``; then each is
   started from its files (``kvmlite run --restore``, ``qemu -incoming
   "exec:cat FILE"``) three times, timed from the process's start to the
-  first tick it prints.  Medians.
+  first tick it prints; and five times each in a VMM process already
+  running, as Firecracker times a snapshot load (``Vm.restore`` in a
+  Python process with kvmlite loaded; QEMU started with ``-incoming
+  defer``, timed from ``migrate_incoming`` on its monitor).  Medians.
 * **Memory of 10 clones**: ten ``kvmlite run --restore`` of one idle 256 MiB
   guest; their summed PSS against one restore's PSS (and the part of each
   that is guest RAM mapped from the memory file).  Then the same clones in
@@ -87,6 +90,13 @@ def parse(console: str) -> dict:
         out[f"qemu_over_kvmlite_restore_{mib}"] = speedup(out[f"kvmlite_restore_{mib}_ms"],
                                                           out[f"qemu_restore_{mib}_ms"])
     out["kvmlite_restore_2048_over_256"] = ratio(out["kvmlite_restore_2048_ms"], out["kvmlite_restore_256_ms"])
+    for mib in SIZES:               # in a running VMM process: Vm.restore against -incoming defer
+        for vmm in ("kvmlite", "qemu"):
+            out[f"{vmm}_warm_restore_{mib}_ms"] = get(vmm, f"warm_restore_{mib}_ms")
+        out[f"qemu_over_kvmlite_warm_restore_{mib}"] = speedup(out[f"kvmlite_warm_restore_{mib}_ms"],
+                                                               out[f"qemu_warm_restore_{mib}_ms"])
+    out["kvmlite_warm_restore_2048_over_256"] = ratio(out["kvmlite_warm_restore_2048_ms"],
+                                                      out["kvmlite_warm_restore_256_ms"])
     for metric in ("one_clone_pss_MiB", "one_clone_guest_ram_pss_MiB", f"clones_{CLONES}_pss_MiB",
                    f"clones_{CLONES}_guest_ram_pss_MiB"):
         why = errors.get(("kvmlite", f"clones_{CLONES}_pss_MiB"))
@@ -123,6 +133,7 @@ def run() -> dict:
                + "export XDG_RUNTIME_DIR=$(mktemp -d /tmp/kr-XXXXXX)\n")
         result = host.run(env + script(chosen_steps()), 5400, Path(tmp))
         keep_console("snapshot_nested", result.console)
-        return {"what": f"restore time (256 MiB and 2 GiB, median of 3) against QEMU -incoming, {CLONES} clones' "
-                        f"PSS, Sandbox.create() from a snapshot against a cold boot (median of {SDK_ROUNDS}); "
-                        "nested test host", **parse(result.console)}
+        return {"what": "restore time (256 MiB and 2 GiB, medians of 3 new processes and of 5 restores in a "
+                        f"running one) against QEMU -incoming, {CLONES} clones' PSS, Sandbox.create() from a "
+                        f"snapshot against a cold boot (median of {SDK_ROUNDS}); nested test host",
+                **parse(result.console)}

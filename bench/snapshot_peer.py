@@ -12,12 +12,24 @@ step failed).
                                           one clone in a process
     snapshot_peer.py api-clones DIR N     one process: N ``Vm.restore`` of
                                           DIR, its PSS once they tick
+    snapshot_peer.py api-restore DIR      one process with kvmlite loaded:
+                                          five ``Vm.restore`` of DIR, each
+                                          timed to its first tick
+
+Restores are timed two ways: a new process per restore (``kvmlite run
+--restore`` against ``qemu -incoming "exec:cat FILE"``), and in a VMM
+process that is already running, as Firecracker times its snapshot load
+(``Vm.restore`` in a Python process that has imported kvmlite, against a
+QEMU started with ``-incoming defer`` and given ``migrate_incoming`` on
+its monitor).
     snapshot_peer.py sdk ROUNDS           Sandbox.create() cold and from
                                           the start-up snapshot
 
 The guest is the default guest (``$KERNEL``, ``$INITRD``) running a shell
-loop that prints ``tick N`` ten times a second; "restored" is the first
-tick a restored VM prints, timed from the moment its VMM process starts.
+loop that prints ``tick N`` without a pause (the restore steps) or ten
+times a second (the idle clones); "restored" is the first tick a restored
+VM prints, timed from the moment its VMM process starts (or the restore
+call, in a running process).
 """
 
 from __future__ import annotations
@@ -31,11 +43,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
-LOOP = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+LOOP = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done"        # the idle clones' guest
+# The restored guest's first tick shows it runs again; with LOOP that tick
+# comes up to 0.1 s after it does (its sleep goes on), more than kvmlite's
+# restore in a running process takes, so the restore steps' guest ticks
+# without a pause (the shell's builtin echo: no process per tick).
+BUSY_LOOP = "i=0; while :; do i=$((i+1)); echo tick $i; done"
 TICK = re.compile(rb"tick (\d+)")
 WORK = "/tmp/kvmlite-snbench"
+RESTORES = 5            # restores in a running process, each side (a new process: 3)
 
 
 def emit(vmm: str, metric: str, value: float | str) -> None:
@@ -71,6 +90,16 @@ def wait_tick(proc: subprocess.Popen[bytes], timeout: float, after: int = 0) -> 
     raise RuntimeError(f"no tick within {timeout:g} s: {seen[-300:]!r}")
 
 
+def drain(proc: subprocess.Popen[bytes]) -> None:
+    """Read and drop ``proc``'s output from now on (a guest ticking without
+    a pause fills a pipe nobody reads, and a VMM whose console blocks stops
+    its guest, QEMU its monitor and migration too)."""
+    assert proc.stdout is not None
+    out = proc.stdout
+    os.set_blocking(out.fileno(), True)
+    threading.Thread(target=lambda: all(iter(lambda: out.read1(65536), b"")), daemon=True).start()
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -80,17 +109,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # --- kvmlite ----------------------------------------------------------------------
 
 
-def kvmlite_boot(name: str, mib: int) -> subprocess.Popen[bytes]:
+def kvmlite_boot(name: str, mib: int, loop: str = LOOP) -> subprocess.Popen[bytes]:
     return subprocess.Popen(kvmlite("run", "-k", os.environ["KERNEL"], "-i", os.environ["INITRD"], "-m", str(mib),
-                                    "-n", "mode=none", "-p", "quiet", "--name", name, "--", LOOP),
+                                    "-n", "mode=none", "-p", "quiet", "--name", name, "--", loop),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def kvmlite_save(name: str, mib: int, directory: str) -> None:
+def kvmlite_save(name: str, mib: int, directory: str, loop: str = LOOP) -> None:
     step(f"kvmlite {mib} MiB: booting {name}")
-    proc = kvmlite_boot(name, mib)
+    proc = kvmlite_boot(name, mib, loop)
     try:
         wait_tick(proc, 240, after=5)
+        drain(proc)
         step(f"kvmlite {mib} MiB: ticking; snapshot to {directory}")
         subprocess.run(kvmlite("snapshot", "-n", name, directory, "--stop"), check=True, capture_output=True,
                        timeout=300)
@@ -109,7 +139,7 @@ def restore_kvmlite(mib: int) -> None:
     directory = f"{WORK}/k{mib}"
     shutil.rmtree(directory, ignore_errors=True)
     try:
-        kvmlite_save(f"snb{mib}", mib, directory)
+        kvmlite_save(f"snb{mib}", mib, directory, BUSY_LOOP)
         times = []
         for i in range(3):
             step(f"kvmlite {mib} MiB: restore {i + 1}")
@@ -119,15 +149,51 @@ def restore_kvmlite(mib: int) -> None:
         emit("kvmlite", f"restore_{mib}_ms", statistics.median(times) * 1000)
     except Exception as exc:
         emit("kvmlite", f"restore_{mib}_ms_error", f"{type(exc).__name__}: {exc}"[:300])
+    try:
+        step(f"kvmlite {mib} MiB: {RESTORES} restores in one running process (Vm.restore)")
+        out = subprocess.run([sys.executable, __file__, "api-restore", directory], capture_output=True, text=True,
+                             timeout=900)
+        times = [float(t) for t in re.findall(r"^@@T (\S+)$", out.stdout, re.M)]
+        if len(times) != RESTORES:
+            raise RuntimeError(f"api-restore: status {out.returncode}: {(out.stdout + out.stderr)[-300:]}")
+        emit("kvmlite", f"warm_restore_{mib}_ms", statistics.median(times) * 1000)
+    except Exception as exc:
+        emit("kvmlite", f"warm_restore_{mib}_ms_error", f"{type(exc).__name__}: {exc}"[:300])
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def api_restore(directory: str) -> None:
+    """RESTORES restores of ``directory`` in this process, kvmlite loaded
+    first (the modules a restore uses): ``@@T SECONDS`` from the call to
+    ``Vm.restore`` to the restored guest's first tick."""
+    import importlib
+
+    from kvmlite import Vm
+    from kvmlite.sdk.launcher import WARM_MODULES
+
+    for module in WARM_MODULES:
+        importlib.import_module(module)
+    for i in range(RESTORES):
+        seen = bytearray()
+        start = time.monotonic()
+        vm = Vm.restore(directory, name=f"snbwarm{os.getpid()}x{i}", console_output=seen.extend)
+        vm.start()
+        while not TICK.search(bytes(seen[-4096:])):
+            if time.monotonic() - start > 300:
+                raise SystemExit(f"restore {i}: no tick within 300 s: {bytes(seen[-300:])!r}")
+            time.sleep(0.002)
+        print(f"@@T {time.monotonic() - start:.4f}", flush=True)
+        vm.stop()
+        vm.wait(30)
+        vm.close()
 
 
 # --- QEMU -------------------------------------------------------------------------
 
 
-def qemu_argv(mib: int, monitor: str, incoming: str | None = None) -> list[str]:
-    cmd = base64.b64encode(LOOP.encode()).decode()
+def qemu_argv(mib: int, monitor: str, incoming: str | None = None, loop: str = BUSY_LOOP) -> list[str]:
+    cmd = base64.b64encode(loop.encode()).decode()
     argv = ["qemu-system-x86_64", "-enable-kvm", "-M", "pc", "-cpu", "host", "-m", str(mib), "-smp", "1",
             "-display", "none", "-serial", "stdio", "-nodefaults", "-nic", "none", "-no-reboot",
             "-monitor", f"unix:{monitor},server,nowait",
@@ -157,6 +223,7 @@ def qemu_save(mib: int, file: str, monitor: str) -> None:
                             stderr=subprocess.STDOUT)
     try:
         wait_tick(proc, 240, after=5)
+        drain(proc)
         # Migrated live, not after "stop": a VM stopped on the source stays
         # stopped after -incoming (QEMU migrates the run state too).
         step(f"QEMU {mib} MiB: ticking; migrate to {file}")
@@ -189,10 +256,50 @@ def restore_qemu(mib: int) -> None:
         emit("qemu", f"restore_{mib}_ms", statistics.median(times) * 1000)
     except Exception as exc:
         emit("qemu", f"restore_{mib}_ms_error", f"{type(exc).__name__}: {exc}"[:300])
+    try:
+        times = []
+        for i in range(RESTORES):
+            step(f"QEMU {mib} MiB: restore {i + 1} in a running QEMU (-incoming defer)")
+            times.append(qemu_deferred_restore(mib, file, monitor))
+        emit("qemu", f"warm_restore_{mib}_ms", statistics.median(times) * 1000)
+    except Exception as exc:
+        emit("qemu", f"warm_restore_{mib}_ms_error", f"{type(exc).__name__}: {exc}"[:300])
     finally:
         for path in (file, monitor):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def qemu_deferred_restore(mib: int, file: str, monitor: str) -> float:
+    """Seconds from ``migrate_incoming`` on a waiting QEMU's monitor to the
+    restored guest's first tick."""
+    if not os.path.exists(file):
+        raise RuntimeError("no migration file (the save failed)")
+    proc = subprocess.Popen(qemu_argv(mib, monitor, "defer"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        sock = socket.socket(socket.AF_UNIX)
+        while True:
+            try:
+                sock.connect(monitor)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"QEMU's monitor did not open (status {proc.poll()})") from None
+                time.sleep(0.05)
+        with sock:
+            sock.settimeout(30)
+            banner = b""
+            while b"(qemu)" not in banner:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"QEMU's monitor closed: {banner[-200:]!r}")
+                banner += chunk
+            sock.sendall(f'migrate_incoming "exec:cat {file}"\n'.encode())
+            return wait_tick(proc, 300)
+    finally:
+        stop(proc)
 
 
 # --- clones -----------------------------------------------------------------------
@@ -321,6 +428,8 @@ def main() -> None:
         clones(int(sys.argv[2]))
     elif what == "api-clones":
         api_clones(sys.argv[2], int(sys.argv[3]))
+    elif what == "api-restore":
+        api_restore(sys.argv[2])
     elif what == "sdk":
         os.environ.setdefault("KVMLITE_SANDBOX_SNAPSHOTS", tempfile.mkdtemp(prefix="kvmlite-snb-cache-"))
         sdk(int(sys.argv[2]))

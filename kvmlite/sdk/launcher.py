@@ -43,7 +43,7 @@ MAX_REQUEST = 1 << 20
 SERVE = "from kvmlite.sdk.launcher import main; main()"     # the launcher's command (python -c)
 # What a sandbox's VMM imports: warm in the launcher, shared with every child.
 WARM_MODULES = ("kvmlite.cli.main", "kvmlite.cli.cmd_run", "kvmlite.cli.cmd_sandbox",
-                "kvmlite.vmm.vm", "kvmlite.vmm.snapshot.restore", "kvmlite.vmm.snapshot.save",
+                "kvmlite.vmm.vm", "kvmlite.vmm.snapshot.restore", "kvmlite.vmm.snapshot.save", "kvmlite.vmm.snapshot.cpustate",
                 "kvmlite.devices.virtio.ninep", "kvmlite.devices.virtio.vsock", "kvmlite.devices.virtio.net",
                 "kvmlite.devices.virtio.block", "kvmlite.devices.virtio.console", "kvmlite.devices.virtio.rng",
                 "kvmlite.control.server", "kvmlite.guest.setup")

@@ -82,6 +82,8 @@ def test_snapshot_nested_parse_ratios_and_failures() -> None:
     from bench.snapshot_nested import parse
 
     out = parse("@@SN kvmlite restore_256_ms 100\n@@SN qemu restore_256_ms 1500\n"
+                "@@SN kvmlite warm_restore_256_ms 40\n@@SN qemu warm_restore_256_ms 800\n"
+                "@@SN kvmlite warm_restore_2048_ms_error SystemExit: no tick\n@@SN qemu warm_restore_2048_ms 900\n"
                 "@@SN kvmlite restore_2048_ms 120\n@@SN qemu restore_2048_ms_error RuntimeError: no tick\n"
                 "@@SN kvmlite one_clone_pss_MiB 60\n@@SN kvmlite one_clone_guest_ram_pss_MiB 20\n"
                 "@@SN kvmlite clones_10_pss_MiB 400\n@@SN kvmlite clones_10_guest_ram_pss_MiB 30\n"
@@ -93,6 +95,9 @@ def test_snapshot_nested_parse_ratios_and_failures() -> None:
     assert out["qemu_restore_2048_ms"] == "failed: RuntimeError: no tick"
     assert out["qemu_over_kvmlite_restore_2048"].startswith("none: the baseline failed")
     assert out["kvmlite_restore_2048_over_256"] == 1.2
+    assert out["qemu_over_kvmlite_warm_restore_256"] == 20.0
+    assert out["kvmlite_warm_restore_2048_ms"] == "failed: SystemExit: no tick"
+    assert out["qemu_over_kvmlite_warm_restore_2048"].startswith("none: kvmlite failed")
     assert out["clones_10_over_one"] == 6.67 and out["clones_10_guest_ram_over_one"] == 1.5
     assert out["sdk_cold_over_snapshot"] == 5.0
 
