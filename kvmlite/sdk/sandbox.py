@@ -25,6 +25,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -141,7 +142,7 @@ class Sandbox:
     def _start(self, args: list[str]) -> None:
         """Start the VMM (``kvmlite sandbox --agent`` or ``run --restore``),
         forked by this process's warm launcher (:mod:`kvmlite.sdk.launcher`)."""
-        self._console = tempfile.TemporaryFile(prefix="kvmlite-sandbox-")
+        self._console = _console_file()
         env = dict(os.environ, PYTHONPATH=_package_path(os.environ.get("PYTHONPATH")))
         self._proc = start_vmm(args, self._console, env, self.sandbox_id)
         if isinstance(self._proc, subprocess.Popen):
@@ -397,6 +398,17 @@ def _info(name: str, info: dict[str, Any]) -> SandboxInfo:
 
 def _label_args(metadata: Mapping[str, str]) -> list[str]:
     return [arg for key, value in metadata.items() for arg in ("--label", f"{key}={value}")]
+
+
+def _console_file() -> IO[bytes]:
+    """An unlinked temporary file for a VMM's console, in append mode: the
+    VMM writes through the same open file (and offset) as this process
+    seeks in to read the tail, so without it a write could land where the
+    tail was being read instead of at the end."""
+    console = tempfile.TemporaryFile(prefix="kvmlite-sandbox-")
+    flags = fcntl.fcntl(console.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(console.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
+    return console
 
 
 def _guest_files() -> list[str]:

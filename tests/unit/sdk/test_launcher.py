@@ -121,3 +121,18 @@ def test_a_malformed_request_is_dropped_and_the_launcher_serves_on(own: Launcher
         own._sock.send(b"\xff not json")
         proc = own.start(["version"], console, env(), "t")
         assert proc.wait(timeout=30) == 0
+
+
+def test_console_file_takes_a_vmms_writes_at_its_end_while_the_sdk_reads_its_tail(own: Launcher) -> None:
+    from kvmlite.sdk.sandbox import _console_file
+
+    console = _console_file()
+    with console:
+        console.write(b"x" * 10000)
+        console.flush()
+        console.seek(100)                   # the SDK reading a tail (same open file as the VMM's stdout)
+        proc = own.start(["version"], console, env(), "t")
+        assert proc.wait(timeout=30) == 0
+        console.seek(0)
+        text = console.read()
+        assert text[:10000] == b"x" * 10000 and text[10000:] == f"kvmlite version {__version__}\n".encode()
