@@ -63,6 +63,7 @@ class LaunchedProcess:
         self.pid = pid
         self.returncode: int | None = None
         self._ended = threading.Event()
+        self._pidfd_lock = threading.Lock()     # a closed pidfd's number could be another's by now
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
         except OSError:                         # already reaped: its status is on the stream
@@ -72,24 +73,27 @@ class LaunchedProcess:
 
     def _read_status(self, status: socket.socket, data: bytes) -> None:
         with status:
-            while True:
-                chunk = status.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-        code = 255
+            try:
+                while chunk := status.recv(256):
+                    data += chunk
+            except OSError:
+                pass
+        code: int | None = None
         for line in data.decode(errors="replace").splitlines():
             if line.startswith("exit "):
-                code = int(line.split()[1])
+                try:
+                    code = int(line.split()[1])
+                except (IndexError, ValueError):
+                    pass
                 break
-        else:
-            if self._pidfd is not None:         # the launcher died first: wait for the VMM itself
-                select.select([self._pidfd], [], [])
-        self.returncode = code
-        self._ended.set()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        if code is None and self._pidfd is not None:        # the launcher died first: wait for the VMM
+            select.select([self._pidfd], [], [])
+        self.returncode = 255 if code is None else code
+        with self._pidfd_lock:
+            self._ended.set()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
 
     def poll(self) -> int | None:
         return self.returncode
@@ -101,13 +105,13 @@ class LaunchedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        pidfd = self._pidfd
-        if self._ended.is_set() or pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(pidfd, sig)
-        except OSError:                         # exited meanwhile (or the fd just closed)
-            pass
+        with self._pidfd_lock:
+            if self._ended.is_set() or self._pidfd is None:
+                return
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:          # exited, not yet reported
+                pass
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)

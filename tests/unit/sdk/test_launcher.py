@@ -136,3 +136,21 @@ def test_console_file_takes_a_vmms_writes_at_its_end_while_the_sdk_reads_its_tai
         console.seek(0)
         text = console.read()
         assert text[:10000] == b"x" * 10000 and text[10000:] == f"kvmlite version {__version__}\n".encode()
+
+
+@pytest.mark.parametrize("stream, status", [(b"exit -9\n", -9), (b"exit 3\n", 3), (b"exit nonsense\n", 255),
+                                            (b"", 255)])
+def test_status_stream_read_as_the_exit_status_or_unknown_once_the_process_ends(stream: bytes, status: int) -> None:
+    import socket
+
+    child = subprocess.Popen(["sleep", "0.3"])
+    ours, theirs = socket.socketpair()
+    ours.sendall(stream)
+    ours.close()
+    proc = LaunchedProcess(theirs, child.pid, "t")
+    if not stream.startswith(b"exit -") and status == 255:
+        with pytest.raises(subprocess.TimeoutExpired):      # unknown: the process itself still runs
+            proc.wait(timeout=0.05)
+    assert proc.wait(timeout=30) == status
+    proc.kill()                                             # ended: nothing signalled, no error
+    child.wait()
