@@ -1,6 +1,7 @@
 """A warm launcher for sandbox VMMs: one helper process per SDK process
 that has already started Python and imported the VMM, and forks a VMM for
-each sandbox (docs/sdk.md, "How a sandbox starts").
+each sandbox (docs/sdk.md, "What a sandbox is"; ARCHITECTURE.md, "A
+sandbox from Python").
 
 Starting a VMM the plain way (``python -m kvmlite ...``) costs an
 interpreter start and the VMM's imports every time; a sandbox restored
@@ -42,8 +43,8 @@ REPLY_TIMEOUT = 30.0                      # seconds to wait for the launcher's "
 MAX_REQUEST = 1 << 20
 SERVE = "from kvmlite.sdk.launcher import main; main()"     # the launcher's command (python -c)
 # What a sandbox's VMM imports: warm in the launcher, shared with every child.
-WARM_MODULES = ("kvmlite.cli.main", "kvmlite.cli.cmd_run", "kvmlite.cli.cmd_sandbox",
-                "kvmlite.vmm.vm", "kvmlite.vmm.snapshot.restore", "kvmlite.vmm.snapshot.save", "kvmlite.vmm.snapshot.cpustate",
+WARM_MODULES = ("kvmlite.cli.main", "kvmlite.cli.cmd_run", "kvmlite.cli.cmd_sandbox", "kvmlite.vmm.vm",
+                "kvmlite.vmm.snapshot.restore", "kvmlite.vmm.snapshot.save", "kvmlite.vmm.snapshot.cpustate",
                 "kvmlite.devices.virtio.ninep", "kvmlite.devices.virtio.vsock", "kvmlite.devices.virtio.net",
                 "kvmlite.devices.virtio.block", "kvmlite.devices.virtio.console", "kvmlite.devices.virtio.rng",
                 "kvmlite.control.server", "kvmlite.guest.setup")
@@ -184,19 +185,27 @@ class Launcher:
 _LAUNCHER = Launcher()
 
 
+def plain_command(args: Sequence[str]) -> list[str]:
+    """The command line that runs ``kvmlite ARGS`` the plain way."""
+    return [sys.executable, "-m", "kvmlite", *args]
+
+
 def start_vmm(args: Sequence[str], console: IO[bytes], env: dict[str, str],
               name: str) -> subprocess.Popen[bytes] | LaunchedProcess:
     """``kvmlite ARGS`` with its output to ``console``, in a session of its
     own: forked by the launcher, or started the plain way when the launcher
-    is turned off or fails (once broken, it is not tried again)."""
+    is turned off or fails (once broken, it is not tried again).  Either
+    way the process is reaped as soon as it ends."""
     if os.environ.get(ENV_SWITCH, "1") != "0" and _LAUNCHER.broken is None:
         try:
             return _LAUNCHER.start(args, console, env, name)
         except OSError as exc:
             _LAUNCHER.broken = str(exc)
             _LAUNCHER.close()
-    return subprocess.Popen([sys.executable, "-m", "kvmlite", *args], stdin=subprocess.DEVNULL, stdout=console,
+    proc = subprocess.Popen(plain_command(args), stdin=subprocess.DEVNULL, stdout=console,
                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    threading.Thread(target=proc.wait, daemon=True, name=f"{name}:reaper").start()
+    return proc
 
 
 # --- the launcher -----------------------------------------------------------------------

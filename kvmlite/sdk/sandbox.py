@@ -31,9 +31,7 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Mapping, Sequence
@@ -44,7 +42,7 @@ from kvmlite.cli.cmd_sandbox import AGENT_PORT, PORT_LABEL, SANDBOX_LABEL
 from kvmlite.sdk import snapshots
 from kvmlite.sdk.commands import Commands
 from kvmlite.sdk.files import Filesystem
-from kvmlite.sdk.launcher import LaunchedProcess, start_vmm
+from kvmlite.sdk.launcher import LaunchedProcess, plain_command, start_vmm
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 300            # seconds a sandbox lives (E2B's default)
@@ -145,15 +143,13 @@ class Sandbox:
         self._console = _console_file()
         env = dict(os.environ, PYTHONPATH=_package_path(os.environ.get("PYTHONPATH")))
         self._proc = start_vmm(args, self._console, env, self.sandbox_id)
-        if isinstance(self._proc, subprocess.Popen):
-            threading.Thread(target=self._proc.wait, daemon=True, name=f"{self.sandbox_id}:reaper").start()
 
     def _start_cached(self, argv: list[str], timeout: float, metadata: Mapping[str, str],
                       boot_timeout: float) -> None:
         """From the start-up snapshot when there is one; else boot, and save
         one for next time.  A snapshot that fails to start is dropped and the
         sandbox boots cold instead."""
-        key = snapshots.cache_key([sys.executable, "-m", "kvmlite", *argv], _guest_files())
+        key = snapshots.cache_key(plain_command(argv), _guest_files())
         snap = snapshots.cached(key)
         if snap is not None:
             try:
