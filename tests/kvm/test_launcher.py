@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.sdk.launcher import PROCESS_NAME, Launcher
+from tests.procs import gone_or_zombie
 
 from .conftest import kvmlite_env
 
@@ -78,6 +79,6 @@ def test_vmm_outlives_its_launcher_and_is_still_killed_and_waited_for(kvm, guest
             assert proc.poll() is None and os.path.exists(f"/proc/{proc.pid}")
             proc.kill()
             assert proc.wait(timeout=30) == 255        # its status died with the launcher
-            assert not os.path.exists(f"/proc/{proc.pid}") or "Z" in Path(f"/proc/{proc.pid}/stat").read_text()
+            assert gone_or_zombie(proc.pid)
         finally:
             proc.kill()

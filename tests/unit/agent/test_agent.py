@@ -25,6 +25,7 @@ from kvmlite.agent.errors import (AgentConnectionError, AgentError, CommandExitE
 from kvmlite.agent.protocol import FrameType
 from kvmlite.agent.server import Agent, listen_unix, send_hello
 from kvmlite.agent.wire import FrameReader
+from tests.procs import gone_or_zombie
 
 from .conftest import REPO, AgentProcess, ServedAgent, start_agent_process, wait_until
 
@@ -98,8 +99,7 @@ def test_a_frame_other_than_stdin_after_run_ends_the_command(served: ServedAgent
         while (frame := reader.read()) is not None:
             msgs.append(p.decode_message(frame.payload))
     assert {m["type"] for m in msgs} <= {"error", "exit"} and msgs[0]["name"] == p.UNEXPECTED
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-               open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")
+    wait_until(lambda: gone_or_zombie(pid))
 
 
 def test_a_bug_in_a_handler_is_an_internal_error(served: ServedAgent, client: AgentClient,

@@ -20,15 +20,9 @@ from kvmlite.agent.errors import (AgentError, CommandExitError, CommandTimeoutEr
                                   SandboxPermissionError)
 from kvmlite.agent.handle import CommandHandle
 
+from tests.procs import gone_or_zombie
+
 from .conftest import AgentProcess, ServedAgent, wait_until
-
-
-def gone_or_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):     # gone, or going as we read
-        return True
 
 
 def test_run_shell_string_gives_stdout_stderr_and_zero(client: AgentClient) -> None:
