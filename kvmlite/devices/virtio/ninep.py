@@ -15,18 +15,26 @@ only moves bytes between the ring and it.
 
 Threads.
 
-* The device's event loop (``loop``, ``virtio-9p<N>`` in a VM) pops chains:
-  ``queue_notify`` runs there, or hands itself there from any other thread
-  (``call_soon``).  Popping copies the request out of guest memory
-  (bounded, see below) and queues it for a worker; it never waits for the
-  file system.
+* The device's event loop (``loop``, ``virtio-9p<N>`` in a VM, this
+  device's alone) pops chains: ``queue_notify`` runs there, or hands
+  itself there from any other thread (``call_soon``).  Popping copies the
+  request out of guest memory (bounded, see below).  A request that may
+  wait for the disk (``ON_WORKERS``: Tfsync, Treaddir) or moves
+  ``WRITE_IN_PLACE`` bytes or more (a Tread or Twrite) is queued for a
+  worker; any other (walk, getattr, lcreate, clunk, unlinkat, a small read
+  or write...) is served right there on the loop thread once the
+  lock is released, in the order popped: a metadata request then costs no
+  hand-off between threads, which was most of its time in the VMM.  One
+  that arrives while an old session's requests are still inside the
+  server (after a reset) goes to a worker too, so the loop never waits
+  at the door.
 * ``workers`` threads (``<name>:w<i>``, started at the first activation,
   stopped by :meth:`close`) call ``server.handle``: several requests run at
-  once and complete in any order, as 9P allows.  In ``on_reply``, still on
-  the worker, the reply is written into the chain's writable buffers, the
-  used element added, and the interrupt raised if the driver wants one.
-  A slow file system occupies this share's workers and nothing else: no
-  vCPU, no event loop, no other device waits for it.
+  once and complete in any order, as 9P allows.  In ``on_reply`` the reply
+  is written into the chain's writable buffers, the used element added,
+  and the interrupt raised if the driver wants one.  A slow file system
+  occupies this share's workers and loop and nothing else: no vCPU, no
+  other device waits for it.
 
 Reads in place.  A Tread's data does not pass through a bytes object: the
 worker hands the server ``read_into`` (:meth:`Virtio9p._read_into`),
@@ -143,6 +151,13 @@ MAX_TAG_LEN = 31            # bytes of a mount tag (kvmlite's limit; the u16 tag
 CLOSE_TIMEOUT = 10.0        # seconds close() waits for requests still inside the server
 SAVE_TIMEOUT = 10.0         # seconds save_device_state waits for the requests in flight
 WRITE_IN_PLACE = 4096       # a Twrite of at least this many bytes is written from the guest's buffers
+# Requests that may wait for the disk go to the workers, and so does a Tread or Twrite of at least
+# WRITE_IN_PLACE bytes; every other one is served on the loop thread as it is popped (module
+# docstring, "Threads").
+ON_WORKERS = frozenset({MsgType.TFSYNC, MsgType.TREADDIR})
+_TRANSFERS = frozenset({MsgType.TREAD, MsgType.TWRITE})
+_COUNT = struct.Struct("<I")            # a Tread's or Twrite's count, after fid[4] offset[8]
+_COUNT_OFFSET = HEADER_SIZE + 4 + 8
 
 STAT_NAMES = ("requests", "bytes_read", "bytes_written", "errors", "queue_errors", "abandoned")
 
@@ -150,6 +165,12 @@ _HEADER = struct.Struct("<IBH")         # size[4] type[1] tag[2]
 _TAG_LEN = struct.Struct("<H")          # virtio_9p_config.tag_len (little-endian with VERSION_1)
 _OLDTAG = struct.Struct("<H")
 _TFLUSH_SIZE = HEADER_SIZE + _OLDTAG.size
+
+
+def _transfer_count(data: bytes) -> int:
+    """A Tread's or Twrite's count field (0 when the message is too short
+    to hold one: the server answers it as malformed)."""
+    return _COUNT.unpack_from(data, _COUNT_OFFSET)[0] if len(data) >= _COUNT_OFFSET + _COUNT.size else 0
 
 
 @dataclass(eq=False)
@@ -389,8 +410,10 @@ class Virtio9p(VirtioDevice):
     # --- popping (the loop thread) ---
 
     def _serve(self, active: _Activation) -> None:
-        """Pop what the driver made available, up to the limit."""
+        """Pop what the driver made available, up to the limit; then serve
+        the small requests among them here, in the order popped."""
         error = None
+        here: list[_Request] = []
         with self._lock:
             if active.stopped:
                 return
@@ -398,7 +421,7 @@ class Virtio9p(VirtioDevice):
                 self._held_pop = True
                 return
             try:
-                notify = self._pop(active)
+                notify = self._pop(active, here)
             except (QueueError, GuestMemoryError) as exc:    # the latter a backstop: pop checked the buffers
                 notify, error = False, exc
                 self._stop(active)
@@ -407,11 +430,21 @@ class Virtio9p(VirtioDevice):
             active.interrupt.signal_used_queue(REQUESTQ)
         if error is not None:
             self._fail(error)
+        for request in here:
+            with self._lock:
+                if self._stale:     # an old session's requests are still inside: wait on a worker, not here
+                    self._queue(request)
+                    continue
+                entered = self._enter(request)
+            if entered:
+                self._run(request)
 
-    def _pop(self, active: _Activation) -> bool:
+    def _pop(self, active: _Activation, here: list[_Request]) -> bool:
         """Pop until the ring is empty after re-enabling notifications
-        (§2.7.10), or the limit is reached; ``_lock`` held.  True when a
-        reply made here (a refused chain) wants an interrupt."""
+        (§2.7.10), or the limit is reached; ``_lock`` held.  Requests to
+        serve on the loop thread are added to ``here``, the rest queued for
+        the workers.  True when a reply made here (a refused chain) wants
+        an interrupt."""
         queue, memory = active.queue, active.memory
         answered = False
         while True:
@@ -424,14 +457,15 @@ class Virtio9p(VirtioDevice):
                     continue
                 break
             try:
-                answered |= self._take(active, chain)
+                answered |= self._take(active, chain, here)
             finally:
                 chain.release()
         return answered and queue.needs_notification(memory)
 
-    def _take(self, active: _Activation, chain: DescriptorChain) -> bool:
-        """Copy one request out of ``chain`` and queue it, or answer it here
-        when it is malformed (then True)."""
+    def _take(self, active: _Activation, chain: DescriptorChain, here: list[_Request]) -> bool:
+        """Copy one request out of ``chain`` and queue it (a transfer) or add
+        it to ``here`` (any other), or answer it at once when it is
+        malformed (then True)."""
         memory = active.memory
         self._stats["requests"] += 1
         reply_to, room = chain.writable_segments(), chain.writable_len
@@ -468,8 +502,12 @@ class Virtio9p(VirtioDevice):
                 request.waits += 1
         elif msg_type != MsgType.TVERSION:      # Tflush and Tversion are not flushable (docs/9p.md)
             active.by_tag.setdefault(tag, []).append(request)
-        if not request.waits:
+        if request.waits:
+            pass                                # a Tflush, released by _retire
+        elif msg_type in ON_WORKERS or (msg_type in _TRANSFERS and _transfer_count(data) >= WRITE_IN_PLACE):
             self._queue(request)
+        else:
+            here.append(request)
         return False
 
     def _answer_here(self, active: _Activation, chain: DescriptorChain, tag: int, code: int, why: str) -> bool:
@@ -522,7 +560,7 @@ class Virtio9p(VirtioDevice):
         return True
 
     def _run(self, request: _Request) -> None:
-        """Serve one request (a worker, no lock held); it is always answered."""
+        """Serve one request (a worker or the loop thread, no lock held); it is always answered."""
         try:
             self.server.handle(request.data, on_reply=functools.partial(self._publish, request),
                                read_into=functools.partial(self._read_into, request), write_from=request.source)
@@ -581,7 +619,7 @@ class Virtio9p(VirtioDevice):
                 self.server.reset()
             self._changed.notify_all()
 
-    # --- publishing (a worker, inside server.handle's on_reply) ---
+    # --- publishing (a worker or the loop thread, inside server.handle's on_reply) ---
 
     def _publish(self, request: _Request, reply: bytes) -> None:
         """Write ``reply`` into the request's chain and return it to the

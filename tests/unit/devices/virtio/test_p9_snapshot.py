@@ -400,22 +400,28 @@ class Gate:
 
 def test_9p_save_waits_for_the_request_in_flight(memory: GuestMemory, loop: EventLoop, share: Path) -> None:
     """As Vm.snapshot does it: the device's loop held while the state is
-    taken.  The save waits for the running walk (its fid is saved), pops
-    nothing meanwhile (the chain stays in the ring, behind the saved ring
-    position), and popping goes on once the loop is let go."""
+    taken.  The save waits for the readdir running on a worker (its reply
+    is in the saved used ring), pops nothing meanwhile (the chain stays in
+    the ring, behind the saved ring position), and popping goes on once
+    the loop is let go.  (A walk or a getattr runs on the loop thread, so
+    the hold itself waits for it.)"""
     make = make_device(share, loop)
     guest = Guest("mmio", memory, make(), rings_for(memory, 1), loop)
     up(guest)
-    gate = Gate(guest.device.server, 40)
     ring = guest.rings[0]
-    posted = ring.add([codec.encode(40, Twalk(0, 5, (b"dir",)))], [ROOM])
+    ring.add([codec.encode(39, Twalk(0, 5, (b"dir",)))], [ROOM])
+    guest.notify(0)
+    assert wait_until(lambda: ring.used_idx() == 3)
+    guest.used(0)
+    gate = Gate(guest.device.server, 40)
+    posted = ring.add([codec.encode(40, Treaddir(5, 0, 512))], [ROOM])
     guest.notify(0)
     assert gate.entered.wait(10)
     saved: list[dict] = []
     saver = threading.Thread(target=lambda: saved.append(guest.save()))
     saver.start()
     saver.join(0.2)
-    assert saver.is_alive() and not saved                   # waiting for the walk
+    assert saver.is_alive() and not saved                   # waiting for the readdir
     later = ring.add([codec.encode(42, Tgetattr(5, STATS_BASIC))], [ROOM])
     requests = guest.device.stats()["requests"]
     loop.call_soon(functools.partial(guest.device._serve, guest.device._active))    # its doorbell, on the loop
@@ -425,8 +431,9 @@ def test_9p_save_waits_for_the_request_in_flight(memory: GuestMemory, loop: Even
         gate.opened.set()
         saver.join(10)
         assert [f["fid"] for f in device_part(saved[0])["session"]["fids"]] == [0, 5]
-        assert queue_states(saved[0])[0]["next_avail"] == 3     # Tversion, Tattach, Twalk: not the Tgetattr
-    assert wait_until(lambda: ring.used_idx() == 4)            # popped once the loop goes on
+        state = queue_states(saved[0])[0]
+        assert (state["next_avail"], state["next_used"]) == (4, 4)  # the readdir answered; not the Tgetattr
+    assert wait_until(lambda: ring.used_idx() == 5)            # popped once the loop goes on
     assert [head for head, _ in guest.used(0)] == [posted.head, later.head]
     guest.close()
 

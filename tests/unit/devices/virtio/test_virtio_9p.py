@@ -28,8 +28,8 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
                                            VIRTIO_ID_9P)
 from kvmlite.devices.virtio.ninep import VIRTIO_9P_MOUNT_TAG, Virtio9p
 from kvmlite.devices.virtio.p9 import codec
-from kvmlite.devices.virtio.p9.codec import (Message, Rflush, Rlerror, Tattach, Tclunk, Tflush, Tlopen, Tread,
-                                             Tversion, Twalk, Twrite)
+from kvmlite.devices.virtio.p9.codec import (Message, Rflush, Rlerror, Tattach, Tclunk, Tflush, Tfsync, Tlopen,
+                                             Tread, Treaddir, Tversion, Twalk, Twrite)
 from kvmlite.devices.virtio.p9.constants import NOFID, NONUNAME, NOTAG
 from kvmlite.devices.virtio.p9.server import P9Server
 from kvmlite.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Queue
@@ -370,8 +370,8 @@ def test_9p_reset_waits_for_a_read_in_place(real: Harness, share: Path, memory: 
 
 def test_9p_requests_run_on_workers_and_complete_out_of_order(held: Harness) -> None:
     held.server.hold(1)
-    first = held.post(1, Tclunk(1))
-    second = held.post(2, Tclunk(2))
+    first = held.post(1, Tfsync(1, 0))
+    second = held.post(2, Tfsync(2, 0))
     held.notify()
 
     assert [h for h, _ in held.wait_replies(1)] == [second.head]
@@ -381,9 +381,32 @@ def test_9p_requests_run_on_workers_and_complete_out_of_order(held: Harness) -> 
     assert held.interrupt.used and set(held.interrupt.used) == {0}
 
 
+def test_9p_metadata_requests_are_served_on_the_loop_transfers_on_workers(held: Harness) -> None:
+    """Walk, clunk, a small read or write... cost no hand-off between
+    threads; Tfsync, Treaddir (ninep.ON_WORKERS) and a read or write of
+    WRITE_IN_PLACE bytes or more go to the workers."""
+    threads: dict[int, str] = {}
+    answer = held.server.handle
+
+    def recording(request: bytes, on_reply=None, read_into=None, write_from=None) -> bytes:
+        threads[request[4]] = threading.current_thread().name
+        return answer(request, on_reply)
+
+    held.server.handle = recording
+    big = ninep.WRITE_IN_PLACE
+    small = [Twalk(0, 1, (b"dir",)), Tclunk(1), Tread(1, 0, big - 1), Twrite(1, 0, b"x" * (big - 1 - 23))]
+    large = [Tfsync(1, 0), Treaddir(1, 0, 64), Tread(1, 0, big), Twrite(1, 0, b"x" * big)]
+    assert {m.TYPE for m in large[:2]} == ninep.ON_WORKERS
+    for message in small + large:
+        threads.clear()
+        held.call(9, message, room=2 * big)
+        name = threads[message.TYPE]
+        assert name == held.loop.name if message in small else name.startswith("virtio-9p:w"), message
+
+
 def test_9p_flush_of_running_request_publishes_its_reply_before_rflush(held: Harness) -> None:
     held.server.hold(7)
-    running = held.post(7, Tclunk(1))
+    running = held.post(7, Tfsync(1, 0))
     held.notify()
     assert wait_until(lambda: 7 in held.server.seen)
     flush = held.post(8, Tflush(7))
@@ -402,8 +425,8 @@ def test_9p_flush_of_request_still_queued_waits_for_it(memory: GuestMemory, loop
     harness = Harness(memory, loop, HeldServer(), workers=1, backlog=3)
     try:
         harness.server.hold(1)
-        busy = harness.post(1, Tclunk(1))
-        queued = harness.post(2, Tclunk(2))
+        busy = harness.post(1, Tfsync(1, 0))
+        queued = harness.post(2, Tfsync(2, 0))
         flush = harness.post(3, Tflush(2))
         harness.notify()
         assert wait_until(lambda: harness.server.seen == [1])
@@ -419,7 +442,7 @@ def test_9p_flush_of_request_still_queued_waits_for_it(memory: GuestMemory, loop
 
 def test_9p_flush_of_unknown_tag_answered_at_once(held: Harness) -> None:
     held.server.hold(1)
-    held.post(1, Tclunk(1))
+    held.post(1, Tfsync(1, 0))
     flush = held.post(2, Tflush(99))
     held.notify()
     assert [h for h, _ in held.wait_replies(1)] == [flush.head]
@@ -433,7 +456,7 @@ def test_9p_flood_pops_only_workers_plus_backlog_rest_stay_in_ring(held: Harness
     tags = list(range(1, 21))
     held.server.hold(*tags)
     for tag in tags:
-        held.post(tag, Tclunk(tag), room=64, indirect=True)
+        held.post(tag, Tfsync(tag, 0), room=64, indirect=True)
     held.notify()
     assert wait_until(lambda: held.server.running == 2)
 
@@ -610,9 +633,9 @@ class _ErrorRecords(logging.Handler):
 
 def test_9p_reset_with_request_running_drops_its_reply(held: Harness, memory: GuestMemory) -> None:
     held.server.hold(1)
-    held.post(1, Tclunk(1))
-    held.post(2, Tclunk(2))
-    held.post(3, Tclunk(3))
+    held.post(1, Tfsync(1, 0))
+    held.post(2, Tfsync(2, 0))
+    held.post(3, Tfsync(3, 0))
     held.server.hold(2)
     held.notify()
     assert wait_until(lambda: held.server.running == 2)
@@ -631,7 +654,7 @@ def test_9p_reset_with_request_running_drops_its_reply(held: Harness, memory: Gu
 
 def test_9p_new_activation_waits_for_old_requests_to_leave_the_server(held: Harness) -> None:
     held.server.hold(1)
-    held.post(1, Tclunk(1))
+    held.post(1, Tfsync(1, 0))
     held.notify()
     assert wait_until(lambda: held.server.running == 1)
 
@@ -684,7 +707,7 @@ def test_9p_close_with_stuck_request_leaves_server_to_it(memory: GuestMemory, lo
     monkeypatch.setattr(ninep, "CLOSE_TIMEOUT", 0.1)
     harness = Harness(memory, loop, HeldServer(), workers=1)
     harness.server.hold(1)
-    harness.post(1, Tclunk(1))
+    harness.post(1, Tfsync(1, 0))
     harness.notify()
     assert wait_until(lambda: harness.server.running == 1)
 
