@@ -18,16 +18,18 @@ Threads.
 * The device's event loop (``loop``, ``virtio-9p<N>`` in a VM, this
   device's alone) pops chains: ``queue_notify`` runs there, or hands
   itself there from any other thread (``call_soon``).  Popping copies the
-  request out of guest memory (bounded, see below).  A request that may
-  wait for the disk (``ON_WORKERS``: Tfsync, Treaddir) or moves
-  ``WRITE_IN_PLACE`` bytes or more (a Tread or Twrite) is queued for a
-  worker; any other (walk, getattr, lcreate, clunk, unlinkat, a small read
-  or write...) is served right there on the loop thread once the
-  lock is released, in the order popped: a metadata request then costs no
-  hand-off between threads, which was most of its time in the VMM.  One
-  that arrives while an old session's requests are still inside the
-  server (after a reset) goes to a worker too, so the loop never waits
-  at the door.
+  request out of guest memory (bounded, see below).  Most requests (walk,
+  getattr, lcreate, clunk, unlinkat, a small read or write...) are then
+  served right there on the loop thread once the lock is released, in the
+  order popped: they cost no hand-off between threads, which was most of
+  a small request's time in the VMM.  A long one (a Treaddir, a Tread or
+  Twrite of ``WRITE_IN_PLACE`` bytes or more) is served there too when it
+  is alone (nothing on the workers, nothing popped with it), as a
+  sequential reader's or writer's requests are; with others in flight it
+  is queued for a worker, so that they run side by side.  A Tfsync, which
+  waits for the disk, always goes to a worker (``ON_WORKERS``), and so does
+  any request that arrives while an old session's requests are still
+  inside the server (after a reset), so the loop never waits at the door.
 * ``workers`` threads (``<name>:w<i>``, started at the first activation,
   stopped by :meth:`close`) call ``server.handle``: several requests run at
   once and complete in any order, as 9P allows.  In ``on_reply`` the reply
@@ -151,10 +153,10 @@ MAX_TAG_LEN = 31            # bytes of a mount tag (kvmlite's limit; the u16 tag
 CLOSE_TIMEOUT = 10.0        # seconds close() waits for requests still inside the server
 SAVE_TIMEOUT = 10.0         # seconds save_device_state waits for the requests in flight
 WRITE_IN_PLACE = 4096       # a Twrite of at least this many bytes is written from the guest's buffers
-# Requests that may wait for the disk go to the workers, and so does a Tread or Twrite of at least
-# WRITE_IN_PLACE bytes; every other one is served on the loop thread as it is popped (module
-# docstring, "Threads").
-ON_WORKERS = frozenset({MsgType.TFSYNC, MsgType.TREADDIR})
+# Where a request runs (module docstring, "Threads"): a Tfsync always on a worker; a long one
+# (a Treaddir, a Tread or Twrite of at least WRITE_IN_PLACE bytes) on the loop thread only when
+# nothing else is in flight; any other on the loop thread.
+ON_WORKERS = frozenset({MsgType.TFSYNC})
 _TRANSFERS = frozenset({MsgType.TREAD, MsgType.TWRITE})
 _COUNT = struct.Struct("<I")            # a Tread's or Twrite's count, after fid[4] offset[8]
 _COUNT_OFFSET = HEADER_SIZE + 4 + 8
@@ -504,10 +506,19 @@ class Virtio9p(VirtioDevice):
             active.by_tag.setdefault(tag, []).append(request)
         if request.waits:
             pass                                # a Tflush, released by _retire
-        elif msg_type in ON_WORKERS or (msg_type in _TRANSFERS and _transfer_count(data) >= WRITE_IN_PLACE):
+        elif self._on_workers(active, msg_type, data, here):
             self._queue(request)
         else:
             here.append(request)
+        return False
+
+    def _on_workers(self, active: _Activation, msg_type: int, data: bytes, here: list[_Request]) -> bool:
+        """Whether a request goes to the workers rather than ``here``
+        (module docstring, "Threads"); ``_lock`` held."""
+        if msg_type in ON_WORKERS:
+            return True
+        if msg_type == MsgType.TREADDIR or (msg_type in _TRANSFERS and _transfer_count(data) >= WRITE_IN_PLACE):
+            return bool(here or self._jobs or active.running)      # long: here only when alone
         return False
 
     def _answer_here(self, active: _Activation, chain: DescriptorChain, tag: int, code: int, why: str) -> bool:

@@ -381,27 +381,37 @@ def test_9p_requests_run_on_workers_and_complete_out_of_order(held: Harness) -> 
     assert held.interrupt.used and set(held.interrupt.used) == {0}
 
 
-def test_9p_metadata_requests_are_served_on_the_loop_transfers_on_workers(held: Harness) -> None:
-    """Walk, clunk, a small read or write... cost no hand-off between
-    threads; Tfsync, Treaddir (ninep.ON_WORKERS) and a read or write of
-    WRITE_IN_PLACE bytes or more go to the workers."""
-    threads: dict[int, str] = {}
+def test_9p_requests_are_served_on_the_loop_unless_others_are_in_flight(held: Harness) -> None:
+    """Walk, clunk, reads and writes cost no hand-off between threads; a
+    Tfsync (ninep.ON_WORKERS) goes to a worker, and so does a long request
+    (a readdir, a transfer of WRITE_IN_PLACE bytes or more) while another
+    request runs there."""
+    threads: dict[int, str] = {}            # tag -> the thread that served it
     answer = held.server.handle
 
     def recording(request: bytes, on_reply=None, read_into=None, write_from=None) -> bytes:
-        threads[request[4]] = threading.current_thread().name
+        threads[struct.unpack_from("<H", request, 5)[0]] = threading.current_thread().name
         return answer(request, on_reply)
 
     held.server.handle = recording
     big = ninep.WRITE_IN_PLACE
-    small = [Twalk(0, 1, (b"dir",)), Tclunk(1), Tread(1, 0, big - 1), Twrite(1, 0, b"x" * (big - 1 - 23))]
-    large = [Tfsync(1, 0), Treaddir(1, 0, 64), Tread(1, 0, big), Twrite(1, 0, b"x" * big)]
-    assert {m.TYPE for m in large[:2]} == ninep.ON_WORKERS
-    for message in small + large:
-        threads.clear()
-        held.call(9, message, room=2 * big)
-        name = threads[message.TYPE]
-        assert name == held.loop.name if message in small else name.startswith("virtio-9p:w"), message
+    long = [Treaddir(1, 0, 64), Tread(1, 0, big), Twrite(1, 0, b"x" * big)]
+    for tag, message in enumerate([Twalk(0, 1, (b"dir",)), Tclunk(1), Tread(1, 0, big - 1), *long], 10):
+        held.call(tag, message, room=2 * big)
+        assert threads.pop(tag) == held.loop.name, message
+    assert ninep.ON_WORKERS == {Tfsync.TYPE}
+    held.server.hold(1)
+    held.post(1, Tfsync(1, 0))
+    held.notify()
+    assert wait_until(lambda: held.server.running == 1)
+    for tag, message in enumerate([*long, Tclunk(2)], 2):
+        held.post(tag, message, room=2 * big)
+        held.notify()
+    assert wait_until(lambda: len(threads) == 5)
+    assert threads.pop(5) == held.loop.name                  # the clunk
+    assert all(name.startswith("virtio-9p:w") for name in threads.values()), threads
+    held.server.release(1)
+    assert held.device.wait_idle(10)
 
 
 def test_9p_flush_of_running_request_publishes_its_reply_before_rflush(held: Harness) -> None:
