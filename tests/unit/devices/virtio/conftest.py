@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-import os
+import gc
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from kvmlite.arch.x86 import layout
 from kvmlite.base.memory import GuestMemory
+from tests.procs import leaked_descriptors, open_descriptors
 
 if TYPE_CHECKING:
     from kvmlite.base.eventloop import EventLoop
@@ -44,10 +45,6 @@ def disk_loop() -> Iterator["EventLoop"]:
     loop.close()
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.fixture
 def no_fd_leak() -> Iterator[None]:
     """The test leaves the process with the descriptors it found (devices
@@ -55,9 +52,11 @@ def no_fd_leak() -> Iterator[None]:
     want it for every test name it in ``pytestmark``."""
     from tests.unit.devices.virtio.fakedriver import wait_until
 
-    before = open_fds()
+    gc.collect()                # no earlier test's garbage closes a descriptor mid-test
+    before = open_descriptors()
     yield
-    assert wait_until(lambda: open_fds() == before, timeout=5), "host file descriptors leaked"
+    assert wait_until(lambda: not leaked_descriptors(before), timeout=5), \
+        f"host file descriptors leaked: {sorted(leaked_descriptors(before))}"
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ from kvmlite.base.state import StateError, pack_bytes
 from kvmlite.devices.virtio import ninep
 from kvmlite.devices.virtio.ninep import Virtio9p
 from kvmlite.devices.virtio.p9 import codec
-from kvmlite.devices.virtio.p9.codec import (Message, Rclunk, Rlerror, Tattach, Tclunk, Tgetattr, Tlopen, Tread,
-                                             Treaddir, Tunlinkat, Tversion, Twalk, Twrite, Txattrwalk)
+from kvmlite.devices.virtio.p9.codec import (Message, Rclunk, Rlerror, Tattach, Tclunk, Tfsync, Tgetattr, Tlopen,
+                                             Tread, Treaddir, Tunlinkat, Tversion, Twalk, Twrite, Txattrwalk)
 from kvmlite.devices.virtio.p9.constants import DOTL_DIRECTORY, DOTL_RDWR, DOTL_TRUNC, NOFID, STATS_BASIC
 from kvmlite.devices.virtio.p9.server import P9Server, ReadInto, WriteSource
 from kvmlite.vmm.snapshot.save import _held
@@ -400,11 +400,11 @@ class Gate:
 
 def test_9p_save_waits_for_the_request_in_flight(memory: GuestMemory, loop: EventLoop, share: Path) -> None:
     """As Vm.snapshot does it: the device's loop held while the state is
-    taken.  The save waits for the readdir running on a worker (its reply
-    is in the saved used ring), pops nothing meanwhile (the chain stays in
-    the ring, behind the saved ring position), and popping goes on once
-    the loop is let go.  (A walk or a getattr runs on the loop thread, so
-    the hold itself waits for it.)"""
+    taken.  The save waits for the fsync running on a worker (its reply is
+    in the saved used ring), pops nothing meanwhile (the chain stays in the
+    ring, behind the saved ring position), and popping goes on once the
+    loop is let go.  (Most requests run on the loop thread, so the hold
+    itself waits for them; a Tfsync always runs on a worker.)"""
     make = make_device(share, loop)
     guest = Guest("mmio", memory, make(), rings_for(memory, 1), loop)
     up(guest)
@@ -414,14 +414,14 @@ def test_9p_save_waits_for_the_request_in_flight(memory: GuestMemory, loop: Even
     assert wait_until(lambda: ring.used_idx() == 3)
     guest.used(0)
     gate = Gate(guest.device.server, 40)
-    posted = ring.add([codec.encode(40, Treaddir(5, 0, 512))], [ROOM])
+    posted = ring.add([codec.encode(40, Tfsync(5, 0))], [ROOM])
     guest.notify(0)
     assert gate.entered.wait(10)
     saved: list[dict] = []
     saver = threading.Thread(target=lambda: saved.append(guest.save()))
     saver.start()
     saver.join(0.2)
-    assert saver.is_alive() and not saved                   # waiting for the readdir
+    assert saver.is_alive() and not saved                   # waiting for the fsync
     later = ring.add([codec.encode(42, Tgetattr(5, STATS_BASIC))], [ROOM])
     requests = guest.device.stats()["requests"]
     loop.call_soon(functools.partial(guest.device._serve, guest.device._active))    # its doorbell, on the loop
@@ -432,7 +432,7 @@ def test_9p_save_waits_for_the_request_in_flight(memory: GuestMemory, loop: Even
         saver.join(10)
         assert [f["fid"] for f in device_part(saved[0])["session"]["fids"]] == [0, 5]
         state = queue_states(saved[0])[0]
-        assert (state["next_avail"], state["next_used"]) == (4, 4)  # the readdir answered; not the Tgetattr
+        assert (state["next_avail"], state["next_used"]) == (4, 4)  # the fsync answered; not the Tgetattr
     assert wait_until(lambda: ring.used_idx() == 5)            # popped once the loop goes on
     assert [head for head, _ in guest.used(0)] == [posted.head, later.head]
     guest.close()

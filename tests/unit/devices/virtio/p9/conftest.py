@@ -1,25 +1,24 @@
 from __future__ import annotations
 
-import os
+import gc
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from kvmlite.devices.virtio.p9.server import P9Server
+from tests.procs import leaked_descriptors, open_descriptors
 from tests.unit.devices.virtio.p9.client import P9Client
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture(autouse=True)
 def no_fd_leak() -> Iterator[None]:
-    """Every test leaves the process with the descriptors it found."""
-    before = open_fds()
+    """Every test leaves the process with no descriptor it did not find."""
+    gc.collect()
+    before = open_descriptors()
     yield
-    assert open_fds() == before, "host file descriptors leaked"
+    leaked = leaked_descriptors(before)
+    assert not leaked, f"host file descriptors leaked: {sorted(leaked)}"
 
 
 @pytest.fixture
