@@ -39,7 +39,7 @@ Threads.
   other device waits for it.
 
 Reads in place.  A Tread's data does not pass through a bytes object: the
-worker hands the server ``read_into`` (:meth:`Virtio9p._read_into`),
+thread serving it hands the server ``read_into`` (:meth:`Virtio9p._read_into`),
 which ``preadv``s the file straight into the chain's writable buffers
 after the Rread header's 11 bytes, counted in ``placing`` while it
 writes; the reply then is only that header, and the used length adds the
@@ -64,8 +64,8 @@ take ``_lock``.
 
 Bounds (the guest is hostile).  At most ``workers + backlog`` requests are
 popped and not yet answered; past that the device stops popping and the
-rest stay in the ring until a reply frees a slot (the worker then hands a
-pop to the loop).  A request is read only as far as its size field says,
+rest stay in the ring until a reply frees a slot (its publisher then hands
+a pop to the loop).  A request is read only as far as its size field says,
 and only when that size is at least a header, at most the readable bytes
 and at most the negotiated msize (``max_msize`` before Tversion): a larger
 one is answered Rlerror EMSGSIZE and a truncated one Rlerror EPROTO
@@ -465,9 +465,9 @@ class Virtio9p(VirtioDevice):
         return answered and queue.needs_notification(memory)
 
     def _take(self, active: _Activation, chain: DescriptorChain, here: list[_Request]) -> bool:
-        """Copy one request out of ``chain`` and queue it (a transfer) or add
-        it to ``here`` (any other), or answer it at once when it is
-        malformed (then True)."""
+        """Copy one request out of ``chain`` and queue it for the workers or
+        add it to ``here`` (:meth:`_on_workers` decides), or answer it at
+        once when it is malformed (then True)."""
         memory = active.memory
         self._stats["requests"] += 1
         reply_to, room = chain.writable_segments(), chain.writable_len
