@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 BENCHES = ("startup", "exits", "linux_boot", "blk", "blk_host", "blk_nested", "net_nested", "p9_nested", "vsock_nested",
-           "snapshot_nested")
+           "snapshot_nested", "device_cost", "device_cost_nested")
 
 
 def main() -> int:
