@@ -105,6 +105,7 @@ receive chain with readable descriptors, a frame the backend refused).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import struct
 import threading
@@ -197,7 +198,6 @@ TX_BUDGET = 256         # chains sent per turn before the loop serves others
 STAT_NAMES = ("rx_packets", "rx_bytes", "rx_dropped", "rx_errors", "rx_no_buffer",
               "tx_packets", "tx_bytes", "tx_dropped", "tx_errors")
 
-_USED_ELEM = struct.Struct("<II")               # §2.7.8: le32 id, le32 len
 _TX_GSO = {VIRTIO_NET_HDR_GSO_TCPV4: VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_GSO_TCPV6: VIRTIO_NET_F_HOST_TSO6,
            VIRTIO_NET_HDR_GSO_UDP: VIRTIO_NET_F_HOST_UFO}
 _RX_GSO = {VIRTIO_NET_HDR_GSO_TCPV4: VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_HDR_GSO_TCPV6: VIRTIO_NET_F_GUEST_TSO6,
@@ -328,11 +328,15 @@ def add_used_together(queue: Queue, memory: GuestMemory, elements: list[tuple[in
     if len(elements) == 1:
         queue.add_used(memory, *elements[0])
         return
+    count, size = len(elements), queue.size
+    start = queue.next_used % size
+    packed = struct.pack(f"<{2 * count}I", *itertools.chain.from_iterable(elements))
+    first = min(count, size - start)        # the rest wraps to the ring's start
     try:
-        for i, (head, length) in enumerate(elements):
-            slot = queue.used_ring + 4 + USED_ELEM_SIZE * ((queue.next_used + i) % queue.size)
-            _USED_ELEM.pack_into(memory.view(slot, USED_ELEM_SIZE), 0, head, length)
-        queue.next_used = (queue.next_used + len(elements)) & 0xFFFF
+        memory.write(queue.used_ring + 4 + USED_ELEM_SIZE * start, packed[:USED_ELEM_SIZE * first])
+        if first < count:
+            memory.write(queue.used_ring + 4, packed[USED_ELEM_SIZE * first:])
+        queue.next_used = (queue.next_used + count) & 0xFFFF
         memory.write_u16(queue.used_ring + 2, queue.next_used)
     except GuestMemoryError as exc:
         raise RingAddressError(str(exc)) from None
@@ -888,12 +892,40 @@ class VirtioNet(VirtioDevice):
         """The next receive chain fit to take a frame, or None when the ring
         is empty (notifications re-enabled).  A chain with readable
         descriptors or too short for a header goes back unused (§5.1.6.3.1)."""
-        def refused(chain: DescriptorChain) -> None:
-            signals.used[RECEIVEQ] += 1
-            self._count("rx_errors")
-            self._errors.warning(f"virtio-net: receive chain {chain.head} refused: "
-                                 f"{chain.readable_len} readable, {chain.writable_len} writable bytes")
-        return pop_writable(active.rx, active.memory, VNET_HDR_LEN, refused)
+        return pop_writable(active.rx, active.memory, VNET_HDR_LEN, functools.partial(self._unfit_rx, signals))
+
+    def _gather_rx(self, active: _Activation, signals: _Signals) -> bool:
+        """With MRG_RXBUF: move every receive chain the driver has made
+        available into ``rx_chains`` at once (those unfit go back unused, as
+        in :meth:`_pop_rx`); False when there was none fit (notifications
+        re-enabled).  A frame usually takes several, and what it leaves
+        serves the next."""
+        queue, memory = active.rx, active.memory
+        while True:
+            chains = queue.pop_many(memory, queue.size - len(active.rx_chains))
+            if not chains:
+                if queue.enable_notification(memory):
+                    continue
+                return False
+            fit = False
+            for chain in chains:
+                if chain.nread == 0 and chain.writable_len >= VNET_HDR_LEN:
+                    active.rx_chains.append(chain)
+                    active.rx_room += chain.writable_len
+                    fit = True
+                else:
+                    self._unfit_rx(signals, chain)
+                    chain.release()
+                    queue.add_used(memory, chain.head, 0)
+            if fit:
+                return True
+
+    def _unfit_rx(self, signals: _Signals, chain: DescriptorChain) -> None:
+        """Count and log a receive chain returned unused; the caller returns it."""
+        signals.used[RECEIVEQ] += 1
+        self._count("rx_errors")
+        self._errors.warning(f"virtio-net: receive chain {chain.head} refused: "
+                             f"{chain.readable_len} readable, {chain.writable_len} writable bytes")
 
     def _place_single(self, active: _Activation, signals: _Signals) -> bool:
         """Without MRG_RXBUF: the frame in one chain, or dropped if it does not fit."""
@@ -922,11 +954,8 @@ class VirtioNet(VirtioDevice):
                 # does not fit: drop it; the chains wait for the next one.
                 self._drop_held("rx_dropped")
                 return True
-            chain = self._pop_rx(active, signals)
-            if chain is None:
+            if not self._gather_rx(active, signals):
                 return False
-            active.rx_chains.append(chain)
-            active.rx_room += chain.writable_len
         self._fill_merged(active, total, signals)
         return True
 
@@ -942,9 +971,12 @@ class VirtioNet(VirtioDevice):
             taken.append((chain, n))
             offset += n
         NUM_BUFFERS.pack_into(self._rx_buf, NUM_BUFFERS_OFFSET, len(taken))
-        offset = 0
+        offset, memory, frame = 0, active.memory, self._rx_view
         for chain, n in taken:
-            chain.writable_segments().scatter(active.memory, self._rx_view[offset:offset + n])
+            if chain.count == 1:        # one buffer (Linux's): no segment list to cut
+                memory.write(chain.buffer(0)[0], frame[offset:offset + n])
+            else:
+                chain.writable_segments().scatter(memory, frame[offset:offset + n])
             chain.release()
             offset += n
         del active.rx_chains[:len(taken)]

@@ -589,6 +589,39 @@ def test_receive_mergeable_buffers_reach_the_driver_together(loop: EventLoop) ->
         memory.close()
 
 
+def test_receive_mergeable_takes_every_posted_chain_and_keeps_the_rest_for_the_next_frame(net: NetHarness) -> None:
+    net.post_rx(512, 512, 512, 512)
+    heads = list(net.posted)
+
+    net.backend.feed(header() + frame(300))
+    net.wait_stat("rx_packets", 1)
+    assert net.device.save_device_state()["rx_chains"] == heads[1:]    # popped at once, not used yet
+
+    net.backend.feed(header() + frame(600, seed=1))
+    net.wait_stat("rx_packets", 2)
+    used = net.rx.used()
+    assert [head for head, _ in used] == heads[:3]
+    assert net.received(used) == [header(num_buffers=1) + frame(300), header(num_buffers=2) + frame(600, seed=1)]
+    assert net.device.save_device_state()["rx_chains"] == heads[3:]
+
+
+def test_receive_mergeable_frame_across_the_end_of_the_used_ring(net: NetHarness) -> None:
+    for i in range(QUEUE - 2):          # move the ring positions to two before its end
+        net.post_rx(64)
+        net.backend.feed(header() + frame(40, seed=i))
+        net.wait_stat("rx_packets", i + 1)
+        net.received()
+    net.post_rx(256, 256, 256, 256)
+    data = frame(900, seed=99)
+
+    net.backend.feed(header() + data)
+    net.wait_stat("rx_packets", QUEUE - 1)
+
+    used = net.rx.used()
+    assert [length for _, length in used] == [256, 256, 256, 144]
+    assert net.received(used) == [header(num_buffers=4) + data]
+
+
 def test_receive_mergeable_small_frames_take_one_chain_each(net: NetHarness) -> None:
     net.post_rx(1536, 1536, 1536)
     frames = [frame(60 + i, seed=i) for i in range(3)]

@@ -221,6 +221,23 @@ def test_receive_chain_with_readable_descriptor_is_returned_unused(make) -> None
     assert harness.device.stats()["rx_errors"] == 1
 
 
+def test_receive_mergeable_unfit_chain_among_good_ones_is_returned_unused_first(make) -> None:
+    harness = make(BASE_FEATURES)
+    harness.post_rx(512)
+    bad = harness.rx.add([b"x" * 16], [512])
+    harness.post_rx(512)
+    data = frame(700)
+
+    harness.backend.feed(header() + data)
+    harness.wait_stat("rx_packets", 1)
+
+    used = harness.rx.used()
+    assert used[0] == (bad.head, 0)        # returned as soon as it was popped
+    assert [length for _, length in used] == [0, 512, 200]
+    assert harness.received(used[1:]) == [header(num_buffers=2) + data]
+    assert harness.device.stats()["rx_errors"] == 1
+
+
 def test_receive_mergeable_chain_shorter_than_header_is_returned_unused(make) -> None:
     harness = make(BASE_FEATURES)
     harness.post_rx(8, 2048)

@@ -159,3 +159,46 @@ def test_linux_shaped_table_takes_the_whole_table_path() -> None:
     assert _linear_table(table, len(descs), BIG) == (table.tobytes(), None, None, 1, 16, 8 * 4096 + 1)
     chain = pop_indirect(descs, linear=True)
     assert chain == ([d[0] for d in descs], [d[1] for d in descs], 1, 16, 8 * 4096 + 1)
+
+
+# --- pop_many: several chains at once ---------------------------------------
+
+def chain_fields(chain: DescriptorChain) -> tuple:
+    return chain.head, list(chain.addrs), list(chain.lens), chain.nread, chain.readable_len, chain.writable_len
+
+
+@settings(max_examples=500, deadline=None)
+@given(hostile_rings(), st.integers(1, 17), st.integers(0, 0xFFFF),
+       st.sampled_from([0, VIRTIO_F_INDIRECT_DESC]))
+def test_pop_many_agrees_with_pop_one_by_one(ring: HostileRing, limit: int, start: int, features: int) -> None:
+    """The same chains, or the same error, as ``limit`` calls of pop, from
+    any position of the avail ring (its entries wrap around)."""
+    one, many = Queue(16), Queue(16)
+    install(ring, MEMORY, one)
+    for queue in (one, many):
+        queue.size, queue.desc_table, queue.avail_ring, queue.used_ring = (one.size, one.desc_table,
+                                                                           one.avail_ring, one.used_ring)
+        queue.configure(MEMORY, features)
+        queue.next_avail = start
+    MEMORY.write_u16(one.avail_ring + 2, (start + ring.avail_idx) & 0xFFFF)
+    MEMORY.views.clear()
+
+    expected: list[tuple] = []
+    error: QueueError | None = None
+    try:
+        for _ in range(limit):
+            chain = one.pop(MEMORY)
+            if chain is None:
+                break
+            expected.append(chain_fields(chain))
+    except QueueError as exc:
+        error = exc
+    try:
+        got = [chain_fields(chain) for chain in many.pop_many(MEMORY, limit)]
+    except QueueError as exc:
+        assert error is not None and (type(exc), str(exc)) == (type(error), str(error))
+        event("both raise")
+    else:
+        assert error is None and got == expected
+        event(f"{'some' if got else 'no'} chains")
+    assert many.next_avail == one.next_avail
