@@ -55,6 +55,7 @@ import resource
 import stat
 import struct
 import threading
+from _thread import LockType
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -166,7 +167,8 @@ class P9Server:
         self._fids = FidTable(self.max_fids)
         self._state_lock = threading.Lock()
         self._msize = 0                                    # 0: no Tversion agreed yet
-        self._inflight: dict[int, list[threading.Event]] = {}
+        # Per tag, a lock per request inside handle(), held until it has answered (Tflush waits on it).
+        self._inflight: dict[int, list[LockType]] = {}
         self._closed = False
         self._errors = RateLimitedLog(log)
         self._local = threading.local()                    # .read_into during one handle()
@@ -359,15 +361,18 @@ class P9Server:
             return tag, None, errno.EPROTO
         return tag, Twrite(fid, offset, source), 0      # type: ignore[arg-type]
 
-    def _begin(self, tag: int, msg: Message | None) -> threading.Event | None:
+    def _begin(self, tag: int, msg: Message | None) -> LockType | None:
+        """Count a request in for Tflush: a lock held until :meth:`_end`
+        (a lock rather than an Event: one C call to make, one to let go)."""
         if msg is None or isinstance(msg, (Tflush, Tversion)):
             return None
-        done = threading.Event()
+        done = threading.Lock()
+        done.acquire()
         with self._state_lock:
             self._inflight.setdefault(tag, []).append(done)
         return done
 
-    def _end(self, tag: int, done: threading.Event | None) -> None:
+    def _end(self, tag: int, done: LockType | None) -> None:
         if done is None:
             return
         with self._state_lock:
@@ -375,7 +380,7 @@ class P9Server:
             waiting.remove(done)
             if not waiting:
                 del self._inflight[tag]
-        done.set()
+        done.release()
 
     def _run(self, tag: int, msg: Message) -> bytes:
         try:
@@ -437,7 +442,8 @@ class P9Server:
         with self._state_lock:
             waiting = list(self._inflight.get(m.oldtag, ()))
         for done in waiting:
-            done.wait()
+            with done:          # taken once the request has answered
+                pass
         return Rflush()
 
     def _clunk(self, m: Tclunk) -> Message:
