@@ -282,6 +282,23 @@ def test_9p_write_data_in_its_own_buffers_and_read_reply_split_after_header(real
     assert real.driver.read(posted.writable[1]) == b"A" * 1000
 
 
+@pytest.mark.parametrize("cut", [3, 7, 12], ids=["inside-the-header", "after-the-header", "inside-a-name"])
+def test_9p_request_cut_across_readable_buffers_is_read_whole(real: Harness, share: Path, cut: int) -> None:
+    """A request is usually in one buffer (read from it directly); one cut
+    anywhere, even inside its header, is gathered from all of them."""
+    real.call(1, Tversion(ROOM, b"9P2000.L"))
+    real.call(2, Tattach(0, NOFID, b"user", b"", NONUNAME))
+    message = codec.encode(3, Twalk(0, 1, (b"dir", b"hello.txt")))
+
+    real.post_raw(message[:cut], message[cut:], 256)
+    real.notify()
+
+    [(_, reply)] = real.wait_replies(1)
+    tag, walked = decoded(reply)
+    assert tag == 3 and len(walked.wqids) == 2
+    assert real.device.stats()["errors"] == 0
+
+
 def _open_hello(real: Harness, flags: int = os.O_RDONLY) -> None:
     real.call(1, Tversion(ROOM, b"9P2000.L"))
     real.call(2, Tattach(0, NOFID, b"user", b"", NONUNAME))
