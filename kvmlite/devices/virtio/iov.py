@@ -82,6 +82,8 @@ class Segments:
 
     def gather(self, memory: GuestMemory, limit: int | None = None) -> bytes:
         """Copy out up to ``limit`` bytes (all when None)."""
+        if limit is not None and self.lens and self.lens[0] >= limit >= 0:
+            return bytes(memory.view(self.addrs[0], limit))     # the usual header: in the first buffer
         segments = self if limit is None else self.split_at(limit)[0]
         return b"".join(memory.view(a, length) for a, length in zip(segments.addrs, segments.lens))
 

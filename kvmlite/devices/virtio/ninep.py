@@ -496,11 +496,8 @@ class Virtio9p(VirtioDevice):
             self._refuse(f"request {chain.head} has {room} writable bytes, too few for any reply")
             active.queue.add_used(memory, chain.head, 0)
             return True
-        # Linux puts a request in one buffer unless it crosses a page: then
-        # the header and the message are read from it without cutting lists.
-        first_addr, first_len = chain.buffer(0) if chain.nread else (0, 0)
-        readable = None if first_len >= HEADER_SIZE else chain.readable_segments()
-        header = memory.view(first_addr, HEADER_SIZE) if readable is None else readable.gather(memory, HEADER_SIZE)
+        readable = chain.readable_segments()
+        header = readable.gather(memory, HEADER_SIZE)
         if len(header) < HEADER_SIZE:
             return self._answer_here(active, chain, NOTAG, errno.EPROTO,
                                      f"request {chain.head} has {len(header)} readable bytes, less than a header")
@@ -513,13 +510,11 @@ class Virtio9p(VirtioDevice):
                                      f"size field {size} with {chain.readable_len} readable bytes")
         source = None
         if msg_type == MsgType.TWRITE and size >= WRITE_IN_PLACE:
-            head, rest = chain.readable_segments().split_at(TWRITE_HEAD)
+            head, rest = readable.split_at(TWRITE_HEAD)
             data = head.gather(memory)
             source = _GuestData(self, active, rest.split_at(size - TWRITE_HEAD)[0], size - TWRITE_HEAD)
-        elif size <= first_len:
-            data = bytes(memory.view(first_addr, size))
         else:
-            data = chain.readable_segments().gather(memory, size)
+            data = readable.gather(memory, size)
         self._stats["bytes_read"] += size
         request = _Request(active, chain.head, reply_to, room, data, tag, source=source)
         active.outstanding += 1

@@ -77,6 +77,11 @@ def test_gather_limit_copies_prefix() -> None:
     assert place(b"abc", b"def").gather(MEMORY, 4) == b"abcd"
 
 
+@pytest.mark.parametrize("limit", [0, 1, 3, 4, 6, 9])
+def test_gather_limit_within_or_past_the_first_buffer_gives_the_prefix(limit: int) -> None:
+    assert place(b"abc", b"def").gather(MEMORY, limit) == b"abcdef"[:limit]
+
+
 def test_scatter_segments_fills_in_order_and_returns_count() -> None:
     target = place(b"\0\0", b"\0\0\0")
 
