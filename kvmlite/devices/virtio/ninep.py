@@ -175,27 +175,6 @@ def _transfer_count(data: bytes) -> int:
     return _COUNT.unpack_from(data, _COUNT_OFFSET)[0] if len(data) >= _COUNT_OFFSET + _COUNT.size else 0
 
 
-class _Condition(threading.Condition):
-    """A condition whose ``notify_all`` costs nothing while no thread waits:
-    the loop thread notifies after every request it answers, and a thread
-    waits on it only to reset, close or snapshot the device."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        super().__init__(lock)
-        self.waiting = 0            # changed with the lock held, as wait() holds it
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting += 1
-        try:
-            return super().wait(timeout)
-        finally:
-            self.waiting -= 1
-
-    def notify_all(self) -> None:
-        if self.waiting:
-            super().notify_all()
-
-
 @dataclass(eq=False)
 class _Activation:
     """What one DRIVER_OK..reset period of the device uses."""
@@ -282,7 +261,7 @@ class Virtio9p(VirtioDevice):
         self._workers = workers
         self._limit = workers + backlog
         self._lock = threading.Lock()
-        self._changed = _Condition(self._lock)  # stale requests gone, idle, closing
+        self._changed = threading.Condition(self._lock)  # stale requests gone, idle, closing
         self._job = threading.Condition(self._lock)      # a job queued (one worker woken), closing (all)
         self._jobs: deque[_Request] = deque()
         self._threads: list[threading.Thread] = []
