@@ -120,7 +120,7 @@ from kvmlite.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT
 from kvmlite.devices.virtio.iov import Segments
 from kvmlite.devices.virtio.net_vhost import VhostDataPath, VhostNetKernel
 from kvmlite.devices.virtio.queue import (USED_ELEM_SIZE, DescriptorChain, Queue, QueueError, RingAddressError,
-                                          pop_writable)
+                                          pop_writable, pop_writable_many)
 from kvmlite.devices.virtio.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -896,29 +896,14 @@ class VirtioNet(VirtioDevice):
 
     def _gather_rx(self, active: _Activation, signals: _Signals) -> bool:
         """With MRG_RXBUF: move every receive chain the driver has made
-        available into ``rx_chains`` at once (those unfit go back unused, as
-        in :meth:`_pop_rx`); False when there was none fit (notifications
-        re-enabled).  A frame usually takes several, and what it leaves
-        serves the next."""
-        queue, memory = active.rx, active.memory
-        while True:
-            chains = queue.pop_many(memory, queue.size - len(active.rx_chains))
-            if not chains:
-                if queue.enable_notification(memory):
-                    continue
-                return False
-            fit = False
-            for chain in chains:
-                if chain.nread == 0 and chain.writable_len >= VNET_HDR_LEN:
-                    active.rx_chains.append(chain)
-                    active.rx_room += chain.writable_len
-                    fit = True
-                else:
-                    self._unfit_rx(signals, chain)
-                    chain.release()
-                    queue.add_used(memory, chain.head, 0)
-            if fit:
-                return True
+        available into ``rx_chains`` at once (unfit ones go back unused, as
+        in :meth:`_pop_rx`); False when there was none fit.  A frame usually
+        takes several, and what it leaves serves the next."""
+        chains = pop_writable_many(active.rx, active.memory, VNET_HDR_LEN, functools.partial(self._unfit_rx, signals),
+                                   active.rx.size - len(active.rx_chains))
+        active.rx_chains.extend(chains)
+        active.rx_room += sum(chain.writable_len for chain in chains)
+        return bool(chains)
 
     def _unfit_rx(self, signals: _Signals, chain: DescriptorChain) -> None:
         """Count and log a receive chain returned unused; the caller returns it."""

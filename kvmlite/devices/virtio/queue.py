@@ -524,17 +524,31 @@ def pop_writable(queue: "Queue", memory: GuestMemory, least: int,
     Any other chain is handed to ``refused`` (to count and log it), then
     returned unused (used length 0); the caller signals the used ring.  None
     when the ring is empty, with notifications re-enabled (§2.7.10)."""
+    chains = pop_writable_many(queue, memory, least, refused, 1)
+    return chains[0] if chains else None
+
+
+def pop_writable_many(queue: "Queue", memory: GuestMemory, least: int,
+                      refused: Callable[[DescriptorChain], None], limit: int) -> list[DescriptorChain]:
+    """Up to ``limit`` chains as :func:`pop_writable` takes them, popped
+    together (:meth:`Queue.pop_many`); at least one unless the ring has
+    none fit (then empty, notifications re-enabled)."""
     while True:
-        chain = queue.pop(memory)
-        if chain is None:
+        chains = queue.pop_many(memory, limit)
+        if not chains:
             if queue.enable_notification(memory):
                 continue
-            return None
-        if chain.nread == 0 and chain.writable_len >= least:
-            return chain
-        refused(chain)
-        chain.release()
-        queue.add_used(memory, chain.head, 0)
+            return []
+        fit = []
+        for chain in chains:
+            if chain.nread == 0 and chain.writable_len >= least:
+                fit.append(chain)
+                continue
+            refused(chain)
+            chain.release()
+            queue.add_used(memory, chain.head, 0)
+        if fit:
+            return fit
 
 
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
